@@ -1,0 +1,295 @@
+"""The RoutePolicy resource: how requests flow across tiers.
+
+A RoutePolicy is an ordered ladder, smallest and cheapest first: ModelTiers in the cluster,
+then external OpenAI-compatible endpoints (a frontier API). Each request starts at the
+smallest tier that can handle it (explicit choice, rules, then a trained classifier),
+spills over when that tier is saturated or asleep, falls back on failure, may be answered
+from a cache, and is costed.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import (
+    API_VERSION,
+    DNS_LABEL_PATTERN,
+    ConfigMapKeyReference,
+    LocalObjectReference,
+    SecretKeyReference,
+    ShoalModel,
+    cel,
+    validations,
+)
+from .conditions import Condition
+
+KIND = "RoutePolicy"
+PLURAL = "routepolicies"
+MAX_TIERS = 16
+
+
+class ExternalEndpoint(ShoalModel):
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of an OpenAI-compatible API, including the version path (for example https://api.openai.com/v1).",
+    )
+    model: str = Field(min_length=1, max_length=256, description="Model name sent to the endpoint.")
+    api_key_secret_ref: SecretKeyReference | None = Field(
+        default=None,
+        description="Secret key holding the API key. It is mounted into the router as a file, never logged or reported.",
+    )
+    input_usd_per_million_tokens: float = Field(default=0.0, ge=0, le=10000, description="Price of one million prompt tokens, in US dollars.")
+    output_usd_per_million_tokens: float = Field(default=0.0, ge=0, le=10000, description="Price of one million generated tokens, in US dollars.")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Longest a whole request to this endpoint may take.")
+
+
+class TierRef(ShoalModel):
+    model_config = ShoalModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "has(self.modelTierRef) != has(self.external)",
+                "each tier sets exactly one of modelTierRef or external",
+            )
+        )
+    }
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of this rung of the ladder, used in headers (x-shoal-tier), metrics and rules.",
+    )
+    model_tier_ref: LocalObjectReference | None = Field(
+        default=None, description="A ModelTier in the same namespace; requests go to its Service."
+    )
+    external: ExternalEndpoint | None = Field(default=None, description="An external OpenAI-compatible endpoint.")
+    aliases: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra model names that select this tier when explicit routing is allowed.",
+    )
+    max_queue_depth: int | None = Field(
+        default=None,
+        ge=0,
+        le=100000,
+        description="Spill to the next tier when this tier's engine has more waiting requests than this. Unset: never spill on queue depth.",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TierRef:
+        if (self.model_tier_ref is None) == (self.external is None):
+            raise ValueError(f"tier {self.name}: set exactly one of modelTierRef or external")
+        return self
+
+
+class RuleMatch(ShoalModel):
+    min_prompt_tokens: int | None = Field(default=None, ge=0, description="Matches when the estimated prompt tokens are at least this.")
+    max_prompt_tokens: int | None = Field(default=None, ge=0, description="Matches when the estimated prompt tokens are at most this.")
+    regex: list[str] = Field(default_factory=list, max_length=32, description="Matches when any expression is found in the last user message.")
+    keywords: list[str] = Field(default_factory=list, max_length=256, description="Matches when any keyword (case-insensitive) occurs in the last user message.")
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="Matches when every key equals the value in the request's `metadata` object or x-shoal-meta-KEY headers.",
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"regex {pattern!r} does not compile: {exc}") from exc
+        return patterns
+
+
+class RouteRule(ShoalModel):
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Name of the rule, reported as the route reason rule:NAME.")
+    match: RuleMatch = Field(description="Every condition set here must hold for the rule to match.")
+    tier: str = Field(min_length=1, max_length=63, description="Tier (by name) the matching requests start at.")
+
+
+class ClassifierSpec(ShoalModel):
+    model_config = ShoalModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.mode != 'enabled' || has(self.configMapRef)",
+                "classifier.configMapRef is required when classifier.mode is enabled",
+                field_path=".configMapRef",
+            )
+        )
+    }
+
+    mode: Literal["disabled", "enabled"] = Field(default="disabled", description="enabled: requests no rule matched are routed by the trained classifier.")
+    config_map_ref: ConfigMapKeyReference | None = Field(
+        default=None,
+        description="ConfigMap key holding the classifier trained by `shoal router train` (JSON).",
+    )
+    confidence_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="Below this confidence the request starts one tier above the predicted one.",
+    )
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> ClassifierSpec:
+        if self.mode == "enabled" and self.config_map_ref is None:
+            raise ValueError("classifier.configMapRef is required when classifier.mode is enabled")
+        return self
+
+
+class EscalationSpec(ShoalModel):
+    explicit_routing: Literal["allowed", "disallowed"] = Field(
+        default="allowed",
+        description="allowed: a request naming a tier (model field or x-shoal-tier header) goes there.",
+    )
+    on_low_confidence: Literal["nextTier", "predictedTier"] = Field(
+        default="nextTier", description="Where a request goes when the classifier is unsure."
+    )
+    entry_tier: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Tier whose pods receive the policy's traffic (the entry Service selects them). Unset: the first ModelTier.",
+    )
+
+
+class CircuitBreakerSpec(ShoalModel):
+    consecutive_failures: int = Field(default=5, ge=1, le=1000, description="Failures in a row that open the circuit of an upstream.")
+    open_seconds: float = Field(default=30.0, gt=0, le=3600, description="How long an open circuit skips the upstream before one trial request.")
+
+
+class FallbackSpec(ShoalModel):
+    on: list[Literal["connectError", "serverError", "rateLimited", "timeout"]] = Field(
+        default_factory=lambda: ["connectError", "serverError", "rateLimited", "timeout"],
+        description="Failures (before the first byte reached the client) that move the request to the next tier.",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=16, description="Most upstreams one request may try.")
+    retry_budget_percent: float = Field(
+        default=20.0,
+        ge=0,
+        le=100,
+        description="Retries allowed as a share of recent requests, so a failing tier cannot double the load on the next.",
+    )
+    first_byte_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="An upstream that sends nothing for this long is treated as timed out."
+    )
+    circuit_breaker: CircuitBreakerSpec = Field(default_factory=CircuitBreakerSpec, description="Per-upstream circuit breaker.")
+
+
+class CacheSpec(ShoalModel):
+    mode: Literal["disabled", "exactMatch"] = Field(
+        default="exactMatch",
+        description="exactMatch: deterministic requests (temperature 0) with identical model, messages and parameters are answered from memory.",
+    )
+    max_entries: int = Field(default=10000, ge=1, le=10_000_000, description="Most responses kept (least recently used are evicted).")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=64 * 1024**3, description="Most bytes of responses kept.")
+    ttl_seconds: int = Field(default=600, ge=1, le=604800, description="How long a cached response may be served.")
+
+
+class BudgetSpec(ShoalModel):
+    max_usd_per_request: float | None = Field(default=None, gt=0, description="A tier whose estimated cost for the request exceeds this is skipped.")
+    max_usd_per_hour: float | None = Field(default=None, gt=0, description="Spend per hour on external tiers beyond which they are no longer used.")
+    on_exceeded: Literal["reject", "stayOnCluster"] = Field(
+        default="stayOnCluster",
+        description="When a budget is exhausted: reject (HTTP 429) or stayOnCluster (serve from the largest in-cluster tier).",
+    )
+
+
+class LimitsSpec(ShoalModel):
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Larger request bodies are refused with 413.")
+    request_timeout_seconds: float = Field(default=600.0, gt=0, le=86400, description="Longest a whole request may take through the router.")
+
+
+class RoutePolicySpec(ShoalModel):
+    model_config = ShoalModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+                "tier names must be unique",
+                field_path=".tiers",
+            ),
+            cel(
+                "self.tiers.exists(t, has(t.modelTierRef))",
+                "at least one tier must reference a ModelTier (the policy's entry point)",
+                field_path=".tiers",
+            ),
+            cel(
+                "!has(self.rules) || self.rules.all(r, self.tiers.exists(t, t.name == r.tier))",
+                "every rule must name a tier of this policy",
+                field_path=".rules",
+            ),
+        )
+    }
+
+    tiers: list[TierRef] = Field(
+        min_length=1,
+        max_length=MAX_TIERS,
+        description="The ladder, smallest and cheapest first. Requests escalate and fall back towards the end.",
+    )
+    rules: list[RouteRule] = Field(default_factory=list, max_length=64, description="Ordered rules; the first match picks the starting tier.")
+    classifier: ClassifierSpec = Field(default_factory=ClassifierSpec, description="Trained classifier for requests no rule matched.")
+    escalation: EscalationSpec = Field(default_factory=EscalationSpec, description="Explicit routing and what uncertainty does.")
+    fallback: FallbackSpec = Field(default_factory=FallbackSpec, description="What happens when a tier fails.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache for deterministic requests.")
+    budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending limits.")
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request size and time limits.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutePolicySpec:
+        names = [t.name for t in self.tiers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        if not any(t.model_tier_ref for t in self.tiers):
+            raise ValueError("at least one tier must reference a ModelTier (the policy's entry point)")
+        for rule in self.rules:
+            if rule.tier not in names:
+                raise ValueError(f"rule {rule.name} names tier {rule.tier!r}, which is not in tiers")
+        entry = self.escalation.entry_tier
+        if entry is not None and entry not in {t.name for t in self.tiers if t.model_tier_ref}:
+            raise ValueError(f"escalation.entryTier {entry!r} must name a tier with a modelTierRef")
+        return self
+
+    def entry_tier(self) -> TierRef:
+        """The tier whose pods receive the policy's traffic."""
+        wanted = self.escalation.entry_tier
+        for tier in self.tiers:
+            if tier.model_tier_ref and (wanted is None or tier.name == wanted):
+                return tier
+        raise AssertionError("validated spec has an entry tier")
+
+    def secret_refs(self) -> list[SecretKeyReference]:
+        return [t.external.api_key_secret_ref for t in self.tiers if t.external and t.external.api_key_secret_ref]
+
+
+class RoutePolicyStatus(ShoalModel):
+    observed_generation: int | None = Field(default=None, description="The metadata.generation this status was computed from.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready and ResolvedRefs.")
+    endpoint: str | None = Field(default=None, description="In-cluster base URL of the policy's OpenAI-compatible API (the entry Service).")
+
+
+class RoutePolicy(ShoalModel):
+    api_version: Literal["shoal.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["RoutePolicy"] = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: RoutePolicySpec
+    status: RoutePolicyStatus = Field(default_factory=RoutePolicyStatus)
+
+    model_config = ShoalModel.model_config | {"extra": "ignore"}
+
+    @classmethod
+    def from_body(cls, body: Any) -> RoutePolicy:
+        return cls.model_validate(dict(body))
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace") or "default"
