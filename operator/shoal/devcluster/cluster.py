@@ -1,0 +1,499 @@
+"""The local control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and kwok, as real processes on loopback, with all state in one directory.
+
+Layout of a cluster's state directory::
+
+    cluster.json          ports, versions, paths; written once the cluster is up
+    kubeconfig            admin (system:masters) kubeconfig
+    kubeconfigs/          one kubeconfig per component (and the operator's, with a token)
+    pki/                  CA, serving and client certificates, service-account key
+    etcd/                 etcd's data
+    audit/                audit policy and the audit log (the operator's requests)
+    logs/<component>.log  each component's output
+    pids/<component>.json each running component's pid and start time
+
+``start`` always begins from an empty directory: a development cluster is cheap to make
+and a stale one is a source of confusing failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from shoal.devcluster import pki, processes
+from shoal.devcluster.build import (
+    ETCD_VERSION,
+    KUBERNETES_VERSION,
+    KWOK_VERSION,
+    Binaries,
+    Progress,
+    _stderr_progress,
+    cache_dir,
+)
+from shoal.devcluster.kubectl import Kubectl, KubectlError
+from shoal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeGroup, node_manifests
+from shoal.devcluster.tools import Tools
+
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+OPERATOR_USER = "system:serviceaccount:shoal-system:shoal"
+
+# Start order; stopped in reverse. The operator is started later by `shoal dev up`.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+OPERATOR = "operator"
+
+T = TypeVar("T")
+
+
+class ClusterError(Exception):
+    """The cluster could not be started or used; the message says which part and why."""
+
+
+class ComponentFailed(ClusterError):
+    """A component did not become ready in time (or exited); carries its log's tail."""
+
+
+def default_state_dir(name: str) -> Path:
+    return cache_dir() / "clusters" / name
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def audit_policy() -> dict[str, Any]:
+    """Log every request of the operator's service account at Metadata level, nothing else.
+
+    Tests count the operator's writes from this log (a steady state must have none), so
+    the policy is narrow enough that the log stays small.
+    """
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {"level": "Metadata", "users": [OPERATOR_USER]},
+            {"level": "None"},
+        ],
+    }
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    timeout_s: float,
+    what: str,
+    interval_s: float = 0.25,
+    alive: Callable[[], str | None] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with the last value seen.
+
+    ``alive`` returns an error message when the thing being waited on has died, so a
+    crashed component fails at once instead of at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while True:
+        try:
+            value = check()
+        except Exception as error:  # noqa: BLE001 - kept as the last value seen
+            value, last = None, error
+        else:
+            last = value
+        if value:
+            return value
+        if alive is not None and (dead := alive()):
+            raise ComponentFailed(dead)
+        if time.monotonic() >= deadline:
+            raise ComponentFailed(f"timed out after {timeout_s:.0f}s waiting for {what}; "
+                                  f"last seen: {last!r}")
+        time.sleep(interval_s)
+
+
+@dataclasses.dataclass
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+    @classmethod
+    def pick(cls) -> Ports:
+        picked: set[int] = set()
+        values = []
+        for _ in dataclasses.fields(cls):
+            port = free_port()
+            while port in picked:
+                port = free_port()
+            picked.add(port)
+            values.append(port)
+        return cls(*values)
+
+
+class ControlPlane:
+    """One local cluster, identified by its state directory."""
+
+    def __init__(self, state: Path, name: str = "shoal") -> None:
+        self.state = state
+        self.name = name
+        self.pki = pki.Pki(state / "pki")
+
+    # -- paths -------------------------------------------------------------------------
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state / "kubeconfig"
+
+    @property
+    def info_path(self) -> Path:
+        return self.state / "cluster.json"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state / "audit" / "audit.log"
+
+    def component_kubeconfig(self, component: str) -> Path:
+        return self.state / "kubeconfigs" / f"{component}.yaml"
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.info_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def server(self) -> str:
+        server = self.info().get("server")
+        if not server:
+            raise ClusterError(f"no cluster is recorded in {self.state}; run `shoal dev up`")
+        return str(server)
+
+    def kubectl(self, tools: Tools) -> Kubectl:
+        return Kubectl(tools.kubectl, self.admin_kubeconfig)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def running_components(self) -> list[str]:
+        return [c for c in (*COMPONENTS, OPERATOR) if processes.is_running(self.state, c)]
+
+    def start(
+        self,
+        binaries: Binaries,
+        tools: Tools,
+        nodes: list[NodeGroup],
+        progress: Progress = _stderr_progress,
+        timeout_s: float = 180.0,
+    ) -> dict[str, Any]:
+        """Start every component from an empty state directory and wait until the cluster
+        is usable: all components healthy, every node Ready, the ``default``
+        ServiceAccount present. Returns the recorded cluster info (with timings).
+
+        On any failure everything started so far is stopped again.
+        """
+        if self.running_components():
+            raise ClusterError(
+                f"cluster {self.name!r} is already running ({', '.join(self.running_components())}); "
+                "run `shoal dev down` first"
+            )
+        started = time.monotonic()
+        if self.state.exists():
+            shutil.rmtree(self.state)
+        for sub in ("kubeconfigs", "etcd", "audit", "logs", "pids"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        ports = Ports.pick()
+        server = f"https://127.0.0.1:{ports.apiserver}"
+        pki.generate(self.pki.dir, SERVICE_CIDR)
+        self._write_kubeconfigs(server)
+        try:
+            self._start_etcd(binaries, ports, progress, timeout_s)
+            self._start_apiserver(binaries, ports, server, progress, timeout_s)
+            self._start_controllers(binaries, ports, progress, timeout_s)
+            self._start_kwok(binaries, ports)
+            kubectl = self.kubectl(tools)
+            progress(f"creating {sum(g.count for g in nodes)} simulated nodes")
+            manifests = node_manifests(nodes)
+            if manifests:
+                kubectl.apply(manifests)
+            self._wait_nodes_ready(kubectl, [m["metadata"]["name"] for m in manifests], timeout_s)
+            wait_until(
+                lambda: kubectl.json("get", "serviceaccount", "default", "-n", "default"),
+                timeout_s=timeout_s, what="the default ServiceAccount",
+                alive=self._dead_component,
+            )
+        except BaseException:
+            self.stop(progress=lambda _m: None)
+            raise
+        info = {
+            "name": self.name,
+            "server": server,
+            "kubeconfig": str(self.admin_kubeconfig),
+            "ports": dataclasses.asdict(ports),
+            "versions": {"kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION,
+                         "kwok": KWOK_VERSION},
+            "nodes": [m["metadata"]["name"] for m in manifests],
+            "startSeconds": round(time.monotonic() - started, 1),
+            "startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.info_path.write_text(json.dumps(info, indent=2))
+        progress(f"cluster {self.name!r} is up in {info['startSeconds']}s: {server}")
+        return info
+
+    def stop(self, progress: Progress = _stderr_progress) -> list[str]:
+        """Stop the operator and every component (reverse start order); nothing orphaned."""
+        stopped = []
+        for component in (OPERATOR, *reversed(COMPONENTS)):
+            if processes.stop(self.state, component):
+                stopped.append(component)
+                progress(f"stopped {component}")
+        return stopped
+
+    # -- components --------------------------------------------------------------------
+
+    def _dead_component(self) -> str | None:
+        """A message for the first started component that has exited, with its log."""
+        for component in COMPONENTS:
+            record = processes.recorded(self.state, component)
+            if record is not None and not processes.is_running(self.state, component):
+                return (f"{component} exited; last lines of "
+                        f"{processes.log_path(self.state, component)}:\n"
+                        f"{processes.log_tail(self.state, component)}")
+        return None
+
+    def _wait_healthy(self, component: str, url: str, timeout_s: float,
+                      context: ssl.SSLContext | None) -> None:
+        def check() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        try:
+            wait_until(check, timeout_s=timeout_s, what=f"{component} at {url}",
+                       alive=self._dead_component)
+        except ComponentFailed as error:
+            raise ComponentFailed(
+                f"{component} did not become ready: {error}\nlast lines of its log "
+                f"({processes.log_path(self.state, component)}):\n"
+                f"{processes.log_tail(self.state, component)}"
+            ) from None
+
+    def _start_etcd(self, binaries: Binaries, ports: Ports, progress: Progress,
+                    timeout_s: float) -> None:
+        progress(f"starting etcd {ETCD_VERSION}")
+        client = f"http://127.0.0.1:{ports.etcd_client}"
+        peer = f"http://127.0.0.1:{ports.etcd_peer}"
+        processes.start(self.state, "etcd", [
+            str(binaries.etcd),
+            "--name=shoal-dev",
+            f"--data-dir={self.state / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=shoal-dev={peer}",
+            # A development cluster is disposable; fsync would only slow every write.
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=2147483648",
+            "--log-level=warn",
+        ])
+        self._wait_healthy("etcd", f"{client}/health", timeout_s, None)
+
+    def _start_apiserver(self, binaries: Binaries, ports: Ports, server: str,
+                         progress: Progress, timeout_s: float) -> None:
+        progress(f"starting kube-apiserver {KUBERNETES_VERSION} on {server}")
+        policy = self.state / "audit" / "policy.yaml"
+        policy.write_text(yaml.safe_dump(audit_policy(), sort_keys=False))
+        p = self.pki
+        processes.start(self.state, "kube-apiserver", [
+            str(binaries.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports.apiserver}",
+            f"--tls-cert-file={p.apiserver_cert}",
+            f"--tls-private-key-file={p.apiserver_key}",
+            f"--client-ca-file={p.ca_cert}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p.service_account_pub}",
+            f"--service-account-signing-key-file={p.service_account_key}",
+            # Admission plugins are left at their defaults (PodSecurity included), so the
+            # cluster admits and rejects pods as a real one does.
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ])
+        context = ssl.create_default_context(cafile=str(p.ca_cert))
+        context.load_cert_chain(str(p.client_cert("admin")), str(p.client_key("admin")))
+        self._wait_healthy("kube-apiserver", f"{server}/readyz", timeout_s, context)
+
+    def _start_controllers(self, binaries: Binaries, ports: Ports, progress: Progress,
+                           timeout_s: float) -> None:
+        p = self.pki
+        progress("starting kube-controller-manager and kube-scheduler")
+        processes.start(self.state, "kube-controller-manager", [
+            str(binaries.kube_controller_manager),
+            f"--kubeconfig={self.component_kubeconfig('controller-manager')}",
+            f"--authentication-kubeconfig={self.component_kubeconfig('controller-manager')}",
+            f"--authorization-kubeconfig={self.component_kubeconfig('controller-manager')}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.controller_manager}",
+            "--leader-elect=false",
+            f"--service-account-private-key-file={p.service_account_key}",
+            f"--root-ca-file={p.ca_cert}",
+            f"--cluster-signing-cert-file={p.ca_cert}",
+            f"--cluster-signing-key-file={p.ca_key}",
+            # Each controller acts as its own service account, as kubeadm clusters run it,
+            # so the built-in controller roles are exercised.
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--controllers=*",
+            "--v=1",
+        ])
+        processes.start(self.state, "kube-scheduler", [
+            str(binaries.kube_scheduler),
+            f"--kubeconfig={self.component_kubeconfig('scheduler')}",
+            f"--authentication-kubeconfig={self.component_kubeconfig('scheduler')}",
+            f"--authorization-kubeconfig={self.component_kubeconfig('scheduler')}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports.scheduler}",
+            "--leader-elect=false",
+            "--v=1",
+        ])
+        # Their serving certificates are self-signed and made up at start; health
+        # endpoints on loopback are checked without verifying them.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait_healthy("kube-controller-manager",
+                           f"https://127.0.0.1:{ports.controller_manager}/healthz",
+                           timeout_s, insecure)
+        self._wait_healthy("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz",
+                           timeout_s, insecure)
+
+    def _start_kwok(self, binaries: Binaries, ports: Ports) -> None:
+        # An explicit, empty configuration so a ~/.kwok/kwok.yaml cannot change behaviour;
+        # kwok then uses its built-in stages (nodes heartbeat, bound pods become Ready,
+        # Job pods complete).
+        config = self.state / "kwok.yaml"
+        config.write_text("")
+        processes.start(self.state, "kwok", [
+            str(binaries.kwok),
+            f"--config={config}",
+            f"--kubeconfig={self.component_kubeconfig('kwok')}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}",
+            f"--cidr={POD_CIDR.rsplit('/', 1)[0]}/24",
+            "--node-ip=10.0.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{ports.kwok}",
+        ])
+
+    def _wait_nodes_ready(self, kubectl: Kubectl, names: list[str], timeout_s: float) -> None:
+        def not_ready() -> list[str]:
+            listed = kubectl.json("get", "nodes")
+            ready = {
+                n["metadata"]["name"]
+                for n in listed["items"]
+                if any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in n.get("status", {}).get("conditions", []))
+            }
+            return [n for n in names if n not in ready]
+
+        def check() -> bool | None:
+            return True if not not_ready() else None
+
+        try:
+            wait_until(check, timeout_s=timeout_s, what="every node to be Ready",
+                       alive=self._dead_component)
+        except ComponentFailed as error:
+            with contextlib.suppress(KubectlError):
+                error = ComponentFailed(f"{error}; not ready: {', '.join(not_ready())}")
+            raise ComponentFailed(
+                f"{error}\nlast lines of the kwok log:\n{processes.log_tail(self.state, 'kwok')}"
+            ) from None
+
+    def _write_kubeconfigs(self, server: str) -> None:
+        for identity in pki.CLIENTS:
+            config = pki.kubeconfig(
+                server, self.pki.ca_cert, identity.user,
+                client_cert=self.pki.client_cert(identity.file_stem),
+                client_key=self.pki.client_key(identity.file_stem),
+                cluster_name=self.name,
+            )
+            path = (self.admin_kubeconfig if identity.file_stem == "admin"
+                    else self.component_kubeconfig(identity.file_stem))
+            pki.write_kubeconfig(path, config)
+
+    def write_token_kubeconfig(self, component: str, user: str, token: str,
+                               namespace: str | None = None) -> Path:
+        """A kubeconfig that authenticates with a bearer token (a ServiceAccount's)."""
+        path = self.component_kubeconfig(component)
+        return pki.write_kubeconfig(path, pki.kubeconfig(
+            self.server, self.pki.ca_cert, user, token=token, cluster_name=self.name,
+            namespace=namespace))
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit_events(self, since: float | None = None, until: float | None = None,
+                     user: str = OPERATOR_USER) -> list[dict[str, Any]]:
+        """Audit events of ``user`` whose request was received in [since, until] (epoch s)."""
+        events = []
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line being written right now
+            if event.get("user", {}).get("username") != user:
+                continue
+            received = _parse_time(event.get("requestReceivedTimestamp", ""))
+            if since is not None and received < since:
+                continue
+            if until is not None and received > until:
+                continue
+            events.append(event)
+        return events
+
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+def write_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("verb") in WRITE_VERBS]
+
+
+def _parse_time(stamp: str) -> float:
+    """RFC 3339 with microseconds (as the audit log writes it) -> epoch seconds."""
+    import datetime
+
+    if not stamp:
+        return 0.0
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -1,0 +1,239 @@
+"""`shoal dev up | status | down`: a local control plane with simulated GPU nodes.
+
+``register(subparsers)`` adds the ``dev`` command group to the ``shoal`` command; each
+subcommand's handler is stored as ``func`` on the parsed arguments and returns an exit
+code. ``python -m shoal.devcluster.commands dev ...`` runs the group on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from shoal.devcluster import install, processes
+from shoal.devcluster.build import BuildError, ensure_binaries
+from shoal.devcluster.cluster import (
+    COMPONENTS,
+    OPERATOR,
+    ClusterError,
+    ControlPlane,
+    default_state_dir,
+)
+from shoal.devcluster.kubectl import Kubectl, KubectlError
+from shoal.devcluster.nodes import GPU_RESOURCE, InvalidNodesFile, load_nodes
+from shoal.devcluster.tools import Tools, ensure_tools
+
+DEFAULT_NAME = "shoal"
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``dev`` (with ``up``, ``status``, ``down``) to an argparse subparsers object."""
+    dev = subparsers.add_parser(
+        "dev", help="a local Kubernetes control plane with simulated GPU nodes",
+        description="Run a real local control plane (etcd, kube-apiserver, "
+                    "kube-controller-manager, kube-scheduler) with kwok-simulated GPU nodes, "
+                    "built from Go modules on first use and cached.")
+    groups = dev.add_subparsers(dest="dev_command", metavar="{up,status,down}")
+    groups.required = True
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--name", default=DEFAULT_NAME,
+                            help="cluster name; its state lives in <cache>/clusters/NAME "
+                                 "(default: %(default)s)")
+        parser.add_argument("--state-dir", type=Path, default=None,
+                            help="state directory (overrides --name's default location)")
+
+    up = groups.add_parser("up", help="start the cluster, install Shoal, run the operator")
+    common(up)
+    up.add_argument("--nodes", type=Path, default=None, metavar="FILE",
+                    help="YAML file of simulated node groups (default: 2x H100, 2x L4, 1 CPU)")
+    up.add_argument("--detach", action="store_true",
+                    help="return once everything is up and leave it running "
+                         "(stop it with `shoal dev down`)")
+    up.add_argument("--no-operator", action="store_true",
+                    help="do not install the CRDs and RBAC or start the operator")
+    up.add_argument("--no-examples", action="store_true", help="do not apply examples/*.yaml")
+    up.set_defaults(func=cmd_up)
+
+    status = groups.add_parser("status", help="show the cluster's components, nodes and tiers")
+    common(status)
+    status.set_defaults(func=cmd_status)
+
+    down = groups.add_parser("down", help="stop every process `shoal dev up` started")
+    common(down)
+    down.add_argument("--purge", action="store_true",
+                      help="also delete the state directory (logs, certificates, etcd data)")
+    down.set_defaults(func=cmd_down)
+    return dev
+
+
+def _cluster(args: argparse.Namespace) -> ControlPlane:
+    state = args.state_dir or default_state_dir(args.name)
+    return ControlPlane(state, name=args.name)
+
+
+def _fail(message: str) -> int:
+    print(f"shoal: {message}", file=sys.stderr)
+    return 1
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    try:
+        nodes = load_nodes(args.nodes)
+    except (OSError, InvalidNodesFile) as error:
+        return _fail(f"cannot use the node file {args.nodes}: {error}")
+    # SIGTERM stops the cluster as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        tools = ensure_tools()
+        binaries = ensure_binaries()
+        cluster.start(binaries, tools, nodes)
+        kubectl = cluster.kubectl(tools)
+        if not args.no_operator:
+            _say("installing the CRDs and the chart's RBAC; starting the operator")
+            kubeconfig = install.install_operator(cluster, tools)
+            install.start_operator(cluster, kubeconfig)
+        if not args.no_examples:
+            applied = install.apply_examples(kubectl)
+            if applied:
+                _say(f"applied examples: {', '.join(applied)}")
+        print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
+        print(status_report(cluster, tools))
+        if args.detach:
+            _say("running detached; stop it with `shoal dev down"
+                 + (f" --name {args.name}`" if args.name != DEFAULT_NAME else "`"))
+            return 0
+        _say("running; press Ctrl-C to stop everything")
+        return _watch(cluster, operator=not args.no_operator)
+    except (BuildError, ClusterError) as error:
+        return _fail(str(error))
+    except KubectlError as error:
+        cluster.stop(progress=lambda _m: None)
+        return _fail(str(error))
+    except (KeyboardInterrupt, _Interrupted):
+        _say("stopping")
+        cluster.stop()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _watch(cluster: ControlPlane, operator: bool) -> int:
+    """Keep the foreground until interrupted; stop everything if a component dies."""
+    expected = (*COMPONENTS, OPERATOR) if operator else COMPONENTS
+    try:
+        while True:
+            for component in expected:
+                if not processes.is_running(cluster.state, component):
+                    print(f"shoal: {component} exited; last lines of its log:\n"
+                          f"{processes.log_tail(cluster.state, component)}", file=sys.stderr)
+                    cluster.stop()
+                    return 1
+            time.sleep(2)
+    except (KeyboardInterrupt, _Interrupted):
+        _say("stopping")
+        cluster.stop()
+        return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def node_rows(nodes: dict[str, Any]) -> list[list[str]]:
+    """NAME, READY, GPU product, GPU count, CPU, MEMORY for ``kubectl get nodes -o json``."""
+    rows = [["NODE", "READY", "GPU", "GPUS", "CPU", "MEMORY"]]
+    for node in nodes.get("items", []):
+        labels = node["metadata"].get("labels", {})
+        capacity = node.get("status", {}).get("capacity", {})
+        ready = next((c["status"] for c in node.get("status", {}).get("conditions", [])
+                      if c["type"] == "Ready"), "Unknown")
+        rows.append([node["metadata"]["name"], ready,
+                     labels.get("nvidia.com/gpu.product", "-"),
+                     capacity.get(GPU_RESOURCE, "0"),
+                     capacity.get("cpu", "?"), capacity.get("memory", "?")])
+    return rows
+
+
+def status_report(cluster: ControlPlane, tools: Tools) -> str:
+    kubectl = Kubectl(tools.kubectl, cluster.admin_kubeconfig)
+    parts = [_table(node_rows(kubectl.json("get", "nodes")))]
+    try:
+        tiers = kubectl.run("get", "modeltiers", "--all-namespaces")
+    except KubectlError:
+        tiers = ""  # the CRD is not installed (--no-operator)
+    if tiers.strip():
+        parts.append(tiers.rstrip())
+    return "\n\n".join(parts)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    info = cluster.info()
+    rows = [["COMPONENT", "STATE", "PID", "LOG"]]
+    running = 0
+    for component in (*COMPONENTS, OPERATOR):
+        pid = processes.running_pid(cluster.state, component)
+        recorded = processes.recorded(cluster.state, component) is not None
+        state = "running" if pid else ("exited" if recorded else "stopped")
+        running += bool(pid)
+        rows.append([component, state, str(pid or "-"),
+                     str(processes.log_path(cluster.state, component))])
+    print(f"cluster {cluster.name!r} (state: {cluster.state})")
+    if info:
+        print(f"server: {info.get('server')}  versions: "
+              + ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items()))
+        print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
+    print(_table(rows))
+    if not all(processes.is_running(cluster.state, c) for c in COMPONENTS):
+        return 1 if running else 3
+    try:
+        print()
+        print(status_report(cluster, ensure_tools()))
+    except (KubectlError, BuildError) as error:
+        return _fail(f"the apiserver did not answer: {error}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    stopped = cluster.stop()
+    if not stopped:
+        print(f"cluster {cluster.name!r}: nothing was running")
+    if args.purge and cluster.state.exists():
+        import shutil
+
+        shutil.rmtree(cluster.state)
+        print(f"removed {cluster.state}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shoal")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
