@@ -106,3 +106,17 @@ def test_ldflags_stamp_version_major_and_minor():
 )
 def test_cache_dir_prefers_shoal_then_xdg_then_home(env, expected):
     assert cache_dir(env) == Path(expected)
+
+
+def test_missing_go_toolchain_is_one_line_and_a_nonzero_exit(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": str(tmp_path / "empty"), "SHOAL_CACHE_DIR": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "shoal.devcluster.build"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "shoal: no Go toolchain on PATH: the control plane is built from Go modules; "
+        "install Go 1.24 or newer and retry"]

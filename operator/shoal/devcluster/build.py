@@ -241,11 +241,9 @@ def _run(
                 time.sleep(0.5)
     stdout = b"".join(chunks).decode(errors="replace")
     if proc.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise BuildError(
-            f"{what} failed (exit {proc.returncode}); full log in {log}; last lines:\n"
-            + "\n".join(tail)
-        )
+        for line in log.read_text(errors="replace").splitlines()[-15:]:
+            progress(f"  | {line}")
+        raise BuildError(f"{what} failed (exit {proc.returncode}); the full log is {log}")
     return stdout
 
 

@@ -1,0 +1,53 @@
+"""Helpers shared by the end-to-end tests (imported by conftest and the test modules)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """A condition did not hold before its deadline; carries the last value seen."""
+
+
+def wait_for(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``fn`` until it returns something truthy and return that.
+
+    Exceptions raised by ``fn`` count as "not yet" and are kept as the last value seen, so a
+    timeout reports what was actually observed instead of only that time ran out.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            value = fn()
+        except Exception as error:  # noqa: BLE001 - reported if the deadline passes
+            value, last = None, error
+        else:
+            last = value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+        time.sleep(interval)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """The status condition of ``type_`` on ``obj``, or None."""
+    for cond in obj.get("status", {}).get("conditions", []) or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def is_true(obj: dict[str, Any], type_: str) -> bool:
+    cond = condition(obj, type_)
+    return bool(cond and cond.get("status") == "True")
