@@ -1,0 +1,340 @@
+"""The autoscaling decision: queue depth in, desired replicas and a reason out.
+
+`decide()` is pure. The controller (every `autoscaling.metricsPeriodSeconds`) and the
+simulator (`shoal sim`) call it with what they observed, the tier's autoscaling and
+replica bounds, the time, and the small `History` the previous call returned. The history
+is plain data so the controller can keep it in the ModelTier status and survive a restart
+of the operator.
+
+The policy, in the order the checks are made:
+
+1. At zero replicas with no pod to read, the tier wakes up (to max(1, replicas.min)) as
+   soon as a request for it is seen: the router spilled a request meant for it to another
+   tier (`Observed.spilled_requests`). Until then it stays asleep.
+2. If any ready pod's sample is missing or older than the staleness bound, or no pod is
+   ready although replicas exist, the size is HELD and ScalingActive is False
+   (MetricsMissing). Missing data never causes a scale-down.
+3. Otherwise the recommendation is ceil(total load / targetQueueDepth), where total load
+   is waiting + running requests summed over ready pods. A load within `tolerance` of the
+   current capacity recommends the current size, so the tier does not flap.
+4. Panic: load above panicThreshold x the capacity of the ready pods scales up to the
+   recommendation at once (ignoring the scale-up window) and forbids any scale-down
+   until a whole scale-down window has passed since the last panicking sample.
+5. Scale-up goes to the lowest recommendation of the scale-up window (0 s: at once).
+6. Scale-down goes to the highest recommendation of the scale-down window, and removes
+   at most scaleDownStepReplicas per decision.
+7. With replicas.min 0, the last replica is removed only after scaleToZeroIdleSeconds
+   without any load or request.
+8. The result is clamped to [replicas.min, replicas.max].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from ..api.conditions import (
+    REASON_AUTOSCALING_DISABLED,
+    REASON_DELEGATED_TO_KEDA,
+    REASON_METRICS_FRESH,
+    REASON_METRICS_MISSING,
+)
+from ..api.modeltier import AutoscalingSpec, ReplicasSpec
+
+# --- decision reasons (AutoscalerStatus.reason) ------------------------------------------
+# One CamelCase word each; the set is closed so dashboards and alerts can rely on it.
+SCALE_UP = "ScaleUp"  # Load per replica is above the target band: replicas are added.
+PANIC = "Panic"  # A sharp burst: scaled up at once, and scale-down is suspended for a window.
+SCALE_DOWN = "ScaleDown"  # Load stayed below the band for the whole scale-down window.
+WITHIN_TOLERANCE = "WithinTolerance"  # Load is inside the tolerance band: the size is kept.
+STABILIZING_UP = "StabilizingUp"  # A larger size is wanted but not for the whole scale-up window yet.
+STABILIZING_DOWN = "StabilizingDown"  # A smaller size is wanted but not for the whole scale-down window yet.
+AWAITING_IDLE = "AwaitingIdle"  # No load, but not for scaleToZeroIdleSeconds yet: one replica stays.
+SCALE_TO_ZERO = "ScaleToZero"  # Idle for scaleToZeroIdleSeconds: the last replica is removed.
+ASLEEP = "Asleep"  # At zero replicas and no request seen: the router sends traffic on.
+WAKE_UP = "WakeUp"  # A request arrived for a tier at zero: it starts again.
+METRICS_MISSING = "MetricsMissing"  # A ready pod's queue depth is missing or stale: the size is held.
+NO_READY_PODS = "NoReadyPods"  # Replicas exist but none is ready to report load: the size is held.
+AT_MAX = "AtMax"  # More replicas are wanted than replicas.max allows.
+AT_MIN = "AtMin"  # Fewer replicas are wanted than replicas.min allows.
+DISABLED = REASON_AUTOSCALING_DISABLED  # autoscaling.engine is none: replicas.desired (or min) is kept.
+DELEGATED = REASON_DELEGATED_TO_KEDA  # autoscaling.engine is keda: the current size is left to KEDA.
+
+# A sample is stale when older than this many metrics periods. Two missed scrapes are
+# tolerated (a slow pod, a GC pause); a third means the reading cannot be trusted.
+STALE_AFTER_PERIODS = 3
+
+
+@dataclass(frozen=True)
+class PodLoad:
+    """One ready pod's queue depth, as last read from its router sidecar.
+
+    `waiting` and `running` are the gauges shoal_engine_requests_waiting and
+    shoal_engine_requests_running. `observed_at` is when they were read (seconds on the
+    same clock as `now`); None, or either gauge None, means the read failed.
+    """
+
+    pod: str
+    waiting: float | None
+    running: float | None
+    observed_at: float | None
+
+    def is_fresh(self, now: float, stale_after_seconds: float) -> bool:
+        return (
+            self.waiting is not None
+            and self.running is not None
+            and self.observed_at is not None
+            and now - self.observed_at <= stale_after_seconds
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the caller saw this period.
+
+    current_replicas: the Deployment's spec.replicas (what was last asked for, ready or not).
+    pods: one entry per READY pod of the tier; pods still starting are not listed.
+    spilled_requests: requests meant for this tier that the routers sent to another tier
+        since the previous decision, because this tier had no ready pod or its queue was
+        over the spill limit (the delta of the routers' spill counter for this tier). It is
+        the proof that clients want a tier that has no pod to report load, and so the
+        wake-up signal of a tier at zero.
+    """
+
+    current_replicas: int
+    pods: tuple[PodLoad, ...] = ()
+    spilled_requests: int = 0
+
+
+@dataclass(frozen=True)
+class History:
+    """What the next decision needs to remember; persist it between calls.
+
+    scale_up_candidates / scale_down_candidates are (time, replicas) recommendations of the
+    scale-up and scale-down windows, reduced to the ones that can still become the window's
+    minimum (resp. maximum): a monotonic queue, so it stays a handful of entries however
+    long the window. Times are seconds on the caller's clock.
+    """
+
+    scale_up_candidates: tuple[tuple[float, int], ...] = ()
+    scale_down_candidates: tuple[tuple[float, int], ...] = ()
+    panic_until: float | None = None
+    last_request_time: float | None = None
+    last_scale_time: float | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase, RFC 3339 times, None omitted: the shape to store in the status."""
+        wire: dict[str, Any] = {
+            "scaleUpCandidates": [{"time": _rfc3339(t), "replicas": n} for t, n in self.scale_up_candidates],
+            "scaleDownCandidates": [{"time": _rfc3339(t), "replicas": n} for t, n in self.scale_down_candidates],
+        }
+        for key, value in (
+            ("panicUntil", self.panic_until),
+            ("lastRequestTime", self.last_request_time),
+            ("lastScaleTime", self.last_scale_time),
+        ):
+            if value is not None:
+                wire[key] = _rfc3339(value)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any] | None) -> History:
+        """The inverse of to_wire; an absent or empty status gives an empty history."""
+        if not wire:
+            return cls()
+
+        def when(key: str) -> float | None:
+            value = wire.get(key)
+            return None if value is None else _seconds(value)
+
+        return cls(
+            scale_up_candidates=tuple((_seconds(c["time"]), int(c["replicas"])) for c in wire.get("scaleUpCandidates", ())),
+            scale_down_candidates=tuple((_seconds(c["time"]), int(c["replicas"])) for c in wire.get("scaleDownCandidates", ())),
+            panic_until=when("panicUntil"),
+            last_request_time=when("lastRequestTime"),
+            last_scale_time=when("lastScaleTime"),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one decision.
+
+    desired_replicas: what the Deployment's scale should be now.
+    reason / message: AutoscalerStatus.reason (one of the constants above) and a sentence.
+    scaling_active / condition_reason: the ScalingActive condition (True with MetricsFresh,
+        False with MetricsMissing, AutoscalingDisabled or DelegatedToKEDA).
+    recommended: ceil(load / target) before windows and bounds (None without fresh metrics).
+    queue_depth / waiting: totals over the ready pods read (None when none could be read).
+    history: pass it to the next call.
+    """
+
+    desired_replicas: int
+    reason: str
+    message: str
+    scaling_active: bool
+    condition_reason: str
+    recommended: int | None
+    queue_depth: float | None
+    waiting: float | None
+    history: History = field(default_factory=History)
+
+    def changes(self, current_replicas: int) -> bool:
+        return self.desired_replicas != current_replicas
+
+
+def decide(
+    autoscaling: AutoscalingSpec,
+    replicas: ReplicasSpec,
+    observed: Observed,
+    history: History,
+    *,
+    now: float,
+    stale_after_seconds: float | None = None,
+) -> Decision:
+    """Decide the tier's size. Pure and deterministic: same inputs, same Decision.
+
+    `now` is seconds on any clock that only moves forward, the same clock as
+    PodLoad.observed_at and the times in `history`. `stale_after_seconds` defaults to
+    STALE_AFTER_PERIODS metrics periods.
+    """
+    current = observed.current_replicas
+    lo, hi = replicas.min, replicas.max
+
+    if autoscaling.engine == "none":
+        desired = replicas.desired if replicas.desired is not None else lo
+        return _decision(desired, DISABLED, "autoscaling.engine is none; replicas are fixed by the spec.",
+                         False, REASON_AUTOSCALING_DISABLED, None, None, None, history, current, now)
+    if autoscaling.engine == "keda":
+        return _decision(current, DELEGATED, "autoscaling.engine is keda; a KEDA ScaledObject scales this tier.",
+                         False, REASON_DELEGATED_TO_KEDA, None, None, None, history, current, now)
+
+    demand_seen = observed.spilled_requests > 0
+
+    # 1. Asleep: no pod can report load; only a spilled request says clients want the tier.
+    if current == 0 and not observed.pods:
+        if demand_seen:
+            history = replace(history, last_request_time=now)
+            desired = _clamp(max(1, lo), lo, hi)
+            return _decision(desired, WAKE_UP,
+                             f"{observed.spilled_requests} request(s) arrived while the tier was at zero; starting {desired} replica(s).",
+                             True, REASON_METRICS_FRESH, None, None, None, history, current, now)
+        if lo > 0:
+            return _decision(lo, AT_MIN, f"replicas.min is {lo}.", True, REASON_METRICS_FRESH,
+                             None, None, None, history, current, now)
+        return _decision(0, ASLEEP, "The tier is at zero and no request arrived; the router sends its traffic on.",
+                         True, REASON_METRICS_FRESH, None, None, None, history, current, now)
+
+    # 2. Missing or stale metrics hold the size. A spilled request still counts as a
+    # request, so a later scale to zero waits for it.
+    if demand_seen:
+        history = replace(history, last_request_time=now)
+    held = _clamp(current, lo, hi)
+    if not observed.pods:
+        return _decision(held, NO_READY_PODS,
+                         f"{current} replica(s) requested but none is ready to report queue depth; holding the size.",
+                         False, REASON_METRICS_MISSING, None, None, None, history, current, now)
+    stale_after = stale_after_seconds if stale_after_seconds is not None else STALE_AFTER_PERIODS * autoscaling.metrics_period_seconds
+    missing = sorted(p.pod for p in observed.pods if not p.is_fresh(now, stale_after))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        return _decision(held, METRICS_MISSING,
+                         f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).",
+                         False, REASON_METRICS_MISSING, None, None, None, history, current, now)
+
+    # 3. The recommendation from fresh load.
+    waiting = sum(p.waiting or 0.0 for p in observed.pods)
+    total = waiting + sum(p.running or 0.0 for p in observed.pods)
+    ready = len(observed.pods)
+    target = autoscaling.target_queue_depth
+    if total > 0 or demand_seen or history.last_request_time is None:
+        # An empty history (a new tier, a status that was lost) starts the idle clock now
+        # rather than treating the tier as idle since forever.
+        history = replace(history, last_request_time=now)
+    recommended = math.ceil(total / target - 1e-9) if total > 0 else 0
+    if current > 0 and abs(total / (current * target) - 1.0) <= autoscaling.tolerance:
+        recommended = current
+    up = _push(history.scale_up_candidates, now, recommended, autoscaling.scale_up_window_seconds, keep_min=True)
+    down = _push(history.scale_down_candidates, now, recommended, autoscaling.scale_down_window_seconds, keep_min=False)
+    up_window_min, down_window_max = up[0][1], down[0][1]
+    history = replace(history, scale_up_candidates=up, scale_down_candidates=down)
+    load = f"Queue depth {total:g} on {ready} ready pod(s) (target {target:g} per replica) recommends {recommended}"
+
+    # 4. Panic on a sharp burst; 5. scale up; 6. scale down.
+    panicking = total > autoscaling.panic_threshold * ready * target
+    if panicking:
+        history = replace(history, panic_until=now + autoscaling.scale_down_window_seconds)
+    in_panic = history.panic_until is not None and now < history.panic_until
+    if panicking:
+        desired, reason = max(current, recommended), PANIC
+        message = f"{load}; load is over {autoscaling.panic_threshold:g}x the ready capacity, scaling up at once."
+    elif recommended > current:
+        if up_window_min > current:
+            desired, reason, message = up_window_min, SCALE_UP, f"{load}."
+        else:
+            desired, reason = current, STABILIZING_UP
+            message = f"{load}, not yet for the whole {autoscaling.scale_up_window_seconds}s scale-up window."
+    elif recommended < current:
+        if in_panic:
+            desired, reason = current, PANIC
+            message = f"{load}; scale-down is suspended after a burst until the panic window ends."
+        elif down_window_max >= current:
+            desired, reason = current, STABILIZING_DOWN
+            message = f"{load}; {down_window_max} was recommended within the {autoscaling.scale_down_window_seconds}s scale-down window."
+        else:
+            desired = max(down_window_max, current - autoscaling.scale_down_step_replicas)
+            reason, message = SCALE_DOWN, f"{load}; removing {current - desired} replica(s)."
+    else:
+        desired, reason, message = current, WITHIN_TOLERANCE, f"{load}."
+
+    # 7. Scale to zero only after the idle period.
+    if desired == 0 and current > 0 and lo == 0:
+        idle_for = now - (history.last_request_time if history.last_request_time is not None else now)
+        if idle_for < autoscaling.scale_to_zero_idle_seconds:
+            desired, reason = 1, AWAITING_IDLE
+            message = f"No load for {idle_for:g}s; the tier scales to zero after {autoscaling.scale_to_zero_idle_seconds}s without requests."
+        else:
+            reason = SCALE_TO_ZERO
+            message = f"No request for {idle_for:g}s; scaling to zero (the router sends traffic on)."
+
+    # 8. Bounds.
+    if desired > hi:
+        desired, reason, message = hi, AT_MAX, f"{load}; replicas.max is {hi}."
+    elif desired < lo:
+        desired, reason, message = lo, AT_MIN, f"{load}; replicas.min is {lo}."
+    return _decision(desired, reason, message, True, REASON_METRICS_FRESH, recommended, total, waiting, history, current, now)
+
+
+def _decision(desired: int, reason: str, message: str, active: bool, condition_reason: str,
+              recommended: int | None, total: float | None, waiting: float | None,
+              history: History, current: int, now: float) -> Decision:
+    if desired != current:
+        history = replace(history, last_scale_time=now)
+    return Decision(desired, reason, message, active, condition_reason, recommended, total, waiting, history)
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, value))
+
+
+def _push(candidates: tuple[tuple[float, int], ...], now: float, value: int, window: float, *, keep_min: bool) -> tuple[tuple[float, int], ...]:
+    """Add (now, value) to a monotonic window queue; the first entry is the window's extreme.
+
+    Entries older than the window leave at the front. At the back, entries that the new
+    value makes irrelevant leave: for a minimum, those >= value; for a maximum, those <= value.
+    """
+    kept = [c for c in candidates if c[0] >= now - window]
+    while kept and (kept[-1][1] >= value if keep_min else kept[-1][1] <= value):
+        kept.pop()
+    kept.append((now, value))
+    return tuple(kept)
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
