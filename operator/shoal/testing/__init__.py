@@ -1,0 +1,1 @@
+"""Test helpers that are real servers and processes on loopback, shared by tests and benchmarks."""
