@@ -26,7 +26,7 @@ def test_the_same_accuracy_on_more_items_passes():
     assert verdict.passed is True
     assert verdict.failures == []
     assert verdict.metrics[0].lower == pytest.approx(0.7391, abs=1e-4)
-    assert verdict.message.startswith("Passed every threshold: exact_match 0.800 [0.739, 0.851]")
+    assert verdict.message == ("Passed every threshold: exact_match 0.800 [0.739, 0.850].")
 
 
 def test_skipped_items_do_not_count_in_a_metric():
