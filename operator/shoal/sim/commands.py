@@ -1,0 +1,153 @@
+"""`shoal sim`: replay traffic through a simulated fleet before applying the tiers.
+
+    shoal sim -f examples/modeltier-small.yaml --trace diurnal --hours 6 --seed 1 \\
+        --slo-ttft-p95 2.0 --plot out.png
+
+Several -f files (or several ModelTiers in one file) form a ladder, smallest first: a
+request spills to the next tier while the tier is at zero or its queue is over
+--spill-queue-depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..api.modeltier import ModelTier
+from . import report, trace
+from .engine import EngineModel
+from .fleet import ScalingPolicy, TierConfig, simulate
+from .policies import HPAUtilizationPolicy, KEDAWaitingPolicy, ShoalPolicy, StaticPolicy
+
+DESCRIPTION = __doc__.split("\n\n")[0] + """
+
+Reports GPU-hours (GPUs x pod lifetime, including cold start), cost (x cost.gpuHourUSD),
+SLO attainment (share of 1-minute windows whose p95 time to first token is under
+--slo-ttft-p95), queue wait and scale events. The scaling decision is Shoal's real
+autoscaler code; routing is the router's real decision code."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sim", help="simulate a fleet of tiers on a traffic trace", description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-f", "--filename", action="append", required=True, help="ModelTier manifest(s), smallest tier first")
+    p.add_argument("--trace", default="diurnal", help="diurnal, constant, or a CSV file (timestamp,prompt_tokens,output_tokens)")
+    p.add_argument("--hours", type=float, default=6.0, help="length of a synthetic trace (default 6)")
+    p.add_argument("--rate", type=float, default=20.0, help="mean requests per second of a synthetic trace (default 20)")
+    p.add_argument("--amplitude", type=float, default=0.7, help="diurnal swing around the mean, 0..1 (default 0.7)")
+    p.add_argument("--bursts-per-hour", type=float, default=2.0, help="sudden bursts per hour (default 2)")
+    p.add_argument("--burst-factor", type=float, default=2.0, help="rate multiplier during a burst (default 2)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the trace and the cold starts (default 1)")
+    p.add_argument("--slo-ttft-p95", type=float, default=2.0, help="p95 time-to-first-token target in seconds (default 2.0)")
+    p.add_argument("--policy", default="shoal", help="shoal (default), static:N, hpa (GPU utilization 70%%) or keda (waiting requests, threshold 5)")
+    p.add_argument("--spill-queue-depth", type=int, default=None, help="waiting requests above which a tier spills to the next")
+    p.add_argument("--cold-start", default="60:180", help="MIN:MAX seconds for a new pod to serve (default 60:180)")
+    p.add_argument("--prefill-tps", type=float, default=EngineModel.prefill_tokens_per_second, help="prefill tokens/s of one replica")
+    p.add_argument("--decode-step", type=float, default=EngineModel.decode_step_base_seconds, help="seconds per decode step at batch 1")
+    p.add_argument("--decode-step-per-seq", type=float, default=EngineModel.decode_step_per_seq_seconds, help="extra seconds per decode step per sequence in the batch")
+    p.add_argument("--plot", default=None, help="write a PNG of load, replicas and p95 TTFT over time (needs matplotlib)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def load_tiers(paths: list[str]) -> list[ModelTier]:
+    tiers = []
+    for path in paths:
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if doc and doc.get("kind") == "ModelTier":
+                tiers.append(ModelTier.model_validate(doc))
+    if not tiers:
+        raise SystemExit(f"shoal sim: no ModelTier in {', '.join(paths)}")
+    return tiers
+
+
+def tier_config(tier: ModelTier, model: EngineModel, spill_queue_depth: int | None) -> TierConfig:
+    spec = tier.spec
+    if spec.engine.max_num_seqs is not None:
+        model = EngineModel(**{**model.__dict__, "max_num_seqs": spec.engine.max_num_seqs})
+    initial = spec.replicas.desired if spec.replicas.desired is not None else max(spec.replicas.min, 1 if spec.replicas.min == 0 else spec.replicas.min)
+    return TierConfig(
+        name=tier.name,
+        engine=model,
+        gpus_per_replica=max(1, spec.resources.gpu.count),
+        gpu_hour_usd=spec.cost.gpu_hour_usd,
+        initial_replicas=initial,
+        spill_queue_depth=spill_queue_depth,
+    )
+
+
+def make_policy(name: str, tier: ModelTier) -> ScalingPolicy:
+    spec = tier.spec
+    if name == "shoal":
+        if spec.autoscaling.engine == "none":
+            fixed = spec.replicas.desired if spec.replicas.desired is not None else spec.replicas.min
+            return StaticPolicy(fixed)
+        return ShoalPolicy(spec.autoscaling, spec.replicas)
+    if name.startswith("static:"):
+        return StaticPolicy(int(name.split(":", 1)[1]), name=name)
+    if name == "hpa":
+        return HPAUtilizationPolicy(spec.replicas)
+    if name == "keda":
+        return KEDAWaitingPolicy(spec.replicas)
+    raise SystemExit(f"shoal sim: unknown --policy {name!r}: use shoal, static:N, hpa or keda")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("shoal sim: --plot needs matplotlib, which is not installed: pip install 'shoal[sim]'", file=sys.stderr)
+            return 2
+    try:
+        lo, hi = (float(x) for x in args.cold_start.split(":"))
+    except ValueError:
+        print(f"shoal sim: --cold-start must be MIN:MAX seconds, not {args.cold_start!r}", file=sys.stderr)
+        return 2
+    model = EngineModel(
+        prefill_tokens_per_second=args.prefill_tps,
+        decode_step_base_seconds=args.decode_step,
+        decode_step_per_seq_seconds=args.decode_step_per_seq,
+        cold_start_min_seconds=lo,
+        cold_start_max_seconds=hi,
+    )
+    tiers = load_tiers(args.filename)
+    seconds = args.hours * 3600.0
+    shape = trace.TraceShape(mean_rate=args.rate, amplitude=args.amplitude,
+                             bursts_per_hour=args.bursts_per_hour, burst_factor=args.burst_factor)
+    if args.trace == "diurnal":
+        arrivals = trace.diurnal(seconds, seed=args.seed, shape=shape)
+    elif args.trace == "constant":
+        arrivals = trace.constant(args.rate, seconds, seed=args.seed)
+    else:
+        try:
+            arrivals = trace.read_csv(args.trace)
+        except (OSError, trace.TraceError) as e:
+            print(f"shoal sim: {e}", file=sys.stderr)
+            return 2
+        seconds = arrivals[-1].time if arrivals else 0.0
+    configs = [tier_config(t, model, args.spill_queue_depth if i < len(tiers) - 1 else None) for i, t in enumerate(tiers)]
+    policies = [make_policy(args.policy, t) for t in tiers]
+    outcome = simulate(arrivals, configs, policies, seed=args.seed, end=seconds)
+    summary = report.summarize(outcome, args.slo_ttft_p95)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(report.format_summary(summary))
+    if args.plot:
+        report.write_plot({args.policy: outcome}, args.slo_ttft_p95, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `sim` alone (python -m shoal.sim), for when the shoal command does not have it yet."""
+    parser = argparse.ArgumentParser(prog="shoal")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sim", *(argv if argv is not None else sys.argv[1:])])
+    return args.func(args)
