@@ -30,11 +30,16 @@ DNS_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_TIER_NAME_LENGTH = 40
 
 
+def wire_name(field_name: str) -> str:
+    """snake_case -> camelCase, keeping the currency acronym whole (gpuHourUSD)."""
+    return to_camel(field_name).replace("Usd", "USD")
+
+
 class ShoalModel(BaseModel):
     """Base for every spec/status model: camelCase on the wire, unknown fields rejected."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel,
+        alias_generator=wire_name,
         populate_by_name=True,
         extra="forbid",
         validate_default=True,

@@ -1,0 +1,77 @@
+"""Names, labels and URLs of the objects Shoal creates for a ModelTier or RoutePolicy.
+
+One place so the renderers, the controller (which looks children up) and the router
+configuration (which points at other tiers' Services) always agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import API_VERSION
+from .routerconfig import CONFIG_DIR as CONFIG_MOUNT
+from .routerconfig import CONFIG_KEY
+from .routerconfig import SECRETS_DIR as SECRETS_MOUNT
+from .routerconfig import secret_file_path as secret_file
+
+__all__ = ["CONFIG_KEY", "CONFIG_MOUNT", "SECRETS_MOUNT", "secret_file"]
+
+MANAGED_BY = "shoal"
+TIER_LABEL = "shoal.dev/tier"
+POLICY_LABEL = "shoal.dev/route-policy"
+COMPONENT_INFERENCE = "inference"
+
+SERVICE_PORT = 80
+
+
+def tier_selector(tier_name: str) -> dict[str, str]:
+    """Labels that select a tier's pods. Immutable once a Deployment exists."""
+    return {"app.kubernetes.io/name": "modeltier", TIER_LABEL: tier_name}
+
+
+def tier_labels(tier_name: str, component: str = COMPONENT_INFERENCE) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "modeltier",
+        "app.kubernetes.io/instance": tier_name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "shoal",
+        TIER_LABEL: tier_name,
+    }
+
+
+def selector_string(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def router_configmap_name(tier_name: str) -> str:
+    return f"{tier_name}-router"
+
+
+def service_host(service_name: str, namespace: str) -> str:
+    return f"{service_name}.{namespace}.svc"
+
+
+def tier_endpoint(tier_name: str, namespace: str) -> str:
+    """In-cluster base URL of a tier's OpenAI-compatible API (its router sidecar)."""
+    return f"http://{service_host(tier_name, namespace)}/v1"
+
+
+def policy_service_name(policy_name: str) -> str:
+    return f"{policy_name}-route"
+
+
+def policy_endpoint(policy_name: str, namespace: str) -> str:
+    return f"http://{service_host(policy_service_name(policy_name), namespace)}/v1"
+
+
+def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
+    """A controller owner reference, so deleting the owner garbage-collects the child."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": name,
+        "uid": uid or "",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }

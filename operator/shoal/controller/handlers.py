@@ -1,0 +1,127 @@
+"""kopf handlers: thin, each one line of intent over `Reconcilers`.
+
+Status is rebuilt from observations and written only when it changed; children are
+applied only when they differ from the cluster. At steady state nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import CollectorRegistry
+
+from shoal.api.naming import MANAGED_BY, TIER_LABEL
+from shoal.kube.client import Kube, load_api_client
+from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, Unavailable
+
+from .reconcilers import InvalidSpec, Reconcilers
+
+MODELTIER = ("shoal.dev", "v1alpha1", "modeltiers")
+ROUTEPOLICY = ("shoal.dev", "v1alpha1", "routepolicies")
+OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY, TIER_LABEL: kopf.PRESENT}
+
+log = logging.getLogger("shoal.controller")
+
+# Set by `shoal run` before kopf starts; handlers read it from kopf's memo.
+REGISTRY = CollectorRegistry()
+DEBOUNCE_SECONDS = 0.5
+
+
+class Debouncer:
+    """Coalesces bursts of child events into one refresh per object."""
+
+    def __init__(self, fn: Any, delay: float) -> None:
+        self._fn = fn
+        self._delay = delay
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    def request(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key not in self._pending:
+            self._pending[key] = asyncio.create_task(self._run(key))
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        await asyncio.sleep(self._delay)
+        self._pending.pop(key, None)
+        try:
+            await self._fn(*key)
+        except (InvalidSpec, Invalid) as exc:
+            log.info("refresh of %s/%s: %s", key[0], key[1], exc)
+        except KubeError as exc:
+            log.warning("refresh of %s/%s failed, retrying: %s", key[0], key[1], exc)
+            await asyncio.sleep(5)
+            self.request(*key)
+
+
+def _translate(exc: Exception) -> Exception:
+    """Map our errors to kopf's retry semantics."""
+    if isinstance(exc, InvalidSpec):
+        return kopf.PermanentError(str(exc))
+    if isinstance(exc, Conflict):
+        return kopf.TemporaryError(f"conflict, re-reading: {exc}", delay=1)
+    if isinstance(exc, Forbidden):
+        return kopf.TemporaryError(f"forbidden (check the chart's RBAC): {exc}", delay=60)
+    if isinstance(exc, Unavailable):
+        return kopf.TemporaryError(f"API server unavailable: {exc}", delay=10)
+    return kopf.TemporaryError(str(exc), delay=15)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Progress and diff-base in annotations of our own prefix; the CRD status schema is
+    # structural and would prune kopf's status fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shoal.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="shoal.dev", key="last-handled-configuration"
+    )
+    # Shoal records its own Events on condition transitions; kopf's per-handler chatter
+    # would be a write on every pass.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    kube = Kube(load_api_client(), registry=REGISTRY)
+    memo.reconcilers = Reconcilers(kube)
+    memo.tier_refresh = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=False), DEBOUNCE_SECONDS)
+    memo.tier_apply = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=True), DEBOUNCE_SECONDS)
+    memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)
+
+
+async def _policy(memo: kopf.Memo, namespace: str, name: str) -> None:
+    async def apply_tier(ns: str, tier: str) -> None:
+        memo.tier_apply.request(ns, tier)
+
+    await memo.reconcilers.policy(namespace, name, on_tiers=apply_tier)
+
+
+@kopf.on.resume(*MODELTIER)
+@kopf.on.create(*MODELTIER)
+@kopf.on.update(*MODELTIER, field="spec")
+async def reconcile_tier(name: str, namespace: str, spec: Any, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await memo.reconcilers.tier(namespace, name, apply=True)
+    except (InvalidSpec, KubeError) as exc:
+        raise _translate(exc) from exc
+    # Policies listing this tier re-resolve (a ModelTier they missed may now exist).
+    policy = ((spec or {}).get("router") or {}).get("routePolicy")
+    if policy:
+        memo.policy_refresh.request(namespace, policy)
+
+
+@kopf.on.resume(*ROUTEPOLICY)
+@kopf.on.create(*ROUTEPOLICY)
+@kopf.on.update(*ROUTEPOLICY, field="spec")
+async def reconcile_policy(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await _policy(memo, namespace, name)
+    except (InvalidSpec, KubeError) as exc:
+        raise _translate(exc) from exc
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+@kopf.on.event("", "v1", "pods", labels=OWNED)
+async def child_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A Deployment or Pod of a tier changed: refresh that tier's status (reads; writes only on change)."""
+    memo.tier_refresh.request(namespace, labels[TIER_LABEL])

@@ -1,0 +1,159 @@
+"""The reconcile passes, shared by kopf's handlers and the child-event refresher.
+
+Each pass reads like a sentence: validate, observe, plan (pure), execute, write the
+status only if it changed. A per-object lock keeps a spec reconcile and an event-driven
+refresh of the same object from interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from shoal.api import conditions as C
+from shoal.api.modeltier import ModelTier
+from shoal.api.routepolicy import RoutePolicy
+from shoal.kube import observe
+from shoal.kube.client import Kube
+from shoal.kube.diff import needs_apply
+from shoal.kube.errors import Invalid
+from shoal.plan.conditions import Cond, merge_conditions
+from shoal.plan.policy import policy_status, status_patch
+from shoal.plan.tier import plan_tier
+from shoal.render.policy import render_entry_service
+
+from .desired import tier_manifests
+
+log = logging.getLogger("shoal.controller")
+
+TIER = ("shoal.dev/v1alpha1", "ModelTier")
+POLICY = ("shoal.dev/v1alpha1", "RoutePolicy")
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class InvalidSpec(Exception):
+    """The object passed the schema but cannot work; its status says why."""
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts)
+
+
+class Reconcilers:
+    def __init__(self, kube: Kube, clock: Clock = utcnow) -> None:
+        self.kube = kube
+        self.clock = clock
+        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+
+    def _lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+    async def _apply_all(self, manifests: list[dict[str, Any]], observed: dict[tuple[str, str], dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+        """Apply what differs from the cluster; returns the resulting objects by kind."""
+        result: dict[str, dict[str, Any]] = {}
+        for manifest in manifests:
+            key = (manifest["kind"], manifest["metadata"]["name"])
+            current = observed.get(key)
+            if key not in observed:
+                current = await self.kube.get(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
+            if needs_apply(current, manifest):
+                current = await self.kube.apply(manifest)
+            if current is not None:
+                result[manifest["kind"]] = current
+        return result
+
+    async def _invalid(self, kind: tuple[str, str], body: dict[str, Any], message: str) -> None:
+        meta = body["metadata"]
+        previous = body.get("status") or {}
+        conds = merge_conditions(
+            previous.get("conditions"),
+            [Cond(C.READY, "False", C.REASON_INVALID_SPEC, message)],
+            meta.get("generation"),
+            self.clock(),
+        )
+        wanted = {"observedGeneration": meta.get("generation"), "conditions": conds}
+        patch = status_patch(wanted, previous)
+        if patch:
+            await self.kube.patch_status(*kind, meta["namespace"], meta["name"], patch)
+            await self.kube.event({**body, "apiVersion": kind[0], "kind": kind[1]}, "Warning", C.REASON_INVALID_SPEC, message)
+
+    # --- ModelTier ---------------------------------------------------------------------
+
+    async def tier(self, namespace: str, name: str, *, apply: bool) -> None:
+        """Bring one ModelTier's children and status in line with its spec and the cluster."""
+        async with self._lock("ModelTier", namespace, name):
+            body = await self.kube.get(*TIER, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                tier = ModelTier.from_body(body)
+            except ValidationError as exc:
+                message = f"The spec cannot be served: {validation_message(exc)}."
+                await self._invalid(TIER, body, message)
+                raise InvalidSpec(message) from exc
+
+            observed = await observe.observe_tier(self.kube, tier)
+            plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
+            # A child that disappeared (deleted by hand) is put back even on a refresh.
+            if apply or observed.deployment is None:
+                manifests = tier_manifests(tier, plan, observed)
+                try:
+                    applied = await self._apply_all(manifests, {("Deployment", tier.name): observed.deployment})
+                except Invalid as exc:
+                    message = f"The API server rejected an object rendered from this spec: {exc}"
+                    await self._invalid(TIER, body, message)
+                    raise InvalidSpec(message) from exc
+                if "Deployment" in applied:
+                    observed = observed.__class__(**{**observed.__dict__, "deployment": applied["Deployment"]})
+                    plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
+
+            patch = plan.status_patch(body.get("status"))
+            if patch:
+                await self.kube.patch_status(*TIER, namespace, name, patch)
+            for event in plan.events:
+                await self.kube.event(body, event.type, event.reason, event.message)
+
+    # --- RoutePolicy -------------------------------------------------------------------
+
+    async def policy(self, namespace: str, name: str, *, on_tiers: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+        async with self._lock("RoutePolicy", namespace, name):
+            body = await self.kube.get(*POLICY, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                policy = RoutePolicy.from_body(body)
+            except ValidationError as exc:
+                message = f"The spec cannot be routed: {validation_message(exc)}."
+                await self._invalid(POLICY, body, message)
+                raise InvalidSpec(message) from exc
+
+            observed = await observe.observe_policy(self.kube, policy)
+            entry = policy.spec.entry_tier()
+            await self._apply_all([render_entry_service(policy, entry.model_tier_ref.name)], {})
+            wanted = policy_status(policy, observed, self.clock(), body.get("status"))
+            patch = status_patch(wanted, body.get("status"))
+            if patch:
+                await self.kube.patch_status(*POLICY, namespace, name, patch)
+                before = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+                ready = next(c for c in wanted["conditions"] if c["type"] == C.READY)
+                old = before.get(C.READY)
+                if old is None or old.get("status") != ready["status"] or old.get("reason") != ready["reason"]:
+                    await self.kube.event(body, "Normal" if ready["status"] == "True" else "Warning", ready["reason"], ready["message"])
+        # The sidecars of the tiers serving this policy get the new ladder (outside the
+        # policy's lock: each tier takes its own).
+        if on_tiers is not None:
+            for tier in await observe.tiers_using_policy(self.kube, namespace, name):
+                await on_tiers(namespace, tier["metadata"]["name"])

@@ -1,0 +1,239 @@
+"""The only code that talks to the API server.
+
+A thin asynchronous wrapper over the official client's REST layer: get, list, server-side
+apply (field manager `shoal`), status patches, Events and the scale subresource. Every
+write is counted (`shoal_operator_api_writes_total`), so a steady state with zero writes
+can be checked from the operator's own metrics as well as from the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter
+
+from .errors import Conflict, Forbidden, Invalid, KubeError, NotFound, Unavailable
+
+FIELD_MANAGER = "shoal"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group_version: str  # "v1" or "apps/v1"
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace)}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name)}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+RESOURCES: dict[tuple[str, str], Resource] = {
+    ("v1", "ConfigMap"): Resource("v1", "configmaps"),
+    ("v1", "Service"): Resource("v1", "services"),
+    ("v1", "Pod"): Resource("v1", "pods"),
+    ("v1", "Secret"): Resource("v1", "secrets"),
+    ("v1", "Event"): Resource("v1", "events"),
+    ("apps/v1", "Deployment"): Resource("apps/v1", "deployments"),
+    ("policy/v1", "PodDisruptionBudget"): Resource("policy/v1", "poddisruptionbudgets"),
+    ("batch/v1", "Job"): Resource("batch/v1", "jobs"),
+    ("shoal.dev/v1alpha1", "ModelTier"): Resource("shoal.dev/v1alpha1", "modeltiers"),
+    ("shoal.dev/v1alpha1", "RoutePolicy"): Resource("shoal.dev/v1alpha1", "routepolicies"),
+    ("keda.sh/v1alpha1", "ScaledObject"): Resource("keda.sh/v1alpha1", "scaledobjects"),
+}
+
+
+def resource(api_version: str, kind: str) -> Resource:
+    try:
+        return RESOURCES[(api_version, kind)]
+    except KeyError as exc:
+        raise KubeError(f"no REST mapping for {api_version} {kind}") from exc
+
+
+def load_api_client() -> k8s_client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s_client.ApiClient()
+
+
+def _translate(exc: ApiException, what: str) -> KubeError:
+    status = exc.status or 0
+    detail = ""
+    try:
+        body = json.loads(exc.body or "{}")
+        detail = body.get("message", "")
+    except (ValueError, TypeError):
+        detail = str(exc.body or exc.reason or "")
+    message = f"{what}: {detail or exc.reason}"
+    if status == 404:
+        return NotFound(message, status)
+    if status == 409:
+        return Conflict(message, status)
+    if status in (400, 422):
+        return Invalid(message, status)
+    if status in (401, 403):
+        return Forbidden(message, status)
+    return Unavailable(message, status)
+
+
+class Kube:
+    """Asynchronous access to the API server for the controller."""
+
+    def __init__(self, api_client: k8s_client.ApiClient, registry: CollectorRegistry | None = None) -> None:
+        self._api = api_client
+        self.writes = Counter(
+            "shoal_operator_api_writes",
+            "Write requests (create, apply, patch, delete) the operator sent to the API server.",
+            ["verb", "resource"],
+            registry=registry,
+        )
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        what: str,
+    ) -> dict[str, Any]:
+        def do() -> dict[str, Any]:
+            try:
+                response = self._api.call_api(
+                    path,
+                    method,
+                    query_params=list((query or {}).items()),
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
+                    _request_timeout=30,
+                )
+            except ApiException as exc:
+                raise _translate(exc, what) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise Unavailable(f"{what}: {exc}") from exc
+            raw = response[0].data if isinstance(response, tuple) else response.data
+            return json.loads(raw) if raw else {}
+
+        return await asyncio.to_thread(do)
+
+    def _count(self, verb: str, res: Resource) -> None:
+        self.writes.labels(verb=verb, resource=res.plural).inc()
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        res = resource(api_version, kind)
+        try:
+            return await self._call("GET", res.path(namespace, name), what=f"get {kind} {namespace}/{name}")
+        except NotFound:
+            return None
+
+    async def list(self, api_version: str, kind: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
+        res = resource(api_version, kind)
+        query = {"labelSelector": selector} if selector else None
+        result = await self._call("GET", res.path(namespace), query=query, what=f"list {kind} in {namespace}")
+        return list(result.get("items", []))
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply with field manager `shoal`, taking over fields on conflict.
+
+        The operator is the declared owner of its children; forcing means a hand edit of a
+        field Shoal manages is reverted on the next reconcile, like every controller does.
+        """
+        res = resource(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        self._count("apply", res)
+        return await self._call(
+            "PATCH",
+            res.path(meta.get("namespace"), meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            # YAML is a superset of JSON; a pre-serialised string is sent as it is.
+            body=json.dumps(obj),
+            content_type="application/apply-patch+yaml",
+            what=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+        )
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        res = resource(api_version, kind)
+        self._count("patch-status", res)
+        return await self._call(
+            "PATCH",
+            res.path(namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+            what=f"patch status of {kind} {namespace}/{name}",
+        )
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        res = resource(api_version, kind)
+        self._count("delete", res)
+        try:
+            await self._call(
+                "DELETE",
+                res.path(namespace, name),
+                body={"propagationPolicy": "Background"},
+                what=f"delete {kind} {namespace}/{name}",
+            )
+        except NotFound:
+            pass
+
+    async def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        res = resource(api_version, kind)
+        self._count("scale", res)
+        return await self._call(
+            "PATCH",
+            res.path(namespace, name, "scale"),
+            body={"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+            what=f"scale {kind} {namespace}/{name}",
+        )
+
+    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event about `involved` (a whole object, for its uid and version)."""
+        meta = involved["metadata"]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "shoal-operator"},
+            "reportingComponent": "shoal.dev/operator",
+            "reportingInstance": "shoal-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        res = resource("v1", "Event")
+        self._count("create", res)
+        await self._call("POST", res.path(meta["namespace"]), body=body, what=f"record event on {meta['name']}")

@@ -1,0 +1,73 @@
+"""Helpers to build a condition list the Kubernetes way.
+
+`lastTransitionTime` moves only when a condition's status flips; reason and message may
+change under a stable transition time. Conditions are kept in a fixed order so that a
+status rebuilt from the same observations compares equal to the stored one and is not
+written again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated", "Degraded"]
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+def rfc3339(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    previous: list[dict[str, Any]] | None,
+    wanted: list[Cond],
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The condition list to store: `wanted`, with transition times carried over."""
+    before = {c.get("type"): c for c in previous or []}
+    out: list[dict[str, Any]] = []
+    for cond in sorted(wanted, key=lambda c: ORDER.index(c.type) if c.type in ORDER else len(ORDER)):
+        old = before.get(cond.type)
+        if old is not None and old.get("status") == cond.status and old.get("lastTransitionTime"):
+            since = old["lastTransitionTime"]
+        else:
+            since = rfc3339(now)
+        entry: dict[str, Any] = {
+            "type": cond.type,
+            "status": cond.status,
+            "reason": cond.reason,
+            "message": cond.message,
+            "lastTransitionTime": since,
+        }
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        out.append(entry)
+    return out
+
+
+def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    for cond in conditions or []:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def flips(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conditions whose status or reason differs from before: each deserves an Event."""
+    before = {c.get("type"): c for c in previous or []}
+    changed = []
+    for cond in current:
+        old = before.get(cond["type"])
+        if old is None or old.get("status") != cond["status"] or old.get("reason") != cond["reason"]:
+            changed.append(cond)
+    return changed

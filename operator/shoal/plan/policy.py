@@ -1,0 +1,72 @@
+"""Pure decisions for one RoutePolicy: which references resolve, and its status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shoal.api import conditions as C
+from shoal.api.naming import policy_endpoint
+from shoal.api.routepolicy import RoutePolicy
+
+from .conditions import Cond, merge_conditions
+
+
+@dataclass(frozen=True)
+class PolicyObservation:
+    model_tiers: frozenset[str] = frozenset()  # ModelTiers that exist in the namespace
+    secrets: dict[str, frozenset[str]] = field(default_factory=dict)  # Secret -> key names
+    config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+def unresolved(policy: RoutePolicy, observed: PolicyObservation) -> list[tuple[str, str]]:
+    """(reason, sentence) for every reference that does not resolve, in spec order."""
+    ns = policy.namespace
+    out: list[tuple[str, str]] = []
+    for i, tier in enumerate(policy.spec.tiers):
+        if tier.model_tier_ref and tier.model_tier_ref.name not in observed.model_tiers:
+            out.append(
+                (C.REASON_MODEL_TIER_NOT_FOUND, f"spec.tiers[{i}] ({tier.name}) refers to ModelTier {tier.model_tier_ref.name!r}, which does not exist in namespace {ns!r}")
+            )
+        ref = tier.external.api_key_secret_ref if tier.external else None
+        if ref is not None:
+            keys = observed.secrets.get(ref.name)
+            if keys is None:
+                out.append((C.REASON_SECRET_NOT_FOUND, f"spec.tiers[{i}] ({tier.name}) refers to Secret {ref.name!r}, which does not exist in namespace {ns!r}"))
+            elif ref.key not in keys:
+                out.append((C.REASON_SECRET_NOT_FOUND, f"spec.tiers[{i}] ({tier.name}) refers to key {ref.key!r} of Secret {ref.name!r}, which has no such key"))
+    classifier = policy.spec.classifier
+    if classifier.mode == "enabled" and classifier.config_map_ref:
+        ref = classifier.config_map_ref
+        keys = observed.config_maps.get(ref.name)
+        if keys is None or ref.key not in keys:
+            out.append((C.REASON_CONFIGMAP_NOT_FOUND, f"spec.classifier.configMapRef refers to key {ref.key!r} of ConfigMap {ref.name!r}, which does not exist in namespace {ns!r}"))
+    return out
+
+
+def policy_status(policy: RoutePolicy, observed: PolicyObservation, now: datetime, previous: dict[str, Any] | None) -> dict[str, Any]:
+    previous = previous or {}
+    problems = unresolved(policy, observed)
+    entry = policy.spec.entry_tier()
+    wanted: list[Cond] = []
+    if problems:
+        message = "; ".join(p[1] for p in problems) + "."
+        wanted.append(Cond(C.READY, "False", problems[0][0], message))
+        wanted.append(Cond(C.RESOLVED_REFS, "False", problems[0][0], message))
+    else:
+        wanted.append(
+            Cond(C.READY, "True", C.REASON_RESOLVED, f"Routing across {len(policy.spec.tiers)} tiers; requests enter at {entry.name}.")
+        )
+        wanted.append(Cond(C.RESOLVED_REFS, "True", C.REASON_RESOLVED, "Every referenced ModelTier, Secret and ConfigMap exists."))
+    return {
+        "observedGeneration": policy.metadata.get("generation"),
+        "endpoint": policy_endpoint(policy.name, policy.namespace),
+        "conditions": merge_conditions(previous.get("conditions"), wanted, policy.metadata.get("generation"), now),
+    }
+
+
+def status_patch(wanted: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    stored = stored or {}
+    patch = {k: v for k, v in wanted.items() if stored.get(k) != v}
+    return patch or None

@@ -1,0 +1,315 @@
+"""Pure decisions for one ModelTier: (spec, observations, now) -> what to apply and report.
+
+The controller gathers observations (`TierObservation`), calls `plan_tier`, applies the
+manifests, and writes the status only when it differs from the stored one. Nothing here
+talks to the API server or reads the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shoal.api import conditions as C
+from shoal.api.modeltier import ModelTier
+from shoal.api.routepolicy import RoutePolicy
+from shoal.api.naming import selector_string, tier_endpoint, tier_selector
+
+from .conditions import Cond, find, flips, merge_conditions
+
+
+@dataclass(frozen=True)
+class MissingRef:
+    kind: str  # Secret, ConfigMap, RoutePolicy, ModelTier
+    name: str
+    key: str | None
+    field: str  # the spec field that refers to it
+
+    @property
+    def reason(self) -> str:
+        return {
+            "Secret": C.REASON_SECRET_NOT_FOUND,
+            "ConfigMap": C.REASON_CONFIGMAP_NOT_FOUND,
+            "RoutePolicy": C.REASON_ROUTE_POLICY_NOT_FOUND,
+            "ModelTier": C.REASON_MODEL_TIER_NOT_FOUND,
+        }[self.kind]
+
+    def sentence(self, namespace: str) -> str:
+        what = f"{self.kind} {self.name!r}"
+        if self.key:
+            return f"{self.field} refers to key {self.key!r} of {what}, which does not exist in namespace {namespace!r}"
+        return f"{self.field} refers to {what}, which does not exist in namespace {namespace!r}"
+
+
+@dataclass(frozen=True)
+class TierObservation:
+    """What the controller saw of a tier's world in one pass."""
+
+    deployment: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    route_policy: RoutePolicy | None = None
+    # ModelTiers of the route policy, by name (absent names are missing).
+    peers: dict[str, ModelTier] = field(default_factory=dict)
+    # Keys of each referenced Secret / ConfigMap that exists; a missing object is absent.
+    secrets: dict[str, frozenset[str]] = field(default_factory=dict)
+    config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class TierPlan:
+    replicas: int  # replica count the Deployment is applied with
+    checkpoint: str  # checkpoint URI the pods are rendered to serve
+    status: dict[str, Any]
+    events: list[EventSpec]
+
+    def status_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The status fields that differ from what is stored, or None when nothing does."""
+        stored = stored or {}
+        patch = {k: v for k, v in self.status.items() if stored.get(k) != v}
+        # Fields that are no longer reported are removed (merge-patch null).
+        for key in stored:
+            if key not in self.status and key in _OBSERVED_FIELDS:
+                patch[key] = None
+        return patch or None
+
+
+# Status fields rebuilt from observations on every pass. Others (the rollout's record of
+# what serves, the autoscaler's history) are carried over by their own planners.
+_OBSERVED_FIELDS = {"observedGeneration", "conditions", "replicas", "readyReplicas", "updatedReplicas", "selector", "endpoint"}
+
+
+def referenced_objects(tier: ModelTier) -> tuple[set[str], set[str]]:
+    """Names of the Secrets and ConfigMaps a tier's spec refers to."""
+    secrets: set[str] = set()
+    config_maps: set[str] = set()
+    spec = tier.spec
+    if spec.model.credentials_secret_ref:
+        secrets.add(spec.model.credentials_secret_ref.name)
+    for env in spec.engine.env:
+        if env.value_from and env.value_from.secret_key_ref:
+            secrets.add(env.value_from.secret_key_ref.name)
+        if env.value_from and env.value_from.config_map_key_ref:
+            config_maps.add(env.value_from.config_map_key_ref.name)
+    evaluation = spec.rollout.evaluation
+    if evaluation and evaluation.dataset.config_map_ref:
+        config_maps.add(evaluation.dataset.config_map_ref.name)
+    return secrets, config_maps
+
+
+def missing_refs(tier: ModelTier, observed: TierObservation) -> list[MissingRef]:
+    spec = tier.spec
+    missing: list[MissingRef] = []
+
+    def secret(name: str, key: str | None, where: str) -> None:
+        keys = observed.secrets.get(name)
+        if keys is None:
+            missing.append(MissingRef("Secret", name, None, where))
+        elif key is not None and key not in keys:
+            missing.append(MissingRef("Secret", name, key, where))
+
+    def config_map(name: str, key: str | None, where: str) -> None:
+        keys = observed.config_maps.get(name)
+        if keys is None:
+            missing.append(MissingRef("ConfigMap", name, None, where))
+        elif key is not None and key not in keys:
+            missing.append(MissingRef("ConfigMap", name, key, where))
+
+    if spec.router.route_policy and observed.route_policy is None:
+        missing.append(MissingRef("RoutePolicy", spec.router.route_policy, None, "spec.router.routePolicy"))
+    if spec.model.credentials_secret_ref:
+        secret(spec.model.credentials_secret_ref.name, None, "spec.model.credentialsSecretRef")
+    for i, env in enumerate(spec.engine.env):
+        source = env.value_from
+        if source and source.secret_key_ref:
+            secret(source.secret_key_ref.name, source.secret_key_ref.key, f"spec.engine.env[{i}].valueFrom.secretKeyRef")
+        if source and source.config_map_key_ref:
+            config_map(source.config_map_key_ref.name, source.config_map_key_ref.key, f"spec.engine.env[{i}].valueFrom.configMapKeyRef")
+    evaluation = spec.rollout.evaluation
+    if evaluation and evaluation.dataset.config_map_ref:
+        ref = evaluation.dataset.config_map_ref
+        config_map(ref.name, ref.key, "spec.rollout.evaluation.dataset.configMapRef")
+    return missing
+
+
+# --- pods -----------------------------------------------------------------------------------
+
+_IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError"}
+
+
+def pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The most telling reason pods are not serving, as (reason, message), or None."""
+    found: list[tuple[int, str, str]] = []
+    for pod in pods:
+        if pod.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        name = pod.get("metadata", {}).get("name", "?")
+        status = pod.get("status", {})
+        for cond in status.get("conditions", []) or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+                found.append((0, C.REASON_UNSCHEDULABLE, f"Pod {name} cannot be scheduled: {cond.get('message', '').strip()}"))
+        for cs in status.get("containerStatuses", []) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            why = waiting.get("reason")
+            detail = (waiting.get("message") or "").strip()
+            if why in _IMAGE_PULL:
+                found.append((1, C.REASON_IMAGE_PULL_FAILED, f"Container {cs.get('name')} of pod {name} cannot pull its image ({why}): {detail}".rstrip(": ")))
+            elif why in _CONFIG_ERRORS:
+                found.append((1, C.REASON_INVALID_SPEC, f"Container {cs.get('name')} of pod {name} cannot start ({why}): {detail}".rstrip(": ")))
+            elif why == "CrashLoopBackOff":
+                last = ((cs.get("lastState") or {}).get("terminated")) or {}
+                exit_info = f"last exit code {last.get('exitCode')} ({last.get('reason', 'Error')})" if last else "it keeps exiting"
+                found.append((2, C.REASON_CRASH_LOOP, f"Container {cs.get('name')} of pod {name} is crash-looping: {exit_info}; see its logs"))
+    if not found:
+        return None
+    found.sort(key=lambda f: f[0])
+    return found[0][1], found[0][2]
+
+
+def _dep_condition(deployment: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return find(deployment.get("status", {}).get("conditions"), type_)
+
+
+def _rolling(deployment: dict[str, Any]) -> bool:
+    meta = deployment.get("metadata", {})
+    status = deployment.get("status", {})
+    desired = deployment.get("spec", {}).get("replicas", 1)
+    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+        return True
+    updated = status.get("updatedReplicas", 0) or 0
+    total = status.get("replicas", 0) or 0
+    available = status.get("availableReplicas", 0) or 0
+    return updated < desired or total > updated or available < min(desired, updated)
+
+
+# --- the plan -------------------------------------------------------------------------------
+
+
+def desired_replicas(tier: ModelTier, deployment: dict[str, Any] | None) -> int:
+    """Replica count to apply: never fight whoever scaled the Deployment within bounds."""
+    rep = tier.spec.replicas
+    if tier.spec.autoscaling.engine == "none" or rep.desired is not None:
+        if rep.desired is not None:
+            return rep.desired
+        return rep.min
+    if deployment is not None:
+        current = deployment.get("spec", {}).get("replicas")
+        if isinstance(current, int):
+            return max(rep.min, min(rep.max, current))
+    # A new tier starts warm with one replica (within bounds); the autoscaler takes over.
+    return max(rep.min, min(rep.max, 1))
+
+
+def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any] | None = None) -> TierPlan:
+    previous_status = previous_status or {}
+    status, conds = tier_status(tier, observed, now, previous_status)
+    events = [
+        EventSpec(
+            type="Normal" if c["status"] == "True" or c["reason"] in _QUIET_REASONS else "Warning",
+            reason=c["reason"],
+            message=f"{c['type']}={c['status']}: {c['message']}",
+        )
+        for c in flips(previous_status.get("conditions"), conds)
+        if c["type"] in ("Ready", "Progressing")
+    ]
+    return TierPlan(
+        replicas=desired_replicas(tier, observed.deployment),
+        checkpoint=tier.spec.model.served_uri(),
+        status=status,
+        events=events,
+    )
+
+
+_QUIET_REASONS = {C.REASON_DEPLOYMENT_PENDING, C.REASON_WAITING_FOR_PODS, C.REASON_ROLLOUT_COMPLETE, C.REASON_ROLLING_OUT}
+
+
+def tier_status(
+    tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status rebuilt from observations, and its conditions."""
+    missing = missing_refs(tier, observed)
+    dep = observed.deployment
+    wanted: list[Cond] = []
+
+    if missing:
+        message = "; ".join(m.sentence(tier.namespace) for m in missing) + "."
+        wanted.append(Cond(C.RESOLVED_REFS, "False", missing[0].reason, message))
+    else:
+        wanted.append(Cond(C.RESOLVED_REFS, "True", C.REASON_RESOLVED, "Every referenced object exists."))
+
+    problem = pod_problem(observed.pods)
+    ready_n = 0
+    desired = 0
+    status: dict[str, Any] = {
+        "observedGeneration": tier.generation,
+        "selector": selector_string(tier_selector(tier.name)),
+        "endpoint": tier_endpoint(tier.name, tier.namespace),
+    }
+    if dep is None:
+        wanted.append(Cond(C.AVAILABLE, "False", C.REASON_DEPLOYMENT_PENDING, f"Deployment {tier.name} has not been created yet."))
+        wanted.append(Cond(C.PROGRESSING, "True", C.REASON_DEPLOYMENT_PENDING, f"Creating Deployment {tier.name}."))
+        ready_reason = Cond(C.READY, "False", C.REASON_DEPLOYMENT_PENDING, f"Deployment {tier.name} has not been created yet.")
+        status.update({"replicas": 0, "readyReplicas": 0, "updatedReplicas": 0})
+    else:
+        dstatus = dep.get("status", {})
+        desired = dep.get("spec", {}).get("replicas", 1)
+        ready_n = dstatus.get("readyReplicas", 0) or 0
+        status.update(
+            {
+                "replicas": dstatus.get("replicas", 0) or 0,
+                "readyReplicas": ready_n,
+                "updatedReplicas": dstatus.get("updatedReplicas", 0) or 0,
+            }
+        )
+        available = (_dep_condition(dep, "Available") or {}).get("status") == "True" and (ready_n >= 1 or desired == 0)
+        counts = f"{ready_n}/{desired} replicas ready"
+        if available:
+            wanted.append(Cond(C.AVAILABLE, "True", C.REASON_AVAILABLE, f"{counts}."))
+        elif problem:
+            wanted.append(Cond(C.AVAILABLE, "False", problem[0], problem[1]))
+        else:
+            wanted.append(Cond(C.AVAILABLE, "False", C.REASON_WAITING_FOR_PODS, f"{counts}; engines are starting and loading weights."))
+
+        stalled = (_dep_condition(dep, "Progressing") or {}).get("reason") == "ProgressDeadlineExceeded"
+        if stalled:
+            wanted.append(Cond(C.PROGRESSING, "False", C.REASON_ROLLOUT_STALLED, (problem[1] if problem else "The rollout exceeded its progress deadline.")))
+        elif _rolling(dep):
+            updated = dstatus.get("updatedReplicas", 0) or 0
+            msg = f"{updated}/{desired} replicas run the current spec."
+            if problem:
+                msg += f" {problem[1]}"
+            wanted.append(Cond(C.PROGRESSING, "True", problem[0] if problem else C.REASON_ROLLING_OUT, msg))
+        else:
+            wanted.append(Cond(C.PROGRESSING, "False", C.REASON_ROLLOUT_COMPLETE, f"Every replica runs generation {tier.generation}."))
+
+        if desired == 0:
+            ready_reason = Cond(C.READY, "True", C.REASON_SCALED_TO_ZERO, "Scaled to zero; requests go to the next tier until the tier wakes.")
+        elif available:
+            ready_reason = Cond(C.READY, "True", C.REASON_AVAILABLE, f"{counts}; serving {tier.spec.model.name}.")
+        elif problem:
+            ready_reason = Cond(C.READY, "False", problem[0], problem[1])
+        else:
+            ready_reason = Cond(C.READY, "False", C.REASON_WAITING_FOR_PODS, f"{counts}; engines are starting and loading weights.")
+
+        template_ckpt = (
+            dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get("shoal.dev/checkpoint")
+        )
+        if template_ckpt and ready_n >= 1 and not _rolling(dep):
+            status["servingCheckpoint"] = template_ckpt
+
+    if missing and ready_reason.status == "True":
+        # Serving, but not as the user asked: say what is missing rather than "ready".
+        ready_reason = Cond(C.READY, "False", missing[0].reason, "; ".join(m.sentence(tier.namespace) for m in missing) + ".")
+    wanted.insert(0, ready_reason)
+
+    conds = merge_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
+    status["conditions"] = conds
+    return status, conds

@@ -1,0 +1,331 @@
+"""ModelTier -> the Deployment running vLLM with the Shoal router sidecar.
+
+Pure: the validated tier plus a small context in, a manifest dict out.
+
+Pod Security: the pod is written to pass the "restricted" Pod Security Standard. Both
+containers run as a non-root UID with every capability dropped, no privilege escalation
+and the RuntimeDefault seccomp profile. The vLLM image itself defaults to root and writes
+caches under $HOME; it runs unchanged as UID 1000 because every path it writes to (HOME,
+the Hugging Face and vLLM caches, /tmp, /dev/shm) is an emptyDir owned through fsGroup.
+The sidecar also gets a read-only root filesystem; the engine cannot (Triton and
+torch.compile write into the Python tree at start-up), which "restricted" does not require.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from shoal.api.modeltier import ModelTier
+from shoal.api.routerconfig import CLASSIFIER_DIR as CLASSIFIER_MOUNT
+
+from shoal.api.naming import (
+    CONFIG_KEY,
+    CONFIG_MOUNT,
+    SECRETS_MOUNT,
+    owner_reference,
+    router_configmap_name,
+    tier_labels,
+    tier_selector,
+)
+
+ENGINE_CONTAINER = "engine"
+ROUTER_CONTAINER = "router"
+RUN_AS_USER = 1000
+MODEL_CACHE_MOUNT = "/models"
+PVC_MOUNT_ROOT = "/mnt/models"
+CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
+CONFIG_CHECKSUM_ANNOTATION = "shoal.dev/config-checksum"
+# The kubelet sends SIGTERM to both containers at once. The engine waits this long before
+# it stops, so the router can stop taking new requests and finish those in flight first.
+ENGINE_DRAIN_SECONDS = 15
+TERMINATION_GRACE_SECONDS = 120
+STARTUP_PROBE_PERIOD_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """A Secret whose keys the router reads as files (external tiers' API keys)."""
+
+    secret_name: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeploymentContext:
+    """What the Deployment needs beyond the tier's own spec."""
+
+    replicas: int
+    checkpoint: str
+    config_checksum: str
+    secret_mounts: tuple[SecretMount, ...] = field(default_factory=tuple)
+    # ConfigMap holding the RoutePolicy's trained classifier, mounted for the router.
+    classifier_config_map: str | None = None
+
+
+def model_location(uri: str) -> tuple[str, list[str], dict[str, Any] | None]:
+    """How vLLM loads a model URI: (model argument, extra args, PVC volume or None)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "hf":
+        repo = parsed.netloc + parsed.path
+        revision = None
+        if "@" in repo:
+            repo, revision = repo.split("@", 1)
+        return repo, (["--revision", revision] if revision else []), None
+    if parsed.scheme in ("s3", "gs"):
+        # vLLM streams safetensors straight from object storage with the Run:ai
+        # streamer, so weights never need a second copy on the node's disk.
+        return uri, ["--load-format", "runai_streamer"], None
+    if parsed.scheme == "pvc":
+        claim = parsed.netloc
+        path = parsed.path.lstrip("/")
+        mount = f"{PVC_MOUNT_ROOT}/{claim}"
+        volume = {"name": f"pvc-{claim}"[:63], "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        return (f"{mount}/{path}" if path else mount), [], {"volume": volume, "mountPath": mount}
+    raise ValueError(f"unsupported model URI scheme: {uri}")
+
+
+def engine_args(tier: ModelTier, checkpoint: str) -> list[str]:
+    """The `vllm serve` arguments for a tier serving `checkpoint` (a model URI)."""
+    spec = tier.spec
+    engine = spec.engine
+    model_arg, location_args, _ = model_location(checkpoint)
+    args = [
+        model_arg,
+        "--served-model-name", spec.model.name,
+        "--host", "0.0.0.0",
+        "--port", str(engine.port),
+        "--download-dir", MODEL_CACHE_MOUNT,
+        "--tensor-parallel-size", str(engine.tensor_parallel_size),
+        "--dtype", engine.dtype,
+        "--gpu-memory-utilization", f"{engine.gpu_memory_utilization:g}",
+    ]
+    args += location_args
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.quantization is not None:
+        args += ["--quantization", engine.quantization]
+    args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    args += list(engine.extra_args)
+    return args
+
+
+def _restricted_container_security(read_only_root: bool) -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _engine_env(tier: ModelTier) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "HF_HOME", "value": f"{MODEL_CACHE_MOUNT}/huggingface"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/cache/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    env += [e.to_wire() for e in tier.spec.engine.env]
+    return env
+
+
+def _engine_container(tier: ModelTier, checkpoint: str) -> dict[str, Any]:
+    spec = tier.spec
+    gpu = spec.resources.gpu
+    requests: dict[str, Any] = {"cpu": spec.resources.cpu, "memory": spec.resources.memory}
+    limits: dict[str, Any] = {"memory": spec.resources.memory}
+    if gpu.count > 0:
+        # Extended resources cannot be overcommitted: request and limit must be equal.
+        requests[gpu.resource_name] = str(gpu.count)
+        limits[gpu.resource_name] = str(gpu.count)
+    health = {"httpGet": {"path": "/health", "port": "engine"}}
+    container: dict[str, Any] = {
+        "name": ENGINE_CONTAINER,
+        "image": spec.engine.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["vllm", "serve"],
+        "args": engine_args(tier, checkpoint),
+        "env": _engine_env(tier),
+        "ports": [{"name": "engine", "containerPort": spec.engine.port, "protocol": "TCP"}],
+        "resources": {"requests": requests, "limits": limits},
+        # Model download and load can take many minutes; liveness only starts once the
+        # startup probe has passed, so a slow load is never killed as a hang.
+        "startupProbe": {
+            **health,
+            "periodSeconds": STARTUP_PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 5,
+            "failureThreshold": math.ceil(spec.engine.startup_timeout_seconds / STARTUP_PROBE_PERIOD_SECONDS),
+        },
+        "readinessProbe": {**health, "periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 4},
+        "lifecycle": {"preStop": {"sleep": {"seconds": ENGINE_DRAIN_SECONDS}}},
+        "securityContext": _restricted_container_security(read_only_root=False),
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.model.credentials_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret_ref.name}}]
+    _, _, pvc = model_location(checkpoint)
+    if pvc is not None:
+        container["volumeMounts"].append({"name": pvc["volume"]["name"], "mountPath": pvc["mountPath"], "readOnly": True})
+    return container
+
+
+def _router_container(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]:
+    router = tier.spec.router
+    secret_mounts = ctx.secret_mounts
+    mounts = [{"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]
+    if ctx.classifier_config_map:
+        mounts.append({"name": "classifier", "mountPath": CLASSIFIER_MOUNT, "readOnly": True})
+    for mount in secret_mounts:
+        mounts.append(
+            {"name": _secret_volume_name(mount.secret_name), "mountPath": f"{SECRETS_MOUNT}/{mount.secret_name}", "readOnly": True}
+        )
+    return {
+        "name": ROUTER_CONTAINER,
+        "image": router.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["shoal"],
+        "args": ["router", "--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}", "--port", str(router.port)],
+        "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": router.resources.cpu, "memory": router.resources.memory},
+            "limits": {"memory": router.resources.memory},
+        },
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3},
+        "securityContext": _restricted_container_security(read_only_root=True),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _secret_volume_name(secret_name: str) -> str:
+    return f"secret-{secret_name}"[:63].rstrip("-.")
+
+
+def _volumes(tier: ModelTier, ctx: DeploymentContext) -> list[dict[str, Any]]:
+    checkpoint, secret_mounts = ctx.checkpoint, ctx.secret_mounts
+    res = tier.spec.resources
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory_size}},
+        {"name": "model-cache", "emptyDir": {"sizeLimit": res.model_cache_size}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "router-config", "configMap": {"name": router_configmap_name(tier.name)}},
+    ]
+    if ctx.classifier_config_map:
+        volumes.append({"name": "classifier", "configMap": {"name": ctx.classifier_config_map}})
+    _, _, pvc = model_location(checkpoint)
+    if pvc is not None:
+        volumes.append(pvc["volume"])
+    for mount in secret_mounts:
+        volumes.append(
+            {
+                "name": _secret_volume_name(mount.secret_name),
+                "secret": {
+                    "secretName": mount.secret_name,
+                    "items": [{"key": k, "path": k} for k in mount.keys],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+    return volumes
+
+
+def _tolerations(tier: ModelTier) -> list[dict[str, Any]]:
+    gpu = tier.spec.resources.gpu
+    tolerations: list[dict[str, Any]] = []
+    if gpu.count > 0:
+        tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+    tolerations += [t.to_wire() for t in tier.spec.scheduling.tolerations]
+    return tolerations
+
+
+def _node_selector(tier: ModelTier) -> dict[str, str]:
+    selector: dict[str, str] = {}
+    gpu = tier.spec.resources.gpu
+    if gpu.count > 0 and gpu.product:
+        selector["nvidia.com/gpu.product"] = gpu.product
+    selector.update(tier.spec.scheduling.node_selector)
+    return selector
+
+
+def render_deployment(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]:
+    spec = tier.spec
+    sched = spec.scheduling
+    labels = tier_labels(tier.name)
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_engine_container(tier, ctx.checkpoint), _router_container(tier, ctx)],
+        "volumes": _volumes(tier, ctx),
+        "tolerations": _tolerations(tier),
+    }
+    node_selector = _node_selector(tier)
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if sched.affinity:
+        pod_spec["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.topology_spread_constraints:
+        pod_spec["topologySpreadConstraints"] = sched.topology_spread_constraints
+    if sched.runtime_class_name:
+        pod_spec["runtimeClassName"] = sched.runtime_class_name
+    if sched.service_account_name:
+        pod_spec["serviceAccountName"] = sched.service_account_name
+    if sched.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": tier.name,
+            "namespace": tier.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
+        },
+        "spec": {
+            "replicas": ctx.replicas,
+            "selector": {"matchLabels": tier_selector(tier.name)},
+            "revisionHistoryLimit": 3,
+            # Model load counts against the deadline; allow the whole startup budget.
+            "progressDeadlineSeconds": spec.engine.startup_timeout_seconds + 600,
+            "strategy": {
+                "type": "RollingUpdate",
+                # New pods come up beside the old ones, so capacity never drops.
+                "rollingUpdate": {"maxSurge": spec.rollout.max_surge, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        CHECKPOINT_ANNOTATION: ctx.checkpoint,
+                        CONFIG_CHECKSUM_ANNOTATION: ctx.config_checksum,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
