@@ -26,8 +26,8 @@ def policy_spec(**overrides) -> RoutePolicySpec:
                 "external": {
                     "url": "https://api.example.com/v1",
                     "model": "big-model",
-                    "inputUsdPerMillionTokens": 2.0,
-                    "outputUsdPerMillionTokens": 10.0,
+                    "inputUSDPerMillionTokens": 2.0,
+                    "outputUSDPerMillionTokens": 10.0,
                 },
             },
         ],
@@ -130,10 +130,10 @@ def test_budget_exhausted_on_an_external_only_route(on_exceeded, tier, reason, l
 
 def test_per_request_budget_skips_tiers_whose_estimate_is_too_high():
     # frontier: 1000 prompt tokens * 2e-6 + 100 output tokens * 1e-5 = 0.003 USD.
-    policy = Policy.from_route_policy(policy_spec(budgets={"maxUsdPerRequest": 0.0029}))
+    policy = Policy.from_route_policy(policy_spec(budgets={"maxUSDPerRequest": 0.0029}))
     decision = decide(policy, Request(text="x", prompt_tokens=1000, max_output_tokens=100))
     assert decision.ladder == ("medium",)
-    cheap = Policy.from_route_policy(policy_spec(budgets={"maxUsdPerRequest": 0.003}))
+    cheap = Policy.from_route_policy(policy_spec(budgets={"maxUSDPerRequest": 0.003}))
     assert decide(cheap, Request(text="x", prompt_tokens=1000, max_output_tokens=100)).ladder == ("medium", "frontier")
 
 

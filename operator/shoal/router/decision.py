@@ -20,7 +20,7 @@ tier's engine has more waiting requests than its `maxQueueDepth`, or it is scale
 zero, the request starts one tier higher instead (`spillover`).
 
 Then budgets: tiers whose estimated cost for this request exceeds
-`budgets.maxUsdPerRequest`, and external tiers once the hourly budget is spent, are
+`budgets.maxUSDPerRequest`, and external tiers once the hourly budget is spent, are
 removed. If nothing is left, `stayOnCluster` serves from the largest in-cluster tier and
 `reject` returns a decision with `tier=None` and reason `budget`.
 

@@ -1,0 +1,153 @@
+"""ModelTier (+ its RoutePolicy) -> the router sidecar's configuration file content.
+
+The controller puts the result, as JSON, in the tier's router ConfigMap under
+`routerconfig.CONFIG_KEY` (router.json), mounted at `routerconfig.CONFIG_DIR`.
+
+Where the ladder's rungs point:
+- this tier's own rung: the pod's engine, http://127.0.0.1:<engine.port>/v1 (kind local);
+- another ModelTier: its Service, http://<tier>.<namespace>.svc/v1 (kind service); that
+  pod's sidecar serves the forwarded request with its own engine;
+- an external endpoint: its URL, with the API key read from the Secret mounted at
+  /var/run/shoal/secrets/<secret>/<key> (the file path is in the config, never the key).
+
+Cost of self-hosted tiers: the GPU time of a busy replica is attributed to the tokens it
+generates, USD per output token = cost.gpuHourUSD * gpus / 3600 / cost.tokensPerSecondPerReplica;
+prompt tokens are covered by that estimate (prefill is far cheaper than decoding).
+External tiers use the RoutePolicy's per-million-token prices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.api.modeltier import ModelTier
+from shoal.api.naming import tier_endpoint
+from shoal.api.routepolicy import RoutePolicy, TierRef
+from shoal.api.routerconfig import CLASSIFIER_DIR, RouterConfig, secret_file_path
+
+
+def self_hosted_usd_per_token(tier: ModelTier) -> float:
+    """Estimated USD per generated token of a self-hosted tier (0 without GPUs or a price)."""
+    cost = tier.spec.cost
+    gpus = tier.spec.resources.gpu.count
+    return cost.gpu_hour_usd * gpus / 3600.0 / cost.tokens_per_second_per_replica
+
+
+def serving_checkpoint(tier: ModelTier) -> str:
+    """The checkpoint whose answers the tier gives now: the status's record once the
+    operator has one (a candidate is not serving until promoted), else the spec's."""
+    return tier.status.serving_checkpoint or tier.spec.model.served_uri()
+
+
+def render_router_config(
+    tier: ModelTier,
+    policy: RoutePolicy | None,
+    tiers: dict[str, ModelTier],
+    namespace: str,
+) -> dict[str, Any]:
+    """The sidecar config of `tier`'s pods, as a dict ready to be dumped as JSON.
+
+    tier: the ModelTier whose pods run this sidecar.
+    policy: the RoutePolicy named by tier.spec.router.routePolicy, or None: then the
+        ladder is the local engine alone.
+    tiers: ModelTiers of the namespace by name. A policy rung whose ModelTier is missing
+        is left out of the ladder (the controller reports it with ResolvedRefs=False), so
+        the other rungs keep serving.
+    namespace: where the tier's Services live.
+
+    If the policy does not list `tier` itself, its rung is added first so the pod still
+    serves what its own Service receives.
+    """
+    local_rung_name = tier.name
+    local_seen = False
+    rungs: list[dict[str, Any]] = []
+    if policy is not None:
+        for ref in policy.spec.tiers:
+            if ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name and not local_seen:
+                local_rung_name, local_seen = ref.name, True
+                rungs.append(_local(tier, ref))
+            elif ref.model_tier_ref is not None:
+                target = tiers.get(ref.model_tier_ref.name)
+                if target is not None:
+                    rungs.append(_service(target, ref, namespace))
+            elif ref.external is not None:
+                rungs.append(_external(ref))
+    if not any(r["kind"] == "local" for r in rungs):
+        rungs.insert(0, _local(tier, None))
+
+    config: dict[str, Any] = {
+        "version": 1,
+        "modelTier": tier.name,
+        "localTier": local_rung_name,
+        "tiers": rungs,
+        "engine": {"metricsUrl": f"http://127.0.0.1:{tier.spec.engine.port}/metrics"},
+    }
+    if policy is not None:
+        spec = policy.spec
+        rung_names = {r["name"] for r in rungs}
+        config["rules"] = [r.to_wire() for r in spec.rules if r.tier in rung_names]
+        if spec.classifier.mode == "enabled" and spec.classifier.config_map_ref is not None:
+            config["classifier"] = {
+                "path": f"{CLASSIFIER_DIR}/{spec.classifier.config_map_ref.key}",
+                "confidenceThreshold": spec.classifier.confidence_threshold,
+            }
+        escalation = spec.escalation.to_wire()
+        escalation.pop("entryTier", None)
+        config["escalation"] = escalation
+        config["fallback"] = spec.fallback.to_wire()
+        config["cache"] = spec.cache.to_wire()
+        config["budgets"] = spec.budgets.to_wire()
+        config["limits"] = spec.limits.to_wire()
+    # Validate here so a bad render fails in the operator, not in every sidecar.
+    return RouterConfig.model_validate(config).to_wire()
+
+
+def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
+    rung: dict[str, Any] = {
+        "name": ref.name if ref else tier.name,
+        "kind": "local",
+        "url": f"http://127.0.0.1:{tier.spec.engine.port}/v1",
+        "model": tier.spec.model.name,
+        "checkpoint": serving_checkpoint(tier),
+        "outputUSDPerToken": self_hosted_usd_per_token(tier),
+    }
+    return _with_ref(rung, ref)
+
+
+def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
+    rung: dict[str, Any] = {
+        "name": ref.name,
+        "kind": "service",
+        "url": tier_endpoint(target.name, namespace),
+        "model": target.spec.model.name,
+        "checkpoint": serving_checkpoint(target),
+        "outputUSDPerToken": self_hosted_usd_per_token(target),
+        "scaledToZero": target.status.replicas == 0 and target.spec.replicas.min == 0,
+    }
+    return _with_ref(rung, ref)
+
+
+def _external(ref: TierRef) -> dict[str, Any]:
+    ext = ref.external
+    assert ext is not None
+    rung: dict[str, Any] = {
+        "name": ref.name,
+        "kind": "external",
+        "url": ext.url.rstrip("/"),
+        "model": ext.model,
+        "inputUSDPerToken": ext.input_usd_per_million_tokens / 1e6,
+        "outputUSDPerToken": ext.output_usd_per_million_tokens / 1e6,
+        "timeoutSeconds": ext.timeout_seconds,
+    }
+    if ext.api_key_secret_ref is not None:
+        rung["apiKeyFile"] = secret_file_path(ext.api_key_secret_ref.name, ext.api_key_secret_ref.key)
+    return _with_ref(rung, ref)
+
+
+def _with_ref(rung: dict[str, Any], ref: TierRef | None) -> dict[str, Any]:
+    if ref is not None:
+        if ref.aliases:
+            rung["aliases"] = list(ref.aliases)
+        if ref.max_queue_depth is not None:
+            rung["maxQueueDepth"] = ref.max_queue_depth
+    return rung
