@@ -188,3 +188,12 @@ def test_the_message_names_the_missing_pods():
     observed = Observed(2, (PodLoad("engine-a", None, None, None), PodLoad("engine-b", 1, 1, NOW - 100)))
     decision = decide(spec(), BOUNDS, observed, SETTLED, now=NOW)
     assert decision.message == "Queue depth of engine-a, engine-b is missing or older than 15s; holding 2 replica(s)."
+
+
+def test_starting_replicas_count_as_capacity_until_they_are_ready():
+    # 4 requested, 1 ready carrying 60: the 3 starting replicas will carry it (60 <= 2 x 4 x 10).
+    waiting = decide(spec(), BOUNDS, Observed(4, pods((30, 30))), SETTLED, now=NOW)
+    assert (waiting.desired_replicas, waiting.reason, waiting.recommended) == (4, a.AWAITING_CAPACITY, 6)
+    # 90 exceeds 2 x 4 x 10 = 80: even the requested replicas will not be enough.
+    more = decide(spec(), BOUNDS, Observed(4, pods((60, 30))), SETTLED, now=NOW)
+    assert (more.desired_replicas, more.reason) == (9, a.PANIC)

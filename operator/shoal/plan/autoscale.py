@@ -20,6 +20,8 @@ The policy, in the order the checks are made:
 4. Panic: load above panicThreshold x the capacity of the ready pods scales up to the
    recommendation at once (ignoring the scale-up window) and forbids any scale-down
    until a whole scale-down window has passed since the last panicking sample.
+   While replicas are still starting, they count as capacity: no more are added unless
+   the load exceeds panicThreshold x all requested replicas (AwaitingCapacity).
 5. Scale-up goes to the lowest recommendation of the scale-up window (0 s: at once).
 6. Scale-down goes to the highest recommendation of the scale-down window, and removes
    at most scaleDownStepReplicas per decision.
@@ -51,6 +53,7 @@ SCALE_DOWN = "ScaleDown"  # Load stayed below the band for the whole scale-down 
 WITHIN_TOLERANCE = "WithinTolerance"  # Load is inside the tolerance band: the size is kept.
 STABILIZING_UP = "StabilizingUp"  # A larger size is wanted but not for the whole scale-up window yet.
 STABILIZING_DOWN = "StabilizingDown"  # A smaller size is wanted but not for the whole scale-down window yet.
+AWAITING_CAPACITY = "AwaitingCapacity"  # Replicas already starting will carry the load: none added until they are ready.
 AWAITING_IDLE = "AwaitingIdle"  # No load, but not for scaleToZeroIdleSeconds yet: one replica stays.
 SCALE_TO_ZERO = "ScaleToZero"  # Idle for scaleToZeroIdleSeconds: the last replica is removed.
 ASLEEP = "Asleep"  # At zero replicas and no request seen: the router sends traffic on.
@@ -267,7 +270,15 @@ def decide(
     if panicking:
         history = replace(history, panic_until=now + autoscaling.scale_down_window_seconds)
     in_panic = history.panic_until is not None and now < history.panic_until
-    if panicking:
+    # While requested replicas are still starting (a GPU pod takes minutes), requests pile
+    # up on the ready ones and their queue overstates the demand: scaling on it would run
+    # to replicas.max on every burst. The starting replicas are counted as capacity, and
+    # more are added only when the load exceeds panicThreshold x all requested replicas.
+    awaiting = ready < current and total <= autoscaling.panic_threshold * current * target
+    if recommended > current and awaiting:
+        desired, reason = current, AWAITING_CAPACITY
+        message = f"{load}; {current - ready} replica(s) are still starting and will carry it."
+    elif panicking:
         desired, reason = max(current, recommended), PANIC
         message = f"{load}; load is over {autoscaling.panic_threshold:g}x the ready capacity, scaling up at once."
     elif recommended > current:

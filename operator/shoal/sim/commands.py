@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from ..api.modeltier import ModelTier
 from . import report, trace
@@ -58,9 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def load_tiers(paths: list[str]) -> list[ModelTier]:
     tiers = []
     for path in paths:
-        for doc in yaml.safe_load_all(Path(path).read_text()):
-            if doc and doc.get("kind") == "ModelTier":
-                tiers.append(ModelTier.model_validate(doc))
+        try:
+            docs = list(yaml.safe_load_all(Path(path).read_text()))
+        except (OSError, yaml.YAMLError) as e:
+            raise SystemExit(f"shoal sim: cannot read {path}: {e}") from e
+        for doc in docs:
+            if isinstance(doc, dict) and doc.get("kind") == "ModelTier":
+                try:
+                    tiers.append(ModelTier.model_validate(doc))
+                except ValidationError as e:
+                    first = e.errors()[0]
+                    where = ".".join(str(x) for x in first["loc"])
+                    raise SystemExit(f"shoal sim: {path}: {where}: {first['msg']}") from e
     if not tiers:
         raise SystemExit(f"shoal sim: no ModelTier in {', '.join(paths)}")
     return tiers
@@ -133,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         seconds = arrivals[-1].time if arrivals else 0.0
     configs = [tier_config(t, model, args.spill_queue_depth if i < len(tiers) - 1 else None) for i, t in enumerate(tiers)]
     policies = [make_policy(args.policy, t) for t in tiers]
+    # A static fleet is provisioned before the traffic starts, not scaled up at time 0.
+    configs = [replace(c, initial_replicas=p.replicas) if isinstance(p, StaticPolicy) else c for c, p in zip(configs, policies)]
     outcome = simulate(arrivals, configs, policies, seed=args.seed, end=seconds)
     summary = report.summarize(outcome, args.slo_ttft_p95)
     if args.json:
