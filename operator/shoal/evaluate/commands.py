@@ -1,0 +1,397 @@
+"""``shoal eval``: the evaluation Job's program. See the package docstring for the contract.
+
+``register(subparsers)`` adds the subcommand to the ``shoal`` command line; ``main(argv)``
+runs it standalone (``python -m shoal.evaluate eval ...`` is the same program).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+from pydantic import ValidationError
+
+from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
+
+from . import dataset as datasets
+from . import engine as engines
+from . import report, runner, scorers
+from .verdict import DEFAULT_REGRESSION_RULE, REGRESSION_RULES, DecisionSettings, VerdictError, decide
+
+EXIT_PASSED = 0
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+
+SPEC_ENV = "SHOAL_EVAL_SPEC"
+TERMINATION_LOG_ENV = "SHOAL_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+API_KEY_ENV = "SHOAL_EVAL_API_KEY"
+JUDGE_API_KEY_ENV = "SHOAL_JUDGE_API_KEY"
+
+
+class EvalError(RuntimeError):
+    """The evaluation could not produce a verdict (exit 2, verdict JobError)."""
+
+
+class EvalTimedOut(EvalError):
+    """The evaluation ran past spec.timeoutSeconds (exit 2, verdict TimedOut)."""
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``eval`` to a ``shoal`` subcommand parser; the handler is in ``func``."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint or endpoint on a dataset and print a verdict (exit 0 pass, 1 fail, 2 error)",
+        description=(
+            "Run a dataset against an OpenAI-compatible endpoint (or a vLLM engine started on "
+            "--serve-checkpoint), score it, compute confidence intervals and judge thresholds "
+            "and the paired regression against the serving checkpoint. Exit 0 pass, 1 fail, 2 error."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=lambda args: run(args))
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    spec = parser.add_argument_group("settings")
+    spec.add_argument("--spec", type=Path, help=f"JSON file holding spec.rollout.evaluation (else the {SPEC_ENV} environment variable)")
+    spec.add_argument("--dataset", type=Path, help="local JSON Lines file (the mounted ConfigMap key); overrides spec.dataset")
+    spec.add_argument("--checkpoint", help="checkpoint URI recorded in the verdict (default: --serve-checkpoint, else the endpoint)")
+    spec.add_argument("--regression-rule", choices=REGRESSION_RULES, default=DEFAULT_REGRESSION_RULE,
+                      help="how the paired interval is judged against maxRegression (default %(default)s)")
+    spec.add_argument("--seed", type=int, default=0, help="seed for sampling requests and the bootstrap (default 0)")
+    spec.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluated requests (default 0)")
+    spec.add_argument("--max-error-fraction", type=float, default=0.1,
+                      help="more failed requests than this fraction is an error, not a verdict (default 0.1)")
+
+    target = parser.add_argument_group("candidate")
+    target.add_argument("--endpoint", help="base URL of an OpenAI-compatible API (…/v1) serving the candidate")
+    target.add_argument("--model", help="model name to request from --endpoint, or the served name with --serve-checkpoint")
+    target.add_argument("--serve-checkpoint", help="start `vllm serve` on this checkpoint URI inside the pod and evaluate it")
+    target.add_argument("--engine-arg", action="append", default=[], help="extra `vllm serve` argument (repeatable)")
+    target.add_argument("--engine-port", type=int, default=0, help="loopback port of the started engine (default: a free port)")
+    target.add_argument("--engine-ready-timeout-seconds", type=float, default=1800.0, help="model loading deadline (default 1800)")
+    target.add_argument("--engine-command", help=(
+        "JSON list replacing the `vllm serve` command (placeholders {port}, {model}, {checkpoint}); "
+        "for stand-in engines in tests"
+    ))
+    target.add_argument("--engine-log", type=Path, help="file the started engine logs to (default: a temporary file)")
+
+    base = parser.add_argument_group("baseline (spec.baseline: serving)")
+    base.add_argument("--baseline-endpoint", help="base URL of the serving checkpoint's OpenAI-compatible API (…/v1)")
+    base.add_argument("--baseline-model", help="model name to request from --baseline-endpoint")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--termination-log", type=Path,
+                     help=f"where the verdict JSON goes (default ${TERMINATION_LOG_ENV}, else {DEFAULT_TERMINATION_LOG})")
+    out.add_argument("--output-json", type=Path, help="also write the full results (every item's response and scores) here")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the program reads, validated once, before anything starts."""
+
+    spec: EvaluationSpec
+    dataset_path: Path | None
+    checkpoint: str
+    candidate: runner.Target | None  # None: started from serve_checkpoint
+    serve_checkpoint: str | None
+    served_model_name: str
+    baseline: runner.Target | None
+    engine_argv: list[str] | None
+    engine_args: list[str]
+    engine_port: int
+    engine_ready_timeout_seconds: float
+    engine_log: Path | None
+    sampling: runner.Sampling
+    regression_rule: str
+    seed: int
+    max_error_fraction: float
+    judge_api_key: str | None
+    termination_log: Path
+    output_json: Path | None
+
+
+def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Validate the arguments and the evaluation spec. Raises EvalError saying what is wrong."""
+    if args.spec is not None:
+        try:
+            raw = args.spec.read_text()
+        except OSError as error:
+            raise EvalError(f"cannot read --spec {args.spec}: {error.strerror}") from error
+    elif env.get(SPEC_ENV):
+        raw = env[SPEC_ENV]
+    else:
+        raise EvalError(f"no evaluation spec: pass --spec FILE or set {SPEC_ENV}")
+    try:
+        spec = EvaluationSpec.model_validate_json(raw)
+    except ValidationError as error:
+        raise EvalError(f"the evaluation spec is invalid: {error}") from error
+
+    if (args.endpoint is None) == (args.serve_checkpoint is None):
+        raise EvalError("give exactly one of --endpoint (with --model) or --serve-checkpoint")
+    if args.endpoint is not None and not args.model:
+        raise EvalError("--endpoint needs --model")
+    if args.dataset is None and spec.dataset.uri is None:
+        raise EvalError("spec.dataset.configMapRef is mounted by the Job: pass its file with --dataset")
+    baseline = None
+    if spec.baseline == "serving":
+        if not (args.baseline_endpoint and args.baseline_model):
+            raise EvalError("spec.baseline is serving: pass --baseline-endpoint and --baseline-model")
+        baseline = runner.Target(args.baseline_endpoint, args.baseline_model, env.get(API_KEY_ENV))
+    if not 0.0 <= args.max_error_fraction < 1.0:
+        raise EvalError("--max-error-fraction must lie in [0, 1)")
+    engine_argv = None
+    if args.engine_command:
+        try:
+            engine_argv = json.loads(args.engine_command)
+        except json.JSONDecodeError as error:
+            raise EvalError(f"--engine-command is not a JSON list: {error.msg}") from error
+        if not (isinstance(engine_argv, list) and engine_argv and all(isinstance(a, str) for a in engine_argv)):
+            raise EvalError("--engine-command must be a non-empty JSON list of strings")
+    served_model_name = args.model or "candidate"
+    candidate = None if args.endpoint is None else runner.Target(args.endpoint, args.model, env.get(API_KEY_ENV))
+    termination = args.termination_log or Path(env.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
+    return Settings(
+        spec=spec,
+        dataset_path=args.dataset,
+        checkpoint=args.checkpoint or args.serve_checkpoint or f"{args.endpoint} ({args.model})",
+        candidate=candidate,
+        serve_checkpoint=args.serve_checkpoint,
+        served_model_name=served_model_name,
+        baseline=baseline,
+        engine_argv=engine_argv,
+        engine_args=list(args.engine_arg),
+        engine_port=args.engine_port,
+        engine_ready_timeout_seconds=args.engine_ready_timeout_seconds,
+        engine_log=args.engine_log,
+        sampling=runner.Sampling(temperature=args.temperature, max_tokens=spec.max_tokens, seed=args.seed),
+        regression_rule=args.regression_rule,
+        seed=args.seed,
+        max_error_fraction=args.max_error_fraction,
+        judge_api_key=env.get(JUDGE_API_KEY_ENV),
+        termination_log=termination,
+        output_json=args.output_json,
+    )
+
+
+def engine_argv(settings: Settings, port: int) -> list[str]:
+    """The command that serves the candidate: `vllm serve`, or the stand-in template."""
+    assert settings.serve_checkpoint is not None
+    if settings.engine_argv is None:
+        return engines.vllm_command(
+            settings.serve_checkpoint, served_model_name=settings.served_model_name, port=port,
+            extra_args=settings.engine_args,
+        )
+    values = {"port": str(port), "model": settings.served_model_name, "checkpoint": settings.serve_checkpoint}
+    return [part.format(**values) for part in settings.engine_argv]
+
+
+@dataclass
+class Outcome:
+    record: EvaluationRecord
+    exit_code: int
+    errors: int = 0
+    details: dict[str, Any] | None = None
+
+
+async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
+    spec = settings.spec
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)) as client:
+        try:
+            if settings.dataset_path is not None:
+                data = datasets.load_path(settings.dataset_path)
+            else:
+                assert spec.dataset.uri is not None
+                data = await datasets.load_uri(spec.dataset.uri, client=client)
+        except datasets.DatasetError as error:
+            raise EvalError(f"dataset: {error}") from error
+
+        targets = [candidate] + ([settings.baseline] if settings.baseline else [])
+        for target in targets:
+            try:
+                await runner.preflight(client, target)
+            except runner.EndpointUnavailable as error:
+                raise EvalError(str(error)) from error
+
+        runs = await asyncio.gather(
+            *(runner.generate(client, t, data.items, settings.sampling, concurrency=spec.concurrency) for t in targets)
+        )
+        cand_results = runs[0]
+        base_results = runs[1] if settings.baseline else None
+        for label, results in (("candidate", cand_results), ("baseline", base_results)):
+            if results is not None and runner.errors_fraction(results) > settings.max_error_fraction:
+                first = next(r.error for r in results if r.error)
+                raise EvalError(
+                    f"{runner.errors_fraction(results):.0%} of the {label}'s requests failed "
+                    f"(more than {settings.max_error_fraction:.0%}); first error: {first}"
+                )
+
+        async def judged(results: list[runner.ItemResult]) -> dict[str, list[float | None]]:
+            out: dict[str, list[float | None]] = {}
+            for scorer in spec.scorers:
+                if scorer.type == "llmJudge":
+                    assert scorer.judge is not None
+                    judge = runner.Target(scorer.judge.url, scorer.judge.model, settings.judge_api_key)
+                    out[scorers.metric_name(scorer)] = await runner.judge(
+                        client, judge, scorer.judge.rubric, data.items, results, concurrency=spec.concurrency
+                    )
+            return out
+
+        try:
+            cand_scores = runner.score_results(spec.scorers, data.items, cand_results, await judged(cand_results))
+            base_scores = None
+            if base_results is not None:
+                base_scores = runner.score_results(spec.scorers, data.items, base_results, await judged(base_results))
+        except scorers.ScorerError as error:
+            raise EvalError(f"scoring: {error}") from error
+
+    settings_ = DecisionSettings.from_spec(spec, regression_rule=settings.regression_rule, seed=settings.seed)  # type: ignore[arg-type]
+    try:
+        verdict = decide(
+            cand_scores,
+            settings_,
+            baseline=base_scores,
+            latencies_seconds=[r.latency_seconds for r in cand_results if r.latency_seconds is not None],
+            baseline_latencies_seconds=[r.latency_seconds for r in base_results or [] if r.latency_seconds is not None],
+        )
+    except VerdictError as error:
+        raise EvalError(str(error)) from error
+
+    record = EvaluationRecord(
+        checkpoint=settings.checkpoint,
+        verdict="Passed" if verdict.passed else "Failed",
+        dataset_digest=data.digest,
+        items=len(data),
+        metrics=verdict.metrics,
+        thresholds=list(spec.thresholds),
+        message=verdict.message,
+    )
+    details = {
+        "items": [
+            {
+                "id": item.id,
+                "response": c.response,
+                "error": c.error,
+                "latencySeconds": c.latency_seconds,
+                "scores": {name: column[i] for name, column in cand_scores.items()},
+                **(
+                    {"baselineResponse": base_results[i].response, "baselineScores": {n: col[i] for n, col in base_scores.items()}}
+                    if base_results is not None and base_scores is not None
+                    else {}
+                ),
+            }
+            for i, (item, c) in enumerate(zip(data.items, cand_results))
+        ]
+    }
+    errors = sum(1 for r in cand_results if r.error)
+    return Outcome(record, EXIT_PASSED if verdict.passed else EXIT_FAILED, errors, details)
+
+
+def _write_termination(path: Path, record: EvaluationRecord, stderr: TextIO) -> None:
+    try:
+        path.write_text(report.termination_message(record))
+    except OSError as error:
+        # Outside a pod there may be no /dev/termination-log; the verdict is still on
+        # stdout and in the exit code, so this is worth a warning, not a different verdict.
+        print(f"shoal eval: cannot write the verdict to {path}: {error.strerror}", file=stderr)
+
+
+def execute(
+    settings: Settings,
+    *,
+    stdout: TextIO,
+    stderr: TextIO,
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> int:
+    """Run the evaluation described by ``settings``; print the report, write the verdict, return the exit code."""
+    started = now()
+    deadline = time.monotonic() + settings.spec.timeout_seconds
+    spec = settings.spec
+    try:
+        with ExitStack() as stack:
+            candidate = settings.candidate
+            if candidate is None:
+                port = settings.engine_port or engines.free_port()
+                process = engines.EngineProcess(
+                    engine_argv(settings, port),
+                    base_url=f"http://127.0.0.1:{port}/v1",
+                    ready_timeout_seconds=min(settings.engine_ready_timeout_seconds, max(1.0, deadline - time.monotonic())),
+                    log_path=settings.engine_log,
+                )
+                try:
+                    stack.enter_context(process)
+                except engines.EngineFailed as error:
+                    if time.monotonic() >= deadline:
+                        raise EvalTimedOut(f"the engine did not start within spec.timeoutSeconds: {error}") from error
+                    raise EvalError(f"the candidate engine failed: {error}") from error
+                candidate = runner.Target(process.base_url, settings.served_model_name)
+            remaining = deadline - time.monotonic()
+            try:
+                outcome = asyncio.run(asyncio.wait_for(_evaluate(settings, candidate), timeout=max(1.0, remaining)))
+            except (TimeoutError, asyncio.TimeoutError) as error:
+                raise EvalTimedOut(f"the evaluation did not finish within spec.timeoutSeconds ({spec.timeout_seconds} s)") from error
+    except EvalError as error:
+        verdict = "TimedOut" if isinstance(error, EvalTimedOut) else "JobError"
+        record = EvaluationRecord(
+            checkpoint=settings.checkpoint, verdict=verdict, message=str(error).splitlines()[0][:1000],
+            start_time=started, finish_time=now(),
+        )
+        print(f"shoal eval: {verdict}: {error}", file=stderr)
+        _write_termination(settings.termination_log, record, stderr)
+        return EXIT_ERROR
+
+    finished = now()
+    record = outcome.record.model_copy(update={"start_time": started, "finish_time": finished})
+    print(
+        report.render_report(
+            record, confidence_level=spec.confidence_level, interval_method=spec.interval_method,
+            errors=outcome.errors, started=started, finished=finished,
+        ),
+        file=stdout,
+    )
+    _write_termination(settings.termination_log, record, stderr)
+    if settings.output_json is not None:
+        settings.output_json.write_text(json.dumps({"verdict": record.to_wire(), **(outcome.details or {})}, indent=1, default=str))
+    return outcome.exit_code
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    env = os.environ if env is None else env
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        settings = load_settings(args, env)
+    except EvalError as error:
+        print(f"shoal eval: JobError: {error}", file=stderr)
+        path = args.termination_log or Path(env.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
+        record = EvaluationRecord(checkpoint=args.checkpoint or args.serve_checkpoint or "unknown", verdict="JobError", message=str(error)[:1000])
+        _write_termination(path, record, stderr)
+        return EXIT_ERROR
+    return execute(settings, stdout=stdout, stderr=stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shoal")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    register(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)

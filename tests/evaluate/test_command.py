@@ -1,0 +1,192 @@
+"""`shoal eval` end to end against real HTTP servers on loopback (the fake engine).
+
+The program runs as a subprocess (`python -m shoal.evaluate eval`, the same parser the
+`shoal` command registers), so these tests check what a Job would see: the exit code,
+stdout and the termination message file.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.api.modeltier import EvaluationRecord
+from shoal.testing.fake_engine import start_fake_engine
+
+PARIS_ITEMS = "\n".join(
+    json.dumps({"id": f"q{i}", "prompt": f"Question {i}: what is the capital of France?", "reference": "Paris"})
+    for i in range(40)
+)
+
+
+def write_spec(tmp_path: Path, **overrides) -> Path:
+    spec = {
+        "dataset": {"configMapRef": {"name": "eval-data", "key": "items.jsonl"}},
+        "scorers": [{"type": "exactMatch"}],
+        "thresholds": [{"metric": "exact_match", "min": 0.8}],
+        "concurrency": 4,
+        "timeoutSeconds": 120,
+    }
+    spec.update(overrides)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def shoal_eval(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict | None]:
+    termination = tmp_path / "termination-log"
+    process = subprocess.run(
+        [sys.executable, "-m", "shoal.evaluate", "eval", "--termination-log", str(termination), *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    message = json.loads(termination.read_text()) if termination.exists() else None
+    return process, message
+
+
+@pytest.fixture
+def dataset_file(tmp_path: Path) -> Path:
+    path = tmp_path / "items.jsonl"
+    path.write_text(PARIS_ITEMS)
+    return path
+
+
+def test_a_right_answering_endpoint_passes_with_exit_0_and_a_passed_verdict(tmp_path, dataset_file):
+    with start_fake_engine(model="ckpt", reply="Paris.") as engine:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+            "--endpoint", engine.base_url, "--model", "ckpt", "--checkpoint", "s3://models/ckpt-0043",
+        )
+    assert process.returncode == 0, process.stderr
+    assert message["verdict"] == "Passed"
+    assert message["checkpoint"] == "s3://models/ckpt-0043"
+    assert message["items"] == 40
+    assert message["datasetDigest"].startswith("sha256:")
+    exact = next(m for m in message["metrics"] if m["name"] == "exact_match")
+    # 40/40 right: Wilson 95% lower bound 0.9124.
+    assert exact == {"name": "exact_match", "value": 1.0, "lower": 0.9124, "upper": 1.0}
+    assert [m["name"] for m in message["metrics"]] == ["exact_match", "latency_p50_seconds", "latency_p95_seconds"]
+    assert message["thresholds"] == [{"metric": "exact_match", "min": 0.8}]
+    # The operator reads it back with the API model.
+    assert EvaluationRecord.model_validate(message).verdict == "Passed"
+    assert "exact_match          1.000  [0.912, 1.000]" in process.stdout
+    assert "verdict: Passed" in process.stdout
+
+
+def test_a_wrong_answering_endpoint_fails_with_exit_1_and_says_which_bound(tmp_path, dataset_file):
+    with start_fake_engine(model="ckpt", reply="Lyon") as engine:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+            "--endpoint", engine.base_url, "--model", "ckpt",
+        )
+    assert process.returncode == 1, process.stderr
+    assert message["verdict"] == "Failed"
+    assert message["message"] == "exact_match 0.000 has a 95% lower bound of 0.000, below the minimum 0.8."
+    assert "verdict: Failed" in process.stdout
+
+
+def test_a_regression_against_the_serving_endpoint_fails_even_above_the_threshold(tmp_path):
+    # 200 items; the serving checkpoint answers all of them, the candidate misses the 15%
+    # asked about Spain: 0.85 clears the 0.8 bar, but it is a 15-point regression.
+    lines = [json.dumps({"id": f"fr{i}", "prompt": "capital of France?", "reference": ["Paris", "Madrid"]}) for i in range(170)]
+    lines += [json.dumps({"id": f"es{i}", "prompt": "capital of Spain?", "reference": "Madrid"}) for i in range(30)]
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(lines))
+    spec = write_spec(tmp_path, baseline="serving", thresholds=[{"metric": "exact_match", "min": 0.75}])
+    with start_fake_engine(model="new", reply="Paris") as candidate, start_fake_engine(model="old", reply="Madrid") as serving:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(spec), "--dataset", str(data),
+            "--endpoint", candidate.base_url, "--model", "new",
+            "--baseline-endpoint", serving.base_url, "--baseline-model", "old",
+        )
+    assert process.returncode == 1, process.stderr
+    exact = message["metrics"][0]
+    assert (exact["value"], exact["baseline"]) == (0.85, 1.0)
+    assert exact["deltaUpper"] < -0.02
+    assert message["message"].startswith("exact_match regressed against the serving checkpoint: difference -0.150")
+    assert "difference 95% interval" in process.stdout
+
+
+def test_an_unreachable_endpoint_is_an_error_with_exit_2(tmp_path, dataset_file):
+    process, message = shoal_eval(
+        tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+        "--endpoint", "http://127.0.0.1:9/v1", "--model", "ckpt",
+    )
+    assert process.returncode == 2
+    assert message["verdict"] == "JobError"
+    assert message["message"].startswith("http://127.0.0.1:9/v1/models did not answer")
+
+
+def test_an_endpoint_failing_most_requests_is_an_error_not_a_failed_candidate(tmp_path, dataset_file):
+    with start_fake_engine(model="ckpt", reply="Paris", fail_status=400) as engine:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+            "--endpoint", engine.base_url, "--model", "ckpt",
+        )
+    assert process.returncode == 2
+    assert message["verdict"] == "JobError"
+    assert message["message"].startswith("100% of the candidate's requests failed")
+
+
+def test_a_threshold_on_an_unknown_metric_is_an_error(tmp_path, dataset_file):
+    spec = write_spec(tmp_path, thresholds=[{"metric": "accuracy", "min": 0.5}])
+    with start_fake_engine(model="ckpt", reply="Paris") as engine:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(spec), "--dataset", str(dataset_file), "--endpoint", engine.base_url, "--model", "ckpt",
+        )
+    assert process.returncode == 2
+    assert message["message"] == (
+        "threshold on 'accuracy', which was not measured "
+        "(measured: exact_match, latency_p50_seconds, latency_p95_seconds)"
+    )
+
+
+def test_an_invalid_spec_is_an_error_that_names_the_field(tmp_path, dataset_file):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"dataset": {"uri": "https://example.invalid/x.jsonl"}, "scorers": [{"type": "bleu"}]}))
+    process, message = shoal_eval(tmp_path, "--spec", str(spec), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m")
+    assert process.returncode == 2
+    assert message["verdict"] == "JobError"
+    assert "scorers.0.type" in message["message"]
+
+
+def test_the_spec_can_come_from_the_environment(tmp_path, dataset_file):
+    spec = write_spec(tmp_path).read_text()
+    termination = tmp_path / "termination-log"
+    with start_fake_engine(model="ckpt", reply="Paris") as engine:
+        process = subprocess.run(
+            [sys.executable, "-m", "shoal.evaluate", "eval", "--dataset", str(dataset_file),
+             "--endpoint", engine.base_url, "--model", "ckpt"],
+            capture_output=True, text=True, timeout=120,
+            env={**__import__("os").environ, "SHOAL_EVAL_SPEC": spec, "SHOAL_TERMINATION_LOG": str(termination)},
+        )
+    assert process.returncode == 0, process.stderr
+    assert json.loads(termination.read_text())["verdict"] == "Passed"
+
+
+def test_serve_checkpoint_starts_the_engine_in_the_pod_and_evaluates_it(tmp_path, dataset_file):
+    # The same launcher that runs `vllm serve` in the Job, with the fake engine standing in.
+    command = json.dumps([sys.executable, "-m", "shoal.testing.fake_engine", "--port", "{port}", "--model", "{model}", "--reply", "Paris"])
+    log = tmp_path / "engine.log"
+    process, message = shoal_eval(
+        tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+        "--serve-checkpoint", "hf://acme/capitals@v2", "--model", "capitals",
+        "--engine-command", command, "--engine-log", str(log),
+    )
+    assert process.returncode == 0, process.stderr
+    assert message["checkpoint"] == "hf://acme/capitals@v2"
+    assert message["verdict"] == "Passed"
+    assert "--model capitals --reply Paris" in log.read_text()
+
+
+def test_an_engine_that_exits_at_start_is_an_error_with_its_log_tail(tmp_path, dataset_file):
+    command = json.dumps([sys.executable, "-c", "import sys; print('CUDA out of memory'); sys.exit(3)"])
+    process, message = shoal_eval(
+        tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+        "--serve-checkpoint", "s3://models/ckpt-9", "--model", "m", "--engine-command", command,
+    )
+    assert process.returncode == 2
+    assert message["verdict"] == "JobError"
+    assert message["message"].startswith("the candidate engine failed: the engine exited with code 3 before it was ready; log ")
+    assert "CUDA out of memory" in process.stderr
