@@ -64,6 +64,7 @@ class Binaries:
     kube_controller_manager: Path
     kube_scheduler: Path
     kwok: Path
+    kwok_stages: Path
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -295,6 +296,7 @@ def _install_set(
             missing = [n for n in names if not (staging / n).is_file()]
             if missing:
                 raise BuildError(f"build of {name} produced no {', '.join(missing)}")
+            staging.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(staging, final)
@@ -365,10 +367,34 @@ def build_etcd(
     return _install_set(cache, f"etcd-{version}", ("etcd",), build)
 
 
+# The Stages kwokctl configures by default (nodes initialise and heartbeat with a Lease;
+# bound pods become Ready, Job pods complete, deleted pods go away). The kwok binary has no
+# built-in stages: they are read from its module at build time, so they match its version.
+KWOK_STAGE_FILES = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
+KWOK_STAGES = "stages.yaml"
+
+
+def kwok_stages(module_dir: Path) -> str:
+    """One YAML stream of kwok's default Stages, read from its module directory."""
+    documents = []
+    for name in KWOK_STAGE_FILES:
+        path = module_dir / name
+        if not path.is_file():
+            raise BuildError(f"kwok's module has no {name}; its stage layout changed")
+        documents.append(path.read_text().strip())
+    return "\n---\n".join(documents) + "\n"
+
+
 def build_kwok(
     cache: Path, version: str = KWOK_VERSION, progress: Progress = _stderr_progress
 ) -> Path:
-    """kwok at ``version``; its go.mod has no replace directives, so go install works."""
+    """kwok at ``version`` and its default Stages; go install works (no replaces)."""
 
     def build(out: Path, work: Path) -> None:
         go = _go()
@@ -381,9 +407,14 @@ def build_kwok(
         _run([go, "install", "-trimpath", "-ldflags", "-s -w",
               f"sigs.k8s.io/kwok/cmd/kwok@{version}"],
              cwd=work, env=env, log=log, what=f"compiling kwok {version}", progress=progress)
+        info = json.loads(
+            _run([go, "mod", "download", "-json", f"sigs.k8s.io/kwok@{version}"],
+                 cwd=work, env=env, log=log, what="downloading kwok's module", progress=progress)
+        )
+        (out / KWOK_STAGES).write_text(kwok_stages(Path(info["Dir"])))
         progress(f"built kwok {version} in {_elapsed(started)}")
 
-    return _install_set(cache, f"kwok-{version}", ("kwok",), build)
+    return _install_set(cache, f"kwok-{version}", ("kwok", KWOK_STAGES), build)
 
 
 def ensure_binaries(cache: Path | None = None, progress: Progress = _stderr_progress) -> Binaries:
@@ -398,6 +429,7 @@ def ensure_binaries(cache: Path | None = None, progress: Progress = _stderr_prog
         kube_controller_manager=kube / "kube-controller-manager",
         kube_scheduler=kube / "kube-scheduler",
         kwok=kwok / "kwok",
+        kwok_stages=kwok / KWOK_STAGES,
     )
 
 

@@ -396,11 +396,11 @@ class ControlPlane:
                            timeout_s, insecure)
 
     def _start_kwok(self, binaries: Binaries, ports: Ports) -> None:
-        # An explicit, empty configuration so a ~/.kwok/kwok.yaml cannot change behaviour;
-        # kwok then uses its built-in stages (nodes heartbeat, bound pods become Ready,
-        # Job pods complete).
+        # kwok has no built-in behaviour: its Stages (nodes heartbeat, bound pods become
+        # Ready, Job pods complete) come from the configuration built beside the binary.
+        # Passing it explicitly also keeps a ~/.kwok/kwok.yaml from changing anything.
         config = self.state / "kwok.yaml"
-        config.write_text("")
+        shutil.copyfile(binaries.kwok_stages, config)
         processes.start(self.state, "kwok", [
             str(binaries.kwok),
             f"--config={config}",
@@ -416,11 +416,15 @@ class ControlPlane:
     def _wait_nodes_ready(self, kubectl: Kubectl, names: list[str], timeout_s: float) -> None:
         def not_ready() -> list[str]:
             listed = kubectl.json("get", "nodes")
+            # Ready as kwok reports it, and schedulable: the node lifecycle controller has
+            # removed the not-ready taint that every new node starts with.
             ready = {
                 n["metadata"]["name"]
                 for n in listed["items"]
                 if any(c["type"] == "Ready" and c["status"] == "True"
                        for c in n.get("status", {}).get("conditions", []))
+                and not any(t.get("key", "").startswith("node.kubernetes.io/")
+                            for t in n.get("spec", {}).get("taints", []))
             }
             return [n for n in names if n not in ready]
 
