@@ -94,15 +94,10 @@ class Operator:
         return processes.running_pid(self.cluster.state, OPERATOR)
 
     def start(self) -> int:
-        pid = install.start_operator(self.cluster, self.kubeconfig)
-        # kopf logs this once its watches are established.
-        wait_for(self._started, 60, "the operator to start watching")
-        return pid
-
-    def _started(self) -> bool:
-        if not processes.is_running(self.cluster.state, OPERATOR):
-            raise AssertionError(f"the operator exited:\n{self.log_tail()}")
-        return True
+        """Start `shoal run` and wait until kopf's liveness endpoint answers."""
+        started = install.start_operator(self.cluster, self.kubeconfig)
+        install.wait_operator_live(self.cluster, started)
+        return started.pid
 
     def kill(self) -> None:
         """SIGKILL the operator's process group, as a crash or an OOM kill would."""

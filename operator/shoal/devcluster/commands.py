@@ -110,7 +110,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not args.no_operator:
             _say("installing the CRDs and the chart's RBAC; starting the operator")
             kubeconfig = install.install_operator(cluster, tools)
-            install.start_operator(cluster, kubeconfig)
+            operator = install.start_operator(cluster, kubeconfig)
+            install.wait_operator_live(cluster, operator)
         if not args.no_examples:
             applied = install.apply_examples(kubectl)
             if applied:

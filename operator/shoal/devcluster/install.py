@@ -7,7 +7,9 @@ anything it is not allowed to do fails here exactly as it would in a real cluste
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import urllib.request
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ import yaml
 
 import shoal
 from shoal.devcluster import processes
-from shoal.devcluster.cluster import OPERATOR, ClusterError, ControlPlane
+from shoal.devcluster.cluster import OPERATOR, ClusterError, ControlPlane, free_port, wait_until
 from shoal.devcluster.kubectl import Kubectl, KubectlError
 from shoal.devcluster.tools import Tools
 
@@ -104,23 +106,58 @@ def operator_kubeconfig(cluster: ControlPlane, kubectl: Kubectl) -> Path:
     return cluster.write_token_kubeconfig(OPERATOR, user, token, namespace=OPERATOR_NAMESPACE)
 
 
-def operator_command() -> list[str]:
-    """``shoal run --all-namespaces`` from the same Python environment as this process."""
+def operator_command(metrics_port: int, liveness_url: str) -> list[str]:
+    """``shoal run --all-namespaces`` from the same Python environment as this process,
+    on free loopback ports (several operators may run side by side in development)."""
     script = Path(sys.executable).parent / "shoal"
     if script.is_file():
-        return [str(script), "run", "--all-namespaces"]
-    return [sys.executable, "-c", "import sys; from shoal.cli import main; sys.exit(main())",
-            "run", "--all-namespaces"]
+        prefix = [str(script)]
+    else:
+        prefix = [sys.executable, "-m", "shoal.cli"]
+    return [*prefix, "run", "--all-namespaces", "--log-format=text",
+            f"--metrics-port={metrics_port}", f"--liveness={liveness_url}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorProcess:
+    pid: int
+    liveness_url: str
+    metrics_url: str
 
 
 def start_operator(cluster: ControlPlane, kubeconfig: Path,
-                   extra_env: dict[str, str] | None = None) -> int:
-    """Start the operator as its own process (log: logs/operator.log); returns its pid."""
+                   extra_env: dict[str, str] | None = None) -> OperatorProcess:
+    """Start the operator as its own process (log: logs/operator.log)."""
     env = dict(os.environ)
     env["KUBECONFIG"] = str(kubeconfig)
     env.update(extra_env or {})
-    proc = processes.start(cluster.state, OPERATOR, operator_command(), env=env)
-    return proc.pid
+    metrics_port, liveness_port = free_port(), free_port()
+    liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
+    proc = processes.start(cluster.state, OPERATOR,
+                           operator_command(metrics_port, liveness_url), env=env)
+    return OperatorProcess(pid=proc.pid, liveness_url=liveness_url,
+                           metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def wait_operator_live(cluster: ControlPlane, operator: OperatorProcess,
+                       timeout_s: float = 60) -> None:
+    """Wait for kopf's liveness endpoint; fail at once, with the log, if it exits."""
+
+    def live() -> bool:
+        try:
+            with urllib.request.urlopen(operator.liveness_url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def dead() -> str | None:
+        if processes.is_running(cluster.state, OPERATOR):
+            return None
+        return ("the operator exited; last lines of its log:\n"
+                + processes.log_tail(cluster.state, OPERATOR, 40))
+
+    wait_until(live, timeout_s=timeout_s, what=f"the operator's {operator.liveness_url}",
+               alive=dead)
 
 
 def install_operator(cluster: ControlPlane, tools: Tools) -> Path:
