@@ -50,6 +50,19 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any]
     return node, optional
 
 
+def _filled_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """The object an absent field defaults to, with every leaf default filled in.
+
+    The API server validates a default against the CEL rules as it is, before leaf
+    defaults apply, so `{}` would fail rules such as `self.min <= self.max`.
+    """
+    out: dict[str, Any] = {}
+    for name, sub in schema.get("properties", {}).items():
+        if "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+    return out
+
+
 def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node, _ = _resolve(node, defs)
     out: dict[str, Any] = {}
@@ -73,7 +86,7 @@ def to_structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                     and not converted.get("required")
                     and "default" not in converted
                 ):
-                    converted["default"] = {}
+                    converted["default"] = _filled_defaults(converted)
                 props[name] = converted
             out["properties"] = props
         elif key == "items":
@@ -117,7 +130,8 @@ def _root(spec: type[BaseModel], status: type[BaseModel], kind: str, root_rules:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: shoal.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"Kind of this object: {kind}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server owns metadata's schema; only `type` may be given here.
+            "metadata": {"type": "object"},
             "spec": spec_schema,
             "status": status_schema,
         },

@@ -732,6 +732,5 @@ ROOT_VALIDATIONS = [
     cel(
         f"size(self.metadata.name) <= {MAX_TIER_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
         f"metadata.name must be a lowercase DNS label of at most {MAX_TIER_NAME_LENGTH} characters starting with a letter",
-        field_path=".metadata.name",
     )
 ]

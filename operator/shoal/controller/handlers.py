@@ -14,7 +14,7 @@ import kopf
 from prometheus_client import CollectorRegistry
 
 from shoal.api.naming import MANAGED_BY, TIER_LABEL
-from shoal.kube.client import Kube, load_api_client
+from shoal.kube.client import Kube, load_connection
 from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, Unavailable
 
 from .reconcilers import InvalidSpec, Reconcilers
@@ -82,7 +82,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    kube = Kube(load_api_client(), registry=REGISTRY)
+    kube = Kube(load_connection(), registry=REGISTRY)
     memo.reconcilers = Reconcilers(kube)
     memo.tier_refresh = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=False), DEBOUNCE_SECONDS)
     memo.tier_apply = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=True), DEBOUNCE_SECONDS)

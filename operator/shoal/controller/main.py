@@ -17,6 +17,8 @@ def run(settings: OperatorSettings) -> None:
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("shoal").setLevel(logging.INFO)
+    # One line per API request would bury the operator's own messages.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     handlers.DEBOUNCE_SECONDS = settings.refresh_debounce_seconds
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0", registry=handlers.REGISTRY)

@@ -8,17 +8,16 @@ can be checked from the operator's own metrics as well as from the audit log.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import ssl
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
+import httpx
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter
 
 from .errors import Conflict, Forbidden, Invalid, KubeError, NotFound, Unavailable
@@ -66,24 +65,50 @@ def resource(api_version: str, kind: str) -> Resource:
         raise KubeError(f"no REST mapping for {api_version} {kind}") from exc
 
 
-def load_api_client() -> k8s_client.ApiClient:
+@dataclass
+class Connection:
+    """Where the API server is and how to authenticate, from the official client's loaders."""
+
+    host: str
+    configuration: k8s_client.Configuration
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        cfg = self.configuration
+        if not cfg.verify_ssl:
+            return False
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return ctx
+
+    def authorization(self) -> str | None:
+        cfg = self.configuration
+        # In-cluster tokens are rotated by the kubelet; the loader's hook re-reads them.
+        if cfg.refresh_api_key_hook is not None:
+            cfg.refresh_api_key_hook(cfg)
+        token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+        if not token:
+            return None
+        prefix = (cfg.api_key_prefix or {}).get("authorization")
+        return f"{prefix} {token}" if prefix and not token.startswith(prefix) else token
+
+
+def load_connection() -> Connection:
     """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    cfg = k8s_client.Configuration()
     try:
-        k8s_config.load_incluster_config()
+        k8s_config.load_incluster_config(client_configuration=cfg)
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s_client.ApiClient()
+        k8s_config.load_kube_config(client_configuration=cfg)
+    return Connection(host=cfg.host.rstrip("/"), configuration=cfg)
 
 
-def _translate(exc: ApiException, what: str) -> KubeError:
-    status = exc.status or 0
-    detail = ""
+def _translate(status: int, body: bytes, what: str) -> KubeError:
     try:
-        body = json.loads(exc.body or "{}")
-        detail = body.get("message", "")
-    except (ValueError, TypeError):
-        detail = str(exc.body or exc.reason or "")
-    message = f"{what}: {detail or exc.reason}"
+        detail = json.loads(body or b"{}").get("message", "")
+    except (ValueError, AttributeError):
+        detail = body[:200].decode(errors="replace") if body else ""
+    message = f"{what}: {detail or f'HTTP {status}'}"
     if status == 404:
         return NotFound(message, status)
     if status == 409:
@@ -98,8 +123,13 @@ def _translate(exc: ApiException, what: str) -> KubeError:
 class Kube:
     """Asynchronous access to the API server for the controller."""
 
-    def __init__(self, api_client: k8s_client.ApiClient, registry: CollectorRegistry | None = None) -> None:
-        self._api = api_client
+    def __init__(self, connection: Connection, registry: CollectorRegistry | None = None) -> None:
+        self._conn = connection
+        self._http = httpx.AsyncClient(
+            base_url=connection.host,
+            verify=connection.ssl_context(),
+            timeout=httpx.Timeout(30.0, connect=10.0),
+        )
         self.writes = Counter(
             "shoal_operator_api_writes",
             "Write requests (create, apply, patch, delete) the operator sent to the API server.",
@@ -117,26 +147,18 @@ class Kube:
         content_type: str = "application/json",
         what: str,
     ) -> dict[str, Any]:
-        def do() -> dict[str, Any]:
-            try:
-                response = self._api.call_api(
-                    path,
-                    method,
-                    query_params=list((query or {}).items()),
-                    header_params={"Content-Type": content_type, "Accept": "application/json"},
-                    body=body,
-                    auth_settings=["BearerToken"],
-                    _preload_content=False,
-                    _request_timeout=30,
-                )
-            except ApiException as exc:
-                raise _translate(exc, what) from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise Unavailable(f"{what}: {exc}") from exc
-            raw = response[0].data if isinstance(response, tuple) else response.data
-            return json.loads(raw) if raw else {}
-
-        return await asyncio.to_thread(do)
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        auth = self._conn.authorization()
+        if auth:
+            headers["Authorization"] = auth
+        content = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
+        try:
+            response = await self._http.request(method, path, params=query, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{what}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _translate(response.status_code, response.content, what)
+        return response.json() if response.content else {}
 
     def _count(self, verb: str, res: Resource) -> None:
         self.writes.labels(verb=verb, resource=res.plural).inc()
