@@ -675,12 +675,16 @@ def cacheable(body: dict[str, Any]) -> bool:
 
 
 def parse_engine_metrics(text: str) -> tuple[float, float]:
-    """(waiting, running) from vLLM's Prometheus text, summed over label sets."""
+    """(waiting, running) from vLLM's Prometheus text, summed over label sets. Only the
+    exact names count (vLLM also has e.g. vllm:num_requests_waiting_by_reason)."""
     waiting = running = 0.0
     for line in text.splitlines():
-        if line.startswith("vllm:num_requests_waiting"):
+        if not line.startswith("vllm:num_requests_"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == "vllm:num_requests_waiting":
             waiting += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("vllm:num_requests_running"):
+        elif name == "vllm:num_requests_running":
             running += float(line.rsplit(" ", 1)[1])
     return waiting, running
 
