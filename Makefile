@@ -1,0 +1,22 @@
+# The two commands a newcomer runs (see README.md).
+PYTHON ?= python3
+
+.PHONY: up test down crds
+
+## Install Shoal and start it on a local control plane (real kube-apiserver, scheduler,
+## controller-manager, etcd and kwok GPU nodes built from Go modules on first use).
+up:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PYTHON) -m shoal.cli dev up
+
+## Install the test dependencies and run every test (unit, integration and e2e).
+test:
+	bash scripts/install-test-deps.sh
+	$(PYTHON) -m pytest
+
+down:
+	$(PYTHON) -m shoal.cli dev down
+
+## Regenerate the CRDs (and the chart's copy) from the API models.
+crds:
+	$(PYTHON) -m shoal.cli crds --out crds/ --out charts/shoal/crds/
