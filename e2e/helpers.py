@@ -51,3 +51,53 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def is_true(obj: dict[str, Any], type_: str) -> bool:
     cond = condition(obj, type_)
     return bool(cond and cond.get("status") == "True")
+
+
+class Watch:
+    """``kubectl get --watch -o json`` in the background, keeping every version seen.
+
+    Status transitions that last less than a poll interval (Progressing during a fast
+    rollout on kwok nodes) are still recorded, because the apiserver sends every change.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        import json
+        import subprocess
+        import threading
+
+        self.objects: list[dict[str, Any]] = []
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True)
+        decoder = json.JSONDecoder()
+
+        def read() -> None:
+            assert self._proc.stdout is not None
+            buffer = ""
+            for line in self._proc.stdout:
+                buffer += line
+                while True:
+                    stripped = buffer.lstrip()
+                    if not stripped:
+                        buffer = ""
+                        break
+                    try:
+                        obj, end = decoder.raw_decode(stripped)
+                    except ValueError:
+                        break  # an object still being written
+                    self.objects.append(obj)
+                    buffer = stripped[end:]
+
+        self._thread = threading.Thread(target=read, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        self._thread.join(timeout=10)
+        return self.objects
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
