@@ -429,3 +429,28 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_request(fresh_engines
     wait_for(lambda: fresh_engines["small"].stats()["cancelled"] == 1, "upstream request cancelled")
     assert fresh_engines["small"].stats()["completed"] == 0
     wait_for(lambda: router.metric("shoal_router_requests_in_flight") == 0.0, "in-flight back to zero")
+
+
+def test_sigterm_drains_requests_in_flight_and_stops_being_ready(fresh_engines, start_router, tmp_path):
+    import signal
+    import threading
+
+    fresh_engines["small"].configure(latency_ms=1500)
+    router = start_router(ladder_config(fresh_engines, tmp_path))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(slow=router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})))
+    thread.start()
+    wait_for(lambda: fresh_engines["small"].stats()["running"] == 1, "request in flight")
+    router.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: router.get("/readyz") == (503, "draining"), "not ready while draining")
+    thread.join(timeout=30)
+    assert result["slow"][0] == 200
+    assert router.process.wait(timeout=15) == 0
+
+
+def test_metrics_have_no_created_series(fresh_engines, start_router, tmp_path):
+    router = start_router(ladder_config(fresh_engines, tmp_path))
+    router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})
+    text = router.get("/metrics")[1]
+    assert "shoal_requests_total{" in text
+    assert "_created" not in text
