@@ -40,7 +40,7 @@ def test_committed_crds_match_the_models(directory):
 @pytest.mark.parametrize("plural", ["modeltiers", "routepolicies"])
 def test_every_field_has_a_type_and_a_description(plural):
     for path, node in _walk(_schema(plural)):
-        if path in ("", ".metadata"):
+        if path in ("", ".metadata", ".metadata.name"):
             continue
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), f"{plural}{path} has no type"
         if not path.endswith("[]") and not path.endswith("{}"):
@@ -69,8 +69,8 @@ def test_modeltier_schema_has_defaults_enums_bounds_and_cel_rules():
     assert rules["self.min <= self.max"]["fieldPath"] == ".min"
     spec_rules = _schema("modeltiers")["properties"]["spec"]["x-kubernetes-validations"]
     assert "self.resources.gpu.count % self.engine.tensorParallelSize == 0" in spec_rules[0]["rule"]
-    root_rules = _schema("modeltiers")["x-kubernetes-validations"]
-    assert "size(self.metadata.name) <= 40" in root_rules[0]["rule"]
+    name = _schema("modeltiers")["properties"]["metadata"]["properties"]["name"]
+    assert name == {"type": "string", "maxLength": 40, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$"}
     assert spec["cost"]["properties"]["gpuHourUSD"]["minimum"] == 0
 
 

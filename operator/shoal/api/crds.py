@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .base import GROUP, VERSION
-from .modeltier import ROOT_VALIDATIONS as TIER_ROOT_VALIDATIONS
+from .base import DNS_LABEL_PATTERN, MAX_TIER_NAME_LENGTH
 from .modeltier import ModelTierSpec, ModelTierStatus
 from .routepolicy import RoutePolicySpec, RoutePolicyStatus
 
@@ -118,7 +118,13 @@ def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
     return to_structural(raw, defs)
 
 
-def _root(spec: type[BaseModel], status: type[BaseModel], kind: str, root_rules: list[dict[str, Any]]) -> dict[str, Any]:
+def _root(
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    kind: str,
+    root_rules: list[dict[str, Any]],
+    name_schema: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     spec_schema = _schema_of(spec)
     spec_schema.setdefault("description", f"Desired state of the {kind}.")
     status_schema = _schema_of(status)
@@ -130,8 +136,9 @@ def _root(spec: type[BaseModel], status: type[BaseModel], kind: str, root_rules:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object: shoal.dev/v1alpha1."},
             "kind": {"type": "string", "description": f"Kind of this object: {kind}."},
-            # The API server owns metadata's schema; only `type` may be given here.
-            "metadata": {"type": "object"},
+            # The API server owns metadata's schema; only name (and generateName) may be
+            # narrowed, which makes an over-long name an error that names the field.
+            "metadata": {"type": "object", **({"properties": {"name": name_schema}} if name_schema else {})},
             "spec": spec_schema,
             "status": status_schema,
         },
@@ -153,7 +160,13 @@ _POLICY_DOC = (
 
 
 def modeltier_crd() -> dict[str, Any]:
-    schema = _root(ModelTierSpec, ModelTierStatus, "ModelTier", TIER_ROOT_VALIDATIONS)
+    schema = _root(
+        ModelTierSpec,
+        ModelTierStatus,
+        "ModelTier",
+        [],
+        name_schema={"type": "string", "maxLength": MAX_TIER_NAME_LENGTH, "pattern": DNS_LABEL_PATTERN},
+    )
     schema["description"] = _TIER_DOC
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -726,11 +726,3 @@ class ModelTier(ShoalModel):
 
 def is_model_uri(value: str) -> bool:
     return _MODEL_URI_RE.match(value) is not None
-
-
-ROOT_VALIDATIONS = [
-    cel(
-        f"size(self.metadata.name) <= {MAX_TIER_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
-        f"metadata.name must be a lowercase DNS label of at most {MAX_TIER_NAME_LENGTH} characters starting with a letter",
-    )
-]
