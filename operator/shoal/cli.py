@@ -206,18 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMAND_MODULES = ("shoal.devcluster.commands", "shoal.router.commands", "shoal.evaluate.commands", "shoal.sim.commands")
-
-
 def _plugin_registrars() -> list[Any]:
-    import importlib
-    import importlib.util
+    from shoal.devcluster import commands as dev
+    from shoal.evaluate import commands as evaluate
+    from shoal.router import commands as router
+    from shoal.sim import commands as sim
 
-    return [
-        importlib.import_module(name).register
-        for name in _COMMAND_MODULES
-        if importlib.util.find_spec(name) is not None
-    ]
+    return [dev.register, router.register, evaluate.register, sim.register]
 
 
 def main(argv: list[str] | None = None) -> int:
