@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.format_summary(summary))
     if args.plot:
-        report.write_plot({args.policy: outcome}, args.slo_ttft_p95, args.plot)
+        report.write_plot({args.policy: report.series(outcome)}, args.slo_ttft_p95, args.plot)
         print(f"plot written to {args.plot}")
     return 0
 

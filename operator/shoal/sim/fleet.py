@@ -161,27 +161,48 @@ def simulate(
         pod.state = Replica.GONE
         records[pod.pod_id].ended = now
 
-    def admit(tier: _Tier, request: Request, now: float) -> None:
+    def least_loaded(tier: _Tier) -> tuple[Replica | None, int]:
+        """The ready pod with the fewest requests in flight (lowest id on ties), and the
+        fewest waiting requests of any ready pod. One pass: this runs for every request."""
+        best: Replica | None = None
+        best_load = fewest_waiting = 0
+        for pod in tier.ready:
+            waiting = len(pod.queue)
+            load = waiting + len(pod.decoding) + (pod.prefilling is not None)
+            if best is None:
+                best, best_load, fewest_waiting = pod, load, waiting
+                continue
+            if load < best_load or (load == best_load and pod.pod_id < best.pod_id):
+                best, best_load = pod, load
+            if waiting < fewest_waiting:
+                fewest_waiting = waiting
+        return best, fewest_waiting
+
+    def admit(tier: _Tier, request: Request, now: float, pod: Replica | None = None) -> None:
         request.tier = tier.index
-        if not tier.ready:
+        if pod is None:
+            pod, _ = least_loaded(tier)
+        if pod is None:
             tier.held.append(request)
             tier.spilled += 1
             return
-        pod = min(tier.ready, key=lambda p: (p.in_flight, p.pod_id))
         pod.admit(request, now)
 
     def route(request: Request, now: float) -> None:
         states = {}
+        chosen_pods = []
         for t in state:
-            if t.ready:
-                states[t.config.name] = TierState(waiting=float(min(p.waiting for p in t.ready)), scaled_to_zero=False)
+            pod, fewest_waiting = least_loaded(t)
+            chosen_pods.append(pod)
+            if pod is not None:
+                states[t.config.name] = TierState(waiting=float(fewest_waiting), scaled_to_zero=False)
             else:
                 states[t.config.name] = TierState(waiting=None, scaled_to_zero=True)
         chosen = by_name[routing.choose_tier(ladder, request.prompt_tokens, states)]
         for skipped in state[: chosen.index]:
             skipped.spilled += 1
         request.spilled = chosen.index > 0
-        admit(chosen, request, now)
+        admit(chosen, request, now, chosen_pods[chosen.index])
 
     def scale(tier: _Tier, now: float) -> None:
         view = TierView(

@@ -111,8 +111,33 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is not installed: install the sim extra."""
 
 
-def write_plot(outcomes: dict[str, Outcome], slo_ttft_p95_seconds: float, path: str) -> None:
-    """Load (requests/s per minute), replicas, and p95 TTFT per minute, one line per run."""
+@dataclass(frozen=True)
+class Series:
+    """What a plot needs from a run, small enough to keep for many runs."""
+
+    load: tuple[tuple[float, float], ...]  # (hours, requests/s) per minute of arrivals
+    replicas: tuple[tuple[float, int], ...]  # (hours, replicas of all tiers)
+    ttft_p95: tuple[tuple[float, float], ...]  # (hours, p95 TTFT of the minute's arrivals)
+
+
+def series(outcome: Outcome) -> Series:
+    counts: dict[int, int] = {}
+    windows: dict[int, list[float]] = {}
+    for r in outcome.requests:
+        minute = int(r.arrival // WINDOW_SECONDS)
+        counts[minute] = counts.get(minute, 0) + 1
+        if r.first_token >= 0:
+            windows.setdefault(minute, []).append(r.first_token - r.arrival)
+    return Series(
+        load=tuple((m / 60.0, counts[m] / WINDOW_SECONDS) for m in sorted(counts)),
+        replicas=tuple((t / 3600.0, sum(n)) for t, n, _ in outcome.samples),
+        ttft_p95=tuple((m / 60.0, percentile(windows[m], 95)) for m in sorted(windows)),
+    )
+
+
+def write_plot(runs: dict[str, Series], slo_ttft_p95_seconds: float, path: str) -> None:
+    """Load (requests/s per minute, of the first run), replicas, and p95 TTFT per minute,
+    one line per run."""
     try:
         import matplotlib
 
@@ -122,24 +147,14 @@ def write_plot(outcomes: dict[str, Outcome], slo_ttft_p95_seconds: float, path: 
         raise PlotUnavailable("--plot needs matplotlib: pip install 'shoal[sim]'") from e
 
     fig, (ax_load, ax_rep, ax_ttft) = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True)
-    first = next(iter(outcomes.values()))
-    counts: dict[int, int] = {}
-    for r in first.requests:
-        counts[int(r.arrival // WINDOW_SECONDS)] = counts.get(int(r.arrival // WINDOW_SECONDS), 0) + 1
-    minutes = sorted(counts)
-    ax_load.plot([m / 60.0 for m in minutes], [counts[m] / WINDOW_SECONDS for m in minutes], color="black", linewidth=0.8)
+    first = next(iter(runs.values()))
+    ax_load.plot([h for h, _ in first.load], [v for _, v in first.load], color="black", linewidth=0.8)
     ax_load.set_ylabel("load (req/s)")
-    for label, outcome in outcomes.items():
-        hours = [s[0] / 3600.0 for s in outcome.samples]
-        ax_rep.step(hours, [sum(s[1]) for s in outcome.samples], where="post", linewidth=0.9, label=label)
-        windows: dict[int, list[float]] = {}
-        for r in outcome.requests:
-            if r.first_token >= 0:
-                windows.setdefault(int(r.arrival // WINDOW_SECONDS), []).append(r.first_token - r.arrival)
-        keys = sorted(windows)
-        ax_ttft.plot([k / 60.0 for k in keys], [percentile(windows[k], 95) for k in keys], linewidth=0.8, label=label)
+    for label, run in runs.items():
+        ax_rep.step([h for h, _ in run.replicas], [n for _, n in run.replicas], where="post", linewidth=0.9, label=label)
+        ax_ttft.plot([h for h, _ in run.ttft_p95], [v for _, v in run.ttft_p95], linewidth=0.8, label=label)
     ax_rep.set_ylabel("replicas")
-    ax_rep.legend(loc="upper left", fontsize=8, ncol=min(5, len(outcomes)))
+    ax_rep.legend(loc="upper left", fontsize=8, ncol=min(5, len(runs)))
     ax_ttft.axhline(slo_ttft_p95_seconds, color="red", linestyle="--", linewidth=0.8)
     ax_ttft.set_yscale("log")
     ax_ttft.set_ylabel("p95 TTFT per minute (s)")
