@@ -8,7 +8,7 @@ from shoal.api.modeltier import AutoscalingSpec, ReplicasSpec
 from shoal.sim import report, trace
 from shoal.sim.engine import EngineModel
 from shoal.sim.fleet import TierConfig, simulate
-from shoal.sim.policies import KEDAWaitingPolicy, ShoalPolicy, StaticPolicy, TierView, PodView
+from shoal.sim.policies import HPAUtilizationPolicy, KEDAInFlightPolicy, KEDAWaitingPolicy, PodView, ShoalPolicy, StaticPolicy, TierView
 from shoal.sim.trace import Arrival
 
 MODEL = EngineModel(
@@ -130,3 +130,19 @@ def test_keda_style_scale_up_is_limited_like_the_hpa_default_behaviour():
     policy = KEDAWaitingPolicy(ReplicasSpec(min=1, max=20))
     view = TierView(current_replicas=1, ready_pods=(PodView(100, 64, 1.0),), spilled_requests=0)
     assert policy.desired(0.0, view) == 5  # wants 20; at most max(+100%, +4 pods) per sync period
+
+
+def test_keda_inflight_removes_at_most_the_spec_step_after_its_window():
+    autoscaling = AutoscalingSpec(target_queue_depth=10, scale_down_window_seconds=60, scale_down_step_replicas=2)
+    policy = KEDAInFlightPolicy(autoscaling, ReplicasSpec(min=1, max=20))
+    busy = TierView(8, tuple(PodView(0, 10, 1.0) for _ in range(8)), 0)
+    quiet = TierView(8, tuple(PodView(0, 1, 1.0) for _ in range(8)), 0)
+    assert policy.desired(0.0, busy) == 8
+    assert policy.desired(30.0, quiet) == 8  # 8 was recommended within the last 60 s
+    assert policy.desired(75.0, quiet) == 6  # wants 1; two replicas per step
+
+
+def test_hpa_on_gpu_utilization_sees_a_busy_gpu_as_full_whatever_the_batch():
+    policy = HPAUtilizationPolicy(ReplicasSpec(min=1, max=20))
+    light = TierView(4, tuple(PodView(0, 2, 1.0) for _ in range(4)), 0)
+    assert policy.desired(0.0, light) == 6  # 100% busy against a 70% target: ceil(4 * 1.0 / 0.7)

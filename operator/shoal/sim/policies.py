@@ -76,6 +76,7 @@ class _HPA:
     max_replicas: int
     tolerance: float = 0.1
     down_window_seconds: float = 300.0
+    down_step_replicas: int | None = None  # a Pods scale-down policy; None: the default 100%
     recommendations: list[tuple[float, int]] = field(default_factory=list)
 
     def step(self, now: float, current: int, ratio: float | None, raw: int) -> int:
@@ -87,7 +88,10 @@ class _HPA:
         self.recommendations = [(t, n) for t, n in self.recommendations if t > now - self.down_window_seconds]
         self.recommendations.append((now, wanted))
         if wanted < current:
-            return max(wanted, max(n for _, n in self.recommendations))
+            stabilized = max(wanted, max(n for _, n in self.recommendations))
+            if self.down_step_replicas is not None:
+                stabilized = max(stabilized, current - self.down_step_replicas)
+            return stabilized
         if wanted > current:
             return min(wanted, max(2 * current, current + 4))
         return current
@@ -128,4 +132,26 @@ class KEDAWaitingPolicy:
         waiting = sum(p.waiting for p in view.ready_pods)
         raw = math.ceil(waiting / self.threshold - 1e-9)
         ratio = waiting / (self.threshold * max(1, view.current_replicas))
+        return self.hpa.step(now, view.current_replicas, ratio, raw)
+
+
+class KEDAInFlightPolicy:
+    """What render.keda asks of KEDA: the HPA on the tier's total in-flight requests
+    (waiting + running) with threshold targetQueueDepth, the spec's scale-down window and
+    step, and the HPA's 15 s sync period."""
+
+    def __init__(self, autoscaling: AutoscalingSpec, replicas: ReplicasSpec) -> None:
+        self.name = "keda-inflight"
+        self.threshold = autoscaling.target_queue_depth
+        self.period_seconds = 15.0
+        self.hpa = _HPA(max(1, replicas.min), replicas.max, tolerance=autoscaling.tolerance,
+                        down_window_seconds=autoscaling.scale_down_window_seconds,
+                        down_step_replicas=autoscaling.scale_down_step_replicas)
+
+    def desired(self, now: float, view: TierView) -> int:
+        if not view.ready_pods:
+            return self.hpa.step(now, view.current_replicas, None, view.current_replicas)
+        total = sum(p.waiting + p.running for p in view.ready_pods)
+        raw = math.ceil(total / self.threshold - 1e-9)
+        ratio = total / (self.threshold * max(1, view.current_replicas))
         return self.hpa.step(now, view.current_replicas, ratio, raw)
