@@ -22,7 +22,7 @@ from shoal.evaluate import engine, report
         ),
         (
             "pvc://weights/support/ckpt-0043",
-            ["vllm", "serve", "/mnt/checkpoint/support/ckpt-0043", "--served-model-name", "support",
+            ["vllm", "serve", "/mnt/models/weights/support/ckpt-0043", "--served-model-name", "support",
              "--host", "127.0.0.1", "--port", "8000", "--max-model-len", "4096"],
         ),
     ],

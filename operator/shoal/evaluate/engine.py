@@ -25,10 +25,7 @@ from pathlib import Path
 
 import httpx
 
-# Where the evaluation Job mounts a pvc:// checkpoint's claim (read-only). The Job
-# renderer and this mapping must agree; see render/evaljob.py.
-PVC_MOUNT_ROOT = "/mnt/checkpoint"
-
+from shoal.render import deployment
 
 class EngineFailed(RuntimeError):
     """The engine exited or did not become ready in time: its log tail is in the message."""
@@ -41,24 +38,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def model_location(checkpoint: str, *, pvc_mount_root: str = PVC_MOUNT_ROOT) -> tuple[str, list[str]]:
+def model_location(checkpoint: str) -> tuple[str, list[str]]:
     """What to pass to ``vllm serve`` for a checkpoint URI, and the arguments it needs.
 
-    hf://ORG/REPO@REV -> "ORG/REPO" with --revision REV; s3:// and gs:// are streamed
-    by vLLM's Run:ai model streamer (--load-format runai_streamer); pvc://CLAIM/PATH is
-    the claim mounted at ``pvc_mount_root`` in the pod, so the path inside it.
+    The same mapping the tier's Deployment uses (render/deployment.py), so the
+    evaluation loads the checkpoint exactly as serving will: hf://ORG/REPO@REV ->
+    "ORG/REPO" --revision REV; s3:// and gs:// streamed (--load-format runai_streamer);
+    pvc://CLAIM/PATH -> the claim's mount in the pod. An absolute path is used as is.
     """
-    if checkpoint.startswith("hf://"):
-        repo, _, revision = checkpoint.removeprefix("hf://").partition("@")
-        return repo, (["--revision", revision] if revision else [])
-    if checkpoint.startswith(("s3://", "gs://")):
-        return checkpoint, ["--load-format", "runai_streamer"]
-    if checkpoint.startswith("pvc://"):
-        _claim, _, path = checkpoint.removeprefix("pvc://").partition("/")
-        return f"{pvc_mount_root.rstrip('/')}/{path}".rstrip("/"), []
     if checkpoint.startswith("/"):
         return checkpoint, []
-    raise ValueError(f"{checkpoint}: not a checkpoint URI (hf://, s3://, gs://, pvc:// or an absolute path)")
+    try:
+        model, args, _volume = deployment.model_location(checkpoint)
+    except ValueError as error:
+        raise ValueError(f"{checkpoint}: not a checkpoint URI (hf://, s3://, gs://, pvc:// or an absolute path)") from error
+    return model, args
 
 
 def vllm_command(
@@ -68,7 +62,6 @@ def vllm_command(
     port: int,
     host: str = "127.0.0.1",
     extra_args: Sequence[str] = (),
-    pvc_mount_root: str = PVC_MOUNT_ROOT,
 ) -> list[str]:
     """The ``vllm serve`` command line that serves ``checkpoint`` on loopback for the evaluation.
 
@@ -76,7 +69,7 @@ def vllm_command(
     talks to it. ``extra_args`` (the tier's engine settings such as --max-model-len or
     --dtype) come last, so the tier's own settings are what gets evaluated.
     """
-    model, model_args = model_location(checkpoint, pvc_mount_root=pvc_mount_root)
+    model, model_args = model_location(checkpoint)
     return [
         "vllm", "serve", model,
         *model_args,
