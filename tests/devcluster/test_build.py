@@ -120,3 +120,23 @@ def test_missing_go_toolchain_is_one_line_and_a_nonzero_exit(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "shoal: no Go toolchain on PATH: the control plane is built from Go modules; "
         "install Go 1.24 or newer and retry"]
+
+
+def test_kwok_stages_joins_the_default_stage_files_in_order(tmp_path):
+    from shoal.devcluster.build import KWOK_STAGE_FILES, kwok_stages
+
+    for index, name in enumerate(KWOK_STAGE_FILES):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"kind: Stage\nmetadata: {{name: s{index}}}\n")
+    import yaml
+
+    documents = list(yaml.safe_load_all(kwok_stages(tmp_path)))
+    assert [d["metadata"]["name"] for d in documents] == [f"s{i}" for i in range(len(KWOK_STAGE_FILES))]
+
+
+def test_kwok_stages_missing_from_the_module_is_a_build_error(tmp_path):
+    from shoal.devcluster.build import BuildError, kwok_stages
+
+    with pytest.raises(BuildError, match="stage layout changed"):
+        kwok_stages(tmp_path)

@@ -215,6 +215,7 @@ class ControlPlane:
             )
         started = time.monotonic()
         if self.state.exists():
+            self._check_wipeable()
             shutil.rmtree(self.state)
         for sub in ("kubeconfigs", "etcd", "audit", "logs", "pids"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
@@ -255,6 +256,17 @@ class ControlPlane:
         self.info_path.write_text(json.dumps(info, indent=2))
         progress(f"cluster {self.name!r} is up in {info['startSeconds']}s: {server}")
         return info
+
+    def _check_wipeable(self) -> None:
+        """Refuse to delete a directory that is not (or not only) a cluster's state."""
+        ours = {"cluster.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "audit", "logs",
+                "pids", "kwok.yaml"}
+        entries = {p.name for p in self.state.iterdir()}
+        if entries - ours:
+            raise ClusterError(
+                f"refusing to reuse {self.state}: it holds files that are not a cluster's "
+                f"state ({', '.join(sorted(entries - ours)[:3])}); choose another --state-dir"
+            )
 
     def stop(self, progress: Progress = _stderr_progress) -> list[str]:
         """Stop the operator and every component (reverse start order); nothing orphaned."""
