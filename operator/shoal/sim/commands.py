@@ -30,7 +30,11 @@ DESCRIPTION = __doc__.split("\n\n")[0] + """
 Reports GPU-hours (GPUs x pod lifetime, including cold start), cost (x cost.gpuHourUSD),
 SLO attainment (share of 1-minute windows whose p95 time to first token is under
 --slo-ttft-p95), queue wait and scale events. The scaling decision is Shoal's real
-autoscaler code; routing is the router's real decision code."""
+autoscaler code; routing is the router's real decision code.
+
+The engine flags (--prefill-tps, --decode-step, --decode-step-per-seq) describe a replica
+sustaining 2000 output tokens/s; each tier runs faster or slower in proportion to its
+cost.tokensPerSecondPerReplica, with its engine.maxNumSeqs as batch capacity (default 256)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", required=True, help="ModelTier manifest(s), smallest tier first")
     p.add_argument("--trace", default="diurnal", help="diurnal, constant, or a CSV file (timestamp,prompt_tokens,output_tokens)")
     p.add_argument("--hours", type=float, default=6.0, help="length of a synthetic trace (default 6)")
-    p.add_argument("--rate", type=float, default=20.0, help="mean requests per second of a synthetic trace (default 20)")
+    p.add_argument("--rate", type=float, default=8.0, help="mean requests per second of a synthetic trace (default 8)")
     p.add_argument("--amplitude", type=float, default=0.7, help="diurnal swing around the mean, 0..1 (default 0.7)")
     p.add_argument("--bursts-per-hour", type=float, default=2.0, help="sudden bursts per hour (default 2)")
     p.add_argument("--burst-factor", type=float, default=2.0, help="rate multiplier during a burst (default 2)")
@@ -77,10 +81,21 @@ def load_tiers(paths: list[str]) -> list[ModelTier]:
     return tiers
 
 
+# The engine flags describe a replica that sustains this many output tokens per second;
+# a tier whose cost.tokensPerSecondPerReplica differs runs proportionally faster or slower.
+REFERENCE_TOKENS_PER_SECOND = 2000.0
+
+
 def tier_config(tier: ModelTier, model: EngineModel, spill_queue_depth: int | None) -> TierConfig:
     spec = tier.spec
-    if spec.engine.max_num_seqs is not None:
-        model = EngineModel(**{**model.__dict__, "max_num_seqs": spec.engine.max_num_seqs})
+    speed = spec.cost.tokens_per_second_per_replica / REFERENCE_TOKENS_PER_SECOND
+    model = replace(
+        model,
+        max_num_seqs=spec.engine.max_num_seqs if spec.engine.max_num_seqs is not None else model.max_num_seqs,
+        prefill_tokens_per_second=model.prefill_tokens_per_second * speed,
+        decode_step_base_seconds=model.decode_step_base_seconds / speed,
+        decode_step_per_seq_seconds=model.decode_step_per_seq_seconds / speed,
+    )
     initial = spec.replicas.desired if spec.replicas.desired is not None else max(spec.replicas.min, 1 if spec.replicas.min == 0 else spec.replicas.min)
     return TierConfig(
         name=tier.name,
