@@ -6,6 +6,7 @@ configuration (which points at other tiers' Services) always agree.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from .base import API_VERSION
@@ -75,3 +76,16 @@ def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+EVAL_CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
+COMPONENT_EVALUATION = "evaluation"
+
+
+def eval_job_name(tier_name: str, checkpoint: str) -> str:
+    """The evaluation Job of one candidate checkpoint: ``<tier>-eval-<8 hex of sha256>``.
+
+    Deterministic, so an operator restarted at any step finds (or re-creates) the same
+    Job instead of starting a second evaluation of the same checkpoint.
+    """
+    return f"{tier_name}-eval-{hashlib.sha256(checkpoint.encode()).hexdigest()[:8]}"

@@ -1,0 +1,223 @@
+"""The eval-gated rollout of a new checkpoint, as a pure decision.
+
+    serving A --(spec names B)--> evaluating B --(Job passes)--> rolling out B --(Deployment
+    complete at B)--> serving B
+                                   \\--(Job fails, times out, errors)--> B blocked, A serves
+
+A newer checkpoint C supersedes B at any step: B's Job is deleted, C is evaluated, and
+the Deployment goes back to (or stays at) the serving checkpoint until C has passed.
+Reverting the spec to the serving checkpoint withdraws the candidate the same way.
+
+Every pass is computed from the ModelTier (spec and status) and what was observed (the
+evaluation Jobs, the Deployment), with the clock passed in, so an operator restarted at
+any step reaches the same decision. The state that cannot be observed again lives in the
+status and is written once: ``servingCheckpoint`` (what traffic is served by; it moves
+only after the Deployment has completed its rollout to the new checkpoint),
+``candidateCheckpoint`` and ``lastEvaluation`` (the verdict; never recomputed once recorded).
+
+Verdicts come from the Job's evaluation container: exit code 0 is Passed, 1 is Failed,
+2 is the termination message's verdict (JobError or TimedOut); a Job failed by its
+``activeDeadlineSeconds`` is TimedOut, and one that ended any other way is JobError. The
+termination message (an EvaluationRecord as JSON, see evaluate/report.py) supplies the
+metrics, intervals and message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from shoal.api import conditions as C
+from shoal.api.modeltier import EvaluationRecord, ModelTier
+from shoal.api.naming import eval_job_name
+
+from .conditions import Cond
+from .tier import EventSpec
+
+Step = Literal["Serving", "Evaluating", "RollingOut", "Blocked"]
+JobState = Literal["Running", "Succeeded", "Failed"]
+
+# Event reasons beside the condition reasons (api/conditions.py) the events also use.
+EVENT_SUPERSEDED = "Superseded"  # A newer checkpoint (or a revert) replaced the candidate.
+EVENT_PROMOTED = "Promoted"  # The candidate finished rolling out and now serves traffic.
+
+# A Job still running this long after its evaluation's timeout is treated as timed out,
+# as a backstop for a Job whose activeDeadlineSeconds did not end it.
+TIMEOUT_GRACE = timedelta(seconds=120)
+
+
+@dataclass(frozen=True)
+class EvalJobObservation:
+    """One evaluation Job as observed (the controller reads these off the Job and its pod)."""
+
+    name: str
+    checkpoint: str  # the Job's shoal.dev/checkpoint annotation
+    state: JobState
+    failed_reason: str | None = None  # the Job's Failed condition reason, e.g. DeadlineExceeded
+    exit_code: int | None = None  # the evaluation container's terminated exit code
+    termination_message: str | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RolloutObservation:
+    jobs: tuple[EvalJobObservation, ...] = ()  # every evaluation Job of the tier
+    deployment_checkpoint: str | None = None  # checkpoint of the Deployment's pod template
+    deployment_complete: bool = False  # that template is fully rolled out and available
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    step: Step
+    # The checkpoint the Deployment must run. None: nothing may serve yet (the first
+    # checkpoint of a tier with firstCheckpoint: evaluate, before it has passed).
+    deploy_checkpoint: str | None
+    # The candidate whose evaluation Job must exist (create it if missing; by name).
+    create_job_for: str | None
+    delete_jobs: tuple[str, ...]
+    serving_checkpoint: str | None
+    candidate_checkpoint: str | None
+    last_evaluation: EvaluationRecord | None
+    evaluated: Cond
+    # Overrides the Deployment-derived Progressing condition while evaluating or blocked;
+    # None leaves it to the Deployment.
+    progressing: Cond | None
+    events: list[EventSpec] = field(default_factory=list)
+
+    def status_patch(self) -> dict[str, Any]:
+        """The status fields this plan owns, in wire form (None clears a field)."""
+        return {
+            "servingCheckpoint": self.serving_checkpoint,
+            "candidateCheckpoint": self.candidate_checkpoint,
+            "lastEvaluation": self.last_evaluation.to_wire() if self.last_evaluation else None,
+        }
+
+
+def verdict_from_job(job: EvalJobObservation, timeout_seconds: int, now: datetime) -> EvaluationRecord | None:
+    """The verdict a finished (or overdue) evaluation Job gives; None while it is still running."""
+    base = {"checkpoint": job.checkpoint, "job_name": job.name, "start_time": job.start_time}
+    if job.state == "Running":
+        if job.start_time is not None and now - job.start_time > timedelta(seconds=timeout_seconds) + TIMEOUT_GRACE:
+            return EvaluationRecord(
+                **base, verdict="TimedOut", finish_time=now,
+                message=f"The evaluation Job {job.name} ran past its {timeout_seconds} s timeout.",
+            )
+        return None
+    finish = job.completion_time or now
+    if job.state == "Failed" and job.failed_reason == "DeadlineExceeded":
+        return EvaluationRecord(
+            **base, verdict="TimedOut", finish_time=finish,
+            message=f"The evaluation Job {job.name} did not finish within its {timeout_seconds} s timeout.",
+        )
+    reported: EvaluationRecord | None = None
+    if job.termination_message:
+        try:
+            reported = EvaluationRecord.model_validate_json(job.termination_message)
+        except ValidationError:
+            reported = None
+    exit_code = 0 if job.state == "Succeeded" and job.exit_code is None else job.exit_code
+    if exit_code == 0:
+        verdict = "Passed"
+    elif exit_code == 1:
+        verdict = "Failed"
+    elif exit_code == 2 and reported is not None and reported.verdict in ("JobError", "TimedOut"):
+        verdict = reported.verdict
+    else:
+        verdict = "JobError"
+    if reported is not None:
+        # The program's own record carries the scores; the Job's identity and the exit
+        # code's verdict are authoritative (the exit code is the documented contract).
+        return reported.model_copy(
+            update={**base, "verdict": verdict, "finish_time": reported.finish_time or finish,
+                    "start_time": reported.start_time or job.start_time}
+        )
+    how = f"exit code {exit_code}" if exit_code is not None else (job.failed_reason or "no exit code")
+    return EvaluationRecord(
+        **base, verdict=verdict, finish_time=finish,
+        message=f"The evaluation Job {job.name} ended without a verdict ({how}); see its pod's log.",
+    )
+
+
+def _evaluated(record: EvaluationRecord | None, desired: str, serving: str | None) -> Cond:
+    keeps = f" {serving} keeps serving." if serving else " Nothing serves until a checkpoint passes."
+    if record is None or record.checkpoint != desired:
+        return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
+    detail = f" {record.message}" if record.message else ""
+    if record.verdict == "Running":
+        return Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name}." + keeps)
+    if record.verdict == "Passed":
+        return Cond(C.EVALUATED, "True", C.REASON_PASSED, f"{desired} passed its evaluation.{detail}")
+    reason = {"Failed": C.REASON_FAILED, "TimedOut": C.REASON_TIMED_OUT}.get(record.verdict, C.REASON_JOB_ERROR)
+    return Cond(
+        C.EVALUATED, "False", reason,
+        f"{desired} is blocked: its evaluation ended {record.verdict}.{detail}{keeps} "
+        "Set spec.model.checkpoint to a new checkpoint (or back to the serving one) to continue.",
+    )
+
+
+def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -> RolloutPlan:
+    """Decide the next step of the tier's checkpoint rollout. Pure; see the module docstring."""
+    spec, status = tier.spec, tier.status
+    desired = spec.model.served_uri()
+    serving = status.serving_checkpoint
+    previous_candidate = status.candidate_checkpoint
+    last = status.last_evaluation
+    evaluation = spec.rollout.evaluation
+    events: list[EventSpec] = []
+
+    withdrawn = previous_candidate is not None and previous_candidate not in (desired, serving)
+    if withdrawn:
+        events.append(EventSpec("Normal", EVENT_SUPERSEDED, f"Candidate {previous_candidate} was replaced by {desired}; its evaluation is cancelled."))
+    stale_jobs = tuple(sorted(j.name for j in observed.jobs if j.checkpoint != desired or desired == serving))
+
+    def deployed(checkpoint: str) -> bool:
+        return observed.deployment_checkpoint == checkpoint and observed.deployment_complete
+
+    def rolling_out(record: EvaluationRecord | None, evaluated: Cond) -> RolloutPlan:
+        if deployed(desired):
+            events.append(EventSpec("Normal", EVENT_PROMOTED, f"{desired} now serves traffic" + (f" (was {serving})." if serving else ".")))
+            # The candidate serves now: its evaluation Job has done its work too.
+            every_job = tuple(sorted(j.name for j in observed.jobs))
+            return RolloutPlan("Serving", desired, None, every_job, desired, None, record, evaluated, None, events)
+        return RolloutPlan("RollingOut", desired, None, stale_jobs, serving, desired, record, evaluated, None, events)
+
+    # The spec asks for what already serves: nothing to evaluate or roll out.
+    if desired == serving:
+        return RolloutPlan("Serving", serving, None, stale_jobs, serving, None, last, _evaluated(None, desired, serving), None, events)
+
+    # No gate for this checkpoint: roll it out directly.
+    gated = evaluation is not None and (serving is not None or spec.rollout.first_checkpoint == "evaluate")
+    if not gated:
+        return rolling_out(last, _evaluated(None, desired, serving))
+
+    assert evaluation is not None
+    record = last if last is not None and last.checkpoint == desired else None
+    create_job_for = None
+    if record is None or record.verdict == "Running":
+        job = next((j for j in observed.jobs if j.checkpoint == desired), None)
+        verdict = verdict_from_job(job, evaluation.timeout_seconds, now) if job is not None else None
+        if verdict is not None:
+            record = verdict
+            kind = "Normal" if verdict.verdict == "Passed" else "Warning"
+            scores = ", ".join(
+                f"{m.name} {m.value:.3f} [{m.lower:.3f}, {m.upper:.3f}]" for m in verdict.metrics if m.lower is not None and m.upper is not None
+            )
+            events.append(EventSpec(kind, verdict.verdict, f"Evaluation of {desired}: {verdict.verdict}. " + (f"{scores}. " if scores else "") + (verdict.message or "")))
+        else:
+            create_job_for = desired
+            if record is None:
+                record = EvaluationRecord(checkpoint=desired, verdict="Running", job_name=eval_job_name(tier.name, desired), start_time=now)
+                events.append(EventSpec("Normal", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name} before it serves."))
+
+    evaluated = _evaluated(record, desired, serving)
+    if record.verdict == "Passed":
+        return rolling_out(record, evaluated)
+    if record.verdict == "Running":
+        progressing = Cond(C.PROGRESSING, "True", C.REASON_EVALUATING, f"Evaluating {desired} before it serves traffic.")
+        return RolloutPlan("Evaluating", serving, create_job_for, stale_jobs, serving, desired, record, evaluated, progressing, events)
+    progressing = Cond(C.PROGRESSING, "False", evaluated.reason, evaluated.message)
+    return RolloutPlan("Blocked", serving, None, stale_jobs, serving, desired, record, evaluated, progressing, events)
