@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from shoal.api.modeltier import AutoscalingSpec, ReplicasSpec
+from shoal.api.modeltier import AutoscalingSpec, PrometheusSource, ReplicasSpec
 from shoal.plan import autoscale as a
 from shoal.plan.autoscale import History, Observed, PodLoad, decide
 
@@ -35,7 +35,7 @@ def pods(*loads: tuple[float, float], at: float = NOW) -> tuple[PodLoad, ...]:
 BOUNDS = ReplicasSpec(min=1, max=10)
 ZERO_OK = ReplicasSpec(min=0, max=10)
 # A history whose idle clock and windows are long settled: nothing recent holds the size.
-SETTLED = History(last_request_time=NOW - 10, last_scale_time=NOW - 3600)
+SETTLED = History(scale_down_candidates=((NOW - 3600, 1),), last_request_time=NOW - 10, last_scale_time=NOW - 3600)
 
 
 CASES = [
@@ -95,7 +95,7 @@ CASES = [
     ("engine_none_keeps_replicas_desired",
      spec(engine="none"), ReplicasSpec(min=1, max=10, desired=4), Observed(2, pods((0, 0), (0, 0))), SETTLED, (4, a.DISABLED, False, "AutoscalingDisabled")),
     ("engine_keda_leaves_the_size_alone",
-     spec(engine="keda"), BOUNDS, Observed(7, ()), SETTLED, (7, a.DELEGATED, False, "DelegatedToKEDA")),
+     spec(engine="keda", prometheus=PrometheusSource(url="http://prometheus:9090", query="sum(q)")), BOUNDS, Observed(7, ()), SETTLED, (7, a.DELEGATED, False, "DelegatedToKEDA")),
 ]
 
 
@@ -197,3 +197,19 @@ def test_starting_replicas_count_as_capacity_until_they_are_ready():
     # 90 exceeds 2 x 4 x 10 = 80: even the requested replicas will not be enough.
     more = decide(spec(), BOUNDS, Observed(4, pods((60, 30))), SETTLED, now=NOW)
     assert (more.desired_replicas, more.reason) == (9, a.PANIC)
+
+
+def test_an_empty_history_waits_a_whole_window_before_scaling_down():
+    quiet = Observed(4, pods(*[(0, 1)] * 4))
+    first = decide(spec(), BOUNDS, quiet, History(), now=NOW)
+    assert (first.desired_replicas, first.reason) == (4, a.STABILIZING_DOWN)
+    later = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), first.history, now=NOW + 301)
+    assert (later.desired_replicas, later.reason) == (3, a.SCALE_DOWN)
+
+
+def test_after_a_metrics_outage_scale_down_waits_a_whole_window_of_fresh_samples():
+    outage = decide(spec(), BOUNDS, Observed(4, (PodLoad("p0", None, None, None),)), SETTLED, now=NOW)
+    back = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 5)), outage.history, now=NOW + 5)
+    assert (back.desired_replicas, back.reason) == (4, a.STABILIZING_DOWN)
+    settled = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), back.history, now=NOW + 301)
+    assert (settled.desired_replicas, settled.reason) == (3, a.SCALE_DOWN)

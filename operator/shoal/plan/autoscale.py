@@ -24,7 +24,9 @@ The policy, in the order the checks are made:
    the load exceeds panicThreshold x all requested replicas (AwaitingCapacity).
 5. Scale-up goes to the lowest recommendation of the scale-up window (0 s: at once).
 6. Scale-down goes to the highest recommendation of the scale-down window, and removes
-   at most scaleDownStepReplicas per decision.
+   at most scaleDownStepReplicas per decision. An empty history, and every period with
+   missing metrics, count as recommending the current size: a restarted operator or a
+   metrics outage is followed by a whole window before any scale-down.
 7. With replicas.min 0, the last replica is removed only after scaleToZeroIdleSeconds
    without any load or request.
 8. The result is clamped to [replicas.min, replicas.max].
@@ -231,21 +233,25 @@ def decide(
                          True, REASON_METRICS_FRESH, None, None, None, history, current, now)
 
     # 2. Missing or stale metrics hold the size. A spilled request still counts as a
-    # request, so a later scale to zero waits for it.
+    # request, so a later scale to zero waits for it. The held size counts as a
+    # recommendation, so when metrics return the tier still waits a whole scale-down
+    # window before shrinking on them.
     if demand_seen:
         history = replace(history, last_request_time=now)
     held = _clamp(current, lo, hi)
+    held_history = replace(history, scale_down_candidates=_push(
+        history.scale_down_candidates, now, held, autoscaling.scale_down_window_seconds, keep_min=False))
     if not observed.pods:
         return _decision(held, NO_READY_PODS,
                          f"{current} replica(s) requested but none is ready to report queue depth; holding the size.",
-                         False, REASON_METRICS_MISSING, None, None, None, history, current, now)
+                         False, REASON_METRICS_MISSING, None, None, None, held_history, current, now)
     stale_after = stale_after_seconds if stale_after_seconds is not None else STALE_AFTER_PERIODS * autoscaling.metrics_period_seconds
     missing = sorted(p.pod for p in observed.pods if not p.is_fresh(now, stale_after))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         return _decision(held, METRICS_MISSING,
                          f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).",
-                         False, REASON_METRICS_MISSING, None, None, None, history, current, now)
+                         False, REASON_METRICS_MISSING, None, None, None, held_history, current, now)
 
     # 3. The recommendation from fresh load.
     waiting = sum(p.waiting or 0.0 for p in observed.pods)
@@ -260,7 +266,13 @@ def decide(
     if current > 0 and abs(total / (current * target) - 1.0) <= autoscaling.tolerance:
         recommended = current
     up = _push(history.scale_up_candidates, now, recommended, autoscaling.scale_up_window_seconds, keep_min=True)
-    down = _push(history.scale_down_candidates, now, recommended, autoscaling.scale_down_window_seconds, keep_min=False)
+    down_before = history.scale_down_candidates
+    if not down_before and autoscaling.scale_down_window_seconds > 0:
+        # No history at all (a new tier, an operator whose status was lost): treat the
+        # current size as just recommended, so nothing shrinks before a whole window of
+        # fresh samples has been seen.
+        down_before = ((now, current),)
+    down = _push(down_before, now, recommended, autoscaling.scale_down_window_seconds, keep_min=False)
     up_window_min, down_window_max = up[0][1], down[0][1]
     history = replace(history, scale_up_candidates=up, scale_down_candidates=down)
     load = f"Queue depth {total:g} on {ready} ready pod(s) (target {target:g} per replica) recommends {recommended}"
