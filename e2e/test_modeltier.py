@@ -251,3 +251,16 @@ def test_helm_install_runs_the_operator_in_a_restricted_namespace_and_uninstall_
     crds_after = {c["metadata"]["name"] for c in kubectl("get", "crds")["items"]}
     assert {"modeltiers.shoal.dev", "routepolicies.shoal.dev"} <= crds_after == crds_before
     kubectl.run("delete", "namespace", namespace, "--wait=false")
+
+
+def test_operator_was_never_forbidden_during_the_session(running_operator):
+    # Runs after the scenarios above (same module, later in the file): every request the
+    # operator made as the chart's ServiceAccount in this session is in the audit log.
+    events = running_operator.cluster.audit_events()
+    assert events, "the audit log recorded no request from the operator"
+    # RBAC denials only: a 403 for writing into a namespace being deleted is not one.
+    forbidden = [f"{e['verb']} {e.get('requestURI')}" for e in events
+                 if e.get("annotations", {}).get("authorization.k8s.io/decision") == "forbid"]
+    assert any(e.get("annotations", {}).get("authorization.k8s.io/decision") == "allow"
+               for e in events), "the audit log carries no authorization decisions"
+    assert forbidden == []
