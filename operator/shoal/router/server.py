@@ -198,8 +198,11 @@ class Router:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
+            # Upstreams are asked for identity encoding, so bodies pass through untouched
+            # (no decompression on the hot path) and no cookies are kept or matched.
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
 
@@ -529,11 +532,18 @@ class Router:
                 upstream.close()
 
         self.metrics.upstream_latency.labels(tier.name).observe(time.perf_counter() - started)
+        out = {"Content-Type": upstream.content_type, **tier_headers}
+        encoding = upstream.headers.get("Content-Encoding")
+        if encoding is not None and encoding != "identity":
+            # Not asked for, but an upstream may still compress: pass it on untouched.
+            out["Content-Encoding"] = encoding
+            self._account(tier, None, features, decided, reason)
+            return web.Response(body=data, headers=out)
         usage = _usage_of(data)
         self._account(tier, usage, features, decided, reason)
         if key is not None and tier.name == decided.tier and upstream.content_type == "application/json":
             self.cache.put(key, data, upstream.content_type)
-        return web.Response(body=data, headers={"Content-Type": upstream.content_type, **tier_headers})
+        return web.Response(body=data, headers=out)
 
     async def _relay_stream(
         self,

@@ -1,0 +1,487 @@
+"""Router overhead benchmark: direct vs shoal router vs LiteLLM proxy vs vllm-router vs nginx.
+
+Everything runs on loopback against the same fast fake engine (shoal.testing.fake_engine,
+no artificial latency), so what is measured is what each proxy adds.
+
+    python benchmarks/router/run.py --setup          # once: peers into benchmarks/router/out/
+    python benchmarks/router/run.py                  # all targets, writes RESULTS.md
+
+Measurements, per target:
+  - closed loop (wrk, 1 thread, keep-alive): throughput and latency p50/p99 at
+    concurrency 1, 16, 64 and 256;
+  - open loop at a steady 500 requests/s (latency measured from each request's scheduled
+    send time, so a stall is not hidden by coordinated omission): p50 and p99;
+  - streaming: time to first SSE chunk over sequential requests, p50 and p99;
+  - for shoal: peak RSS, and RSS with 2000 idle client connections open.
+
+The peers are installed in their own virtualenv (benchmarks/router/out/peers), never as
+dependencies of shoal: `pip install 'litellm[proxy]' vllm-router`. nginx and wrk come
+from the distribution (apt-get install nginx wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+PEERS = OUT / "peers"
+RESULTS = HERE / "RESULTS.md"
+MODEL = "fake-model"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are you today?"}], "max_tokens": 16}
+TARGETS = ("direct", "shoal", "litellm", "vllm-router", "nginx")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout}s: {last!r}")
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # base, e.g. http://127.0.0.1:P/v1
+    process: subprocess.Popen | None = None
+    pid: int | None = None
+    note: str = ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# --- starting each target ------------------------------------------------------------------
+
+
+def start_engine() -> Target:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.testing.fake_engine", "--port", str(port), "--model", MODEL, "--reply",
+         "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", process=proc)
+    return Target("engine", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
+
+
+def start_shoal(engine: Target) -> Target:
+    port = free_port()
+    root = engine.url[: -len("/v1")]
+    config = {
+        "modelTier": "bench",
+        "localTier": "small",
+        "tiers": [{"name": "small", "kind": "local", "url": engine.url, "model": MODEL}],
+        "engine": {"metricsUrl": f"{root}/metrics"},
+        "cache": {"mode": "disabled"},
+    }
+    path = OUT / "shoal-router.json"
+    path.write_text(json.dumps(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli", "router", "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{port}/readyz", process=proc)
+    return Target("shoal", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
+
+
+def start_litellm(engine: Target) -> Target:
+    binary = PEERS / "bin" / "litellm"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} missing: run with --setup")
+    port = free_port()
+    config = OUT / "litellm.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            model_list:
+              - model_name: {MODEL}
+                litellm_params:
+                  model: openai/{MODEL}
+                  api_base: {engine.url}
+                  api_key: unused
+            litellm_settings:
+              set_verbose: false
+              drop_params: true
+            """
+        )
+    )
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
+    log = open(OUT / "litellm.log", "w")
+    proc = subprocess.Popen(
+        [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180, process=proc)
+    return Target("litellm", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker")
+
+
+def start_vllm_router(engine: Target) -> Target:
+    python = PEERS / "bin" / "python"
+    if not python.exists():
+        raise RuntimeError(f"{python} missing: run with --setup")
+    port = free_port()
+    root = engine.url[: -len("/v1")]
+    log = open(OUT / "vllm-router.log", "w")
+    proc = subprocess.Popen(
+        [str(python), "-m", "vllm_router.launch_router", "--worker-urls", root, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=120, process=proc)
+    return Target("vllm-router", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
+
+
+def start_nginx(engine: Target) -> Target:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(binary).exists():
+        raise RuntimeError("nginx not installed: apt-get install nginx")
+    port = free_port()
+    upstream = engine.url[len("http://") : -len("/v1")]
+    prefix = OUT / "nginx"
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            worker_processes 1;
+            daemon off;
+            pid {prefix}/nginx.pid;
+            error_log {prefix}/logs/error.log warn;
+            events {{ worker_connections 8192; }}
+            http {{
+              access_log off;
+              client_body_temp_path {prefix}/tmp/body;
+              proxy_temp_path {prefix}/tmp/proxy;
+              fastcgi_temp_path {prefix}/tmp/fastcgi;
+              uwsgi_temp_path {prefix}/tmp/uwsgi;
+              scgi_temp_path {prefix}/tmp/scgi;
+              upstream engine {{ server {upstream}; keepalive 512; }}
+              server {{
+                listen 127.0.0.1:{port};
+                location / {{
+                  proxy_pass http://engine;
+                  proxy_http_version 1.1;
+                  proxy_set_header Connection "";
+                  proxy_buffering off;
+                }}
+              }}
+            }}
+            """
+        )
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/health", process=proc)
+    return Target("nginx", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker process")
+
+
+STARTERS = {"shoal": start_shoal, "litellm": start_litellm, "vllm-router": start_vllm_router, "nginx": start_nginx}
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Closed:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Result:
+    target: str
+    closed: dict[int, Closed] = field(default_factory=dict)
+    open_p50_ms: float | None = None
+    open_p99_ms: float | None = None
+    open_achieved_rps: float | None = None
+    open_errors: int = 0
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    rss_mb: float | None = None
+    rss_idle_mb: float | None = None
+    error: str | None = None
+    note: str = ""
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, concurrency: int, seconds: int) -> Closed:
+    script = OUT / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{json.dumps(BODY)}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/chat/completions"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return Closed(rps, p50, p99, errors)
+
+
+async def open_loop(url: str, rate: float, seconds: float) -> tuple[float, float, float, int]:
+    """Send at a fixed rate regardless of responses; latency from the scheduled time."""
+    payload = json.dumps(BODY).encode()
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(scheduled: float) -> None:
+            nonlocal errors
+            try:
+                async with session.post(url + "/chat/completions", data=payload, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - scheduled)
+
+        # Warm the pool so connection set-up is not measured.
+        await asyncio.gather(*(one(time.perf_counter()) for _ in range(32)))
+        latencies.clear()
+        tasks = []
+        start = time.perf_counter() + 0.05
+        n = int(rate * seconds)
+        for i in range(n):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return _pct(latencies, 50) * 1000, _pct(latencies, 99) * 1000, len(latencies) / elapsed, errors
+
+
+async def ttft(url: str, requests: int) -> tuple[float, float]:
+    payload = json.dumps({**BODY, "stream": True}).encode()
+    samples = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(requests + 20):
+            started = time.perf_counter()
+            async with session.post(url + "/chat/completions", data=payload, headers={"Content-Type": "application/json"}) as r:
+                first = await r.content.readany()
+                got = time.perf_counter() - started
+                assert first.startswith(b"data:"), first[:100]
+                await r.read()
+            if i >= 20:  # warm-up
+                samples.append(got)
+    samples.sort()
+    return _pct(samples, 50) * 1000, _pct(samples, 99) * 1000
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) in MiB of a process and its children."""
+    total = peak = 0.0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+        peak += int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    return total, peak
+
+
+def idle_connections_rss(url: str, pid: int, count: int = 2000) -> float:
+    host, port = url[len("http://") :].split("/")[0].split(":")
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection((host, int(port))))
+        time.sleep(1.0)
+        return rss_mb(pid)[0]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def measure(target: Target, concurrencies: list[int], seconds: int, open_seconds: float, ttft_requests: int) -> Result:
+    result = Result(target.name, note=target.note)
+    wrk(target.url, 16, 2)  # warm-up
+    for c in concurrencies:
+        result.closed[c] = wrk(target.url, c, seconds)
+        print(f"  {target.name:12s} c={c:<4d} {result.closed[c].rps:9.0f} req/s  p50 {result.closed[c].p50_ms:7.2f} ms  p99 {result.closed[c].p99_ms:7.2f} ms  errors {result.closed[c].errors}", flush=True)
+    p50, p99, achieved, errors = asyncio.run(open_loop(target.url, 500, open_seconds))
+    result.open_p50_ms, result.open_p99_ms, result.open_achieved_rps, result.open_errors = p50, p99, achieved, errors
+    print(f"  {target.name:12s} open 500/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({achieved:.0f}/s, errors {errors})", flush=True)
+    result.ttft_p50_ms, result.ttft_p99_ms = asyncio.run(ttft(target.url, ttft_requests))
+    print(f"  {target.name:12s} TTFT p50 {result.ttft_p50_ms:.2f} ms  p99 {result.ttft_p99_ms:.2f} ms", flush=True)
+    if target.pid is not None and target.name != "direct":
+        _, result.rss_mb = rss_mb(target.pid)
+        if target.name == "shoal":
+            result.rss_idle_mb = idle_connections_rss(target.url, target.pid)
+    return result
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def table(results: list[Result], concurrencies: list[int]) -> str:
+    direct = next((r for r in results if r.target == "direct" and not r.error), None)
+    lines = []
+    head = "| target | " + " | ".join(f"c={c} req/s (x direct)" for c in concurrencies) + " | c=1 p50 / p99 ms | c=64 p50 / p99 ms |"
+    lines.append(head)
+    lines.append("|" + "---|" * (len(concurrencies) + 3))
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.target} | " + " | ".join("n/a" for _ in concurrencies) + f" | n/a | n/a |")
+            continue
+        cells = []
+        for c in concurrencies:
+            ratio = f" ({r.closed[c].rps / direct.closed[c].rps:.2f})" if direct else ""
+            err = f", {r.closed[c].errors} errors" if r.closed[c].errors else ""
+            cells.append(f"{r.closed[c].rps:.0f}{ratio}{err}")
+        c1, c64 = r.closed.get(1), r.closed.get(64)
+        lat1 = f"{c1.p50_ms:.2f} / {c1.p99_ms:.2f}" if c1 else "n/a"
+        lat64 = f"{c64.p50_ms:.2f} / {c64.p99_ms:.2f}" if c64 else "n/a"
+        lines.append(f"| {r.target} | " + " | ".join(cells) + f" | {lat1} | {lat64} |")
+    lines.append("")
+    lines.append("| target | open loop 500/s p50 ms (+ over direct) | p99 ms (+ over direct) | stream TTFT p50 ms (+) | TTFT p99 ms | peak RSS MiB |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in results:
+        if r.error:
+            continue
+        add50 = f" (+{r.open_p50_ms - direct.open_p50_ms:.2f})" if direct and r is not direct else ""
+        add99 = f" (+{r.open_p99_ms - direct.open_p99_ms:.2f})" if direct and r is not direct else ""
+        addt = f" (+{r.ttft_p50_ms - direct.ttft_p50_ms:.2f})" if direct and r is not direct else ""
+        rss = f"{r.rss_mb:.0f}" if r.rss_mb else "-"
+        if r.rss_idle_mb:
+            rss += f" ({r.rss_idle_mb:.0f} with 2000 idle connections)"
+        errs = f", {r.open_errors} errors" if r.open_errors else ""
+        lines.append(f"| {r.target} | {r.open_p50_ms:.2f}{add50}{errs} | {r.open_p99_ms:.2f}{add99} | {r.ttft_p50_ms:.2f}{addt} | {r.ttft_p99_ms:.2f} | {rss} |")
+    failed = [r for r in results if r.error]
+    if failed:
+        lines.append("")
+        for r in failed:
+            lines.append(f"- {r.target} could not be measured: `{r.error}`")
+    return "\n".join(lines)
+
+
+def setup() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not (PEERS / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    subprocess.run([str(PEERS / "bin" / "pip"), "install", "--quiet", "litellm[proxy]", "vllm-router==0.1.17"], check=True)
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            print(f"{tool} is missing: apt-get install {tool}", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setup", action="store_true", help="install the peers into benchmarks/router/out/peers and exit")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--concurrency", default="1,16,64,256")
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each closed-loop run")
+    parser.add_argument("--open-seconds", type=float, default=10.0)
+    parser.add_argument("--ttft-requests", type=int, default=300)
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args()
+    if args.setup:
+        setup()
+        return 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    engine = start_engine()
+    results: list[Result] = []
+    try:
+        for name in args.targets.split(","):
+            print(f"== {name}", flush=True)
+            target = None
+            try:
+                target = Target("direct", engine.url) if name == "direct" else STARTERS[name](engine)
+                results.append(measure(target, concurrencies, args.seconds, args.open_seconds, args.ttft_requests))
+            except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+                print(f"  {name}: {exc}", flush=True)
+                results.append(Result(name, error=str(exc)[:300]))
+            finally:
+                if target is not None:
+                    target.stop()
+    finally:
+        engine.stop()
+    report = table(results, concurrencies)
+    print(report)
+    if not args.no_write:
+        load = os.getloadavg()
+        RESULTS.write_text(
+            "# Router benchmark results\n\n"
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average at the end "
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the machine is shared).\n\n"
+            "Rerun: `python benchmarks/router/run.py --setup && python benchmarks/router/run.py`\n\n"
+            + report
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
