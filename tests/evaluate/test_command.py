@@ -190,3 +190,14 @@ def test_an_engine_that_exits_at_start_is_an_error_with_its_log_tail(tmp_path, d
     assert message["verdict"] == "JobError"
     assert message["message"].startswith("the candidate engine failed: the engine exited with code 3 before it was ready; log ")
     assert "CUDA out of memory" in process.stderr
+
+
+def test_an_evaluation_past_its_timeout_reports_timed_out_with_exit_2(tmp_path, dataset_file):
+    with start_fake_engine(model="ckpt", reply="Paris", latency_ms=5000) as engine:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file),
+            "--endpoint", engine.base_url, "--model", "ckpt", "--timeout-seconds", "1",
+        )
+    assert process.returncode == 2
+    assert message["verdict"] == "TimedOut"
+    assert message["message"] == "the evaluation did not finish within its timeout (1 s)"

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="how the paired interval is judged against maxRegression (default %(default)s)")
     spec.add_argument("--seed", type=int, default=0, help="seed for sampling requests and the bootstrap (default 0)")
     spec.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluated requests (default 0)")
+    spec.add_argument("--timeout-seconds", type=float,
+                      help="the program's own deadline (default spec.timeoutSeconds); set it a little under the Job's "
+                           "activeDeadlineSeconds so a slow evaluation still reports TimedOut itself")
     spec.add_argument("--max-error-fraction", type=float, default=0.1,
                       help="more failed requests than this fraction is an error, not a verdict (default 0.1)")
 
@@ -119,6 +122,7 @@ class Settings:
     regression_rule: str
     seed: int
     max_error_fraction: float
+    timeout_seconds: float
     judge_api_key: str | None
     termination_log: Path
     output_json: Path | None
@@ -181,6 +185,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         regression_rule=args.regression_rule,
         seed=args.seed,
         max_error_fraction=args.max_error_fraction,
+        timeout_seconds=args.timeout_seconds if args.timeout_seconds is not None else float(spec.timeout_seconds),
         judge_api_key=env.get(JUDGE_API_KEY_ENV),
         termination_log=termination,
         output_json=args.output_json,
@@ -318,7 +323,7 @@ def execute(
 ) -> int:
     """Run the evaluation described by ``settings``; print the report, write the verdict, return the exit code."""
     started = now()
-    deadline = time.monotonic() + settings.spec.timeout_seconds
+    deadline = time.monotonic() + settings.timeout_seconds
     spec = settings.spec
     try:
         with ExitStack() as stack:
@@ -335,14 +340,14 @@ def execute(
                     stack.enter_context(process)
                 except engines.EngineFailed as error:
                     if time.monotonic() >= deadline:
-                        raise EvalTimedOut(f"the engine did not start within spec.timeoutSeconds: {error}") from error
+                        raise EvalTimedOut(f"the engine did not start within the evaluation's timeout: {error}") from error
                     raise EvalError(f"the candidate engine failed: {error}") from error
                 candidate = runner.Target(process.base_url, settings.served_model_name)
             remaining = deadline - time.monotonic()
             try:
                 outcome = asyncio.run(asyncio.wait_for(_evaluate(settings, candidate), timeout=max(1.0, remaining)))
             except (TimeoutError, asyncio.TimeoutError) as error:
-                raise EvalTimedOut(f"the evaluation did not finish within spec.timeoutSeconds ({spec.timeout_seconds} s)") from error
+                raise EvalTimedOut(f"the evaluation did not finish within its timeout ({settings.timeout_seconds:g} s)") from error
     except EvalError as error:
         verdict = "TimedOut" if isinstance(error, EvalTimedOut) else "JobError"
         record = EvaluationRecord(
