@@ -213,3 +213,9 @@ def test_after_a_metrics_outage_scale_down_waits_a_whole_window_of_fresh_samples
     assert (back.desired_replicas, back.reason) == (4, a.STABILIZING_DOWN)
     settled = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), back.history, now=NOW + 301)
     assert (settled.desired_replicas, settled.reason) == (3, a.SCALE_DOWN)
+
+
+def test_recommendations_above_max_are_remembered_as_max():
+    decision = decide(spec(), BOUNDS, Observed(10, pods(*[(500, 100)] * 10)), SETTLED, now=NOW)
+    assert (decision.desired_replicas, decision.reason, decision.recommended) == (10, a.AT_MAX, 600)
+    assert decision.history.scale_down_candidates == ((NOW, 10),)

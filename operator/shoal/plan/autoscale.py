@@ -265,14 +265,17 @@ def decide(
     recommended = math.ceil(total / target - 1e-9) if total > 0 else 0
     if current > 0 and abs(total / (current * target) - 1.0) <= autoscaling.tolerance:
         recommended = current
-    up = _push(history.scale_up_candidates, now, recommended, autoscaling.scale_up_window_seconds, keep_min=True)
+    # Windows hold recommendations clamped to replicas.max: wanting more than max is the
+    # same as wanting max, and it bounds the stored history to max + 1 entries.
+    windowed = min(recommended, hi)
+    up = _push(history.scale_up_candidates, now, windowed, autoscaling.scale_up_window_seconds, keep_min=True)
     down_before = history.scale_down_candidates
     if not down_before and autoscaling.scale_down_window_seconds > 0:
         # No history at all (a new tier, an operator whose status was lost): treat the
         # current size as just recommended, so nothing shrinks before a whole window of
         # fresh samples has been seen.
         down_before = ((now, current),)
-    down = _push(down_before, now, recommended, autoscaling.scale_down_window_seconds, keep_min=False)
+    down = _push(down_before, now, windowed, autoscaling.scale_down_window_seconds, keep_min=False)
     up_window_min, down_window_max = up[0][1], down[0][1]
     history = replace(history, scale_up_candidates=up, scale_down_candidates=down)
     load = f"Queue depth {total:g} on {ready} ready pod(s) (target {target:g} per replica) recommends {recommended}"
