@@ -1,0 +1,234 @@
+"""ModelTier + candidate checkpoint -> the evaluation Job (batch/v1) running `shoal eval`.
+
+Pure: the validated tier and a small context in, a manifest dict out.
+
+The Job's one container (the eval image: vLLM plus shoal) runs ``shoal eval
+--serve-checkpoint``: it starts vLLM on the candidate on loopback inside the pod, with
+the tier's own engine settings, runs the dataset and writes the verdict JSON to the
+termination message. The operator reads the verdict from the container's exit code (0
+pass, 1 fail, 2 error) and its termination message (plan/rollout.py).
+
+- The evaluation spec travels as JSON in ``SHOAL_EVAL_SPEC``; a ConfigMap dataset is
+  mounted read-only at ``DATASET_MOUNT`` and passed with ``--dataset``.
+- ``backoffLimit: 0``: a failed evaluation is a verdict, not something to retry.
+- ``activeDeadlineSeconds`` is ``timeoutSeconds``; the program's own deadline is
+  ``PROGRAM_DEADLINE_MARGIN_SECONDS`` earlier so it can still report TimedOut with what
+  it measured, and the Job's deadline is the backstop.
+- GPUs, node selector and tolerations follow the tier (``resources.gpuCount`` may
+  override the GPU count), so the candidate is evaluated on the hardware it will serve on.
+- The pod passes the "restricted" Pod Security Standard like the tier's pods; the root
+  filesystem stays writable because vLLM writes compilation caches at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.api.modeltier import ModelTier
+from shoal.api.naming import (
+    COMPONENT_EVALUATION,
+    EVAL_CHECKPOINT_ANNOTATION,
+    eval_job_name,
+    owner_reference,
+    tier_endpoint,
+    tier_labels,
+)
+
+from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, model_location
+
+EVAL_CONTAINER = "eval"
+DATASET_MOUNT = "/etc/shoal/dataset"
+TERMINATION_LOG = "/dev/termination-log"
+PROGRAM_DEADLINE_MARGIN_SECONDS = 60
+# Finished Jobs are deleted by the operator when their candidate is promoted or
+# superseded; a blocked candidate's Job stays for inspection this long.
+TTL_AFTER_FINISHED_SECONDS = 7 * 24 * 3600
+# Flags `shoal eval` sets itself when it renders `vllm serve` (evaluate/engine.py).
+_FLAGS_SET_BY_EVAL = {"--served-model-name", "--host", "--port", "--revision", "--load-format"}
+
+
+@dataclass(frozen=True)
+class EvalJobContext:
+    """What the Job needs beyond the tier's spec."""
+
+    checkpoint: str  # the candidate to evaluate
+    # The checkpoint serving now, if any. With baseline: serving and nothing serving yet
+    # (a first checkpoint under firstCheckpoint: evaluate), the comparison is dropped.
+    serving_checkpoint: str | None = None
+
+
+def engine_extra_args(tier: ModelTier, checkpoint: str) -> list[str]:
+    """The tier's `vllm serve` settings, minus what `shoal eval` sets for the loopback engine."""
+    args = engine_args(tier, checkpoint)[1:]  # [0] is the model, which shoal eval passes itself
+    out: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg in _FLAGS_SET_BY_EVAL:
+            skip_value = True
+            continue
+        out.append(arg)
+    return out
+
+
+def _env(tier: ModelTier, spec_json: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "SHOAL_EVAL_SPEC", "value": spec_json},
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "HF_HOME", "value": f"{MODEL_CACHE_MOUNT}/huggingface"},
+        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/cache/vllm"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    evaluation = tier.spec.rollout.evaluation
+    assert evaluation is not None
+    judges = [s.judge for s in evaluation.scorers if s.judge is not None and s.judge.api_key_secret_ref is not None]
+    if judges:
+        ref = judges[0].api_key_secret_ref
+        assert ref is not None
+        env.append({"name": "SHOAL_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env += [e.to_wire() for e in tier.spec.engine.env]
+    return env
+
+
+def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
+    """The evaluation Job for ``ctx.checkpoint``. Raises ValueError if the tier has no evaluation."""
+    evaluation = tier.spec.rollout.evaluation
+    if evaluation is None:
+        raise ValueError(f"ModelTier {tier.name} has no spec.rollout.evaluation")
+    spec = tier.spec
+    name = eval_job_name(tier.name, ctx.checkpoint)
+    labels = tier_labels(tier.name, component=COMPONENT_EVALUATION)
+
+    compare = evaluation.baseline == "serving" and ctx.serving_checkpoint is not None
+    settings = evaluation.model_copy(update={"baseline": "serving" if compare else "none"})
+    spec_json = json.dumps(settings.to_wire(), sort_keys=True, separators=(",", ":"))
+
+    args = [
+        "eval",
+        "--serve-checkpoint", ctx.checkpoint,
+        "--checkpoint", ctx.checkpoint,
+        "--model", spec.model.name,
+        "--engine-port", str(spec.engine.port),
+        "--engine-ready-timeout-seconds", str(spec.engine.startup_timeout_seconds),
+        "--timeout-seconds", str(max(30, evaluation.timeout_seconds - PROGRAM_DEADLINE_MARGIN_SECONDS)),
+        "--termination-log", TERMINATION_LOG,
+    ]
+    # `--engine-arg=VALUE` keeps argparse from reading a value that starts with "--" as a flag.
+    args += [f"--engine-arg={a}" for a in engine_extra_args(tier, ctx.checkpoint)]
+    if compare:
+        # The tier's Service answers with the serving checkpoint (its router sidecar).
+        args += ["--baseline-endpoint", tier_endpoint(tier.name, tier.namespace), "--baseline-model", spec.model.name]
+
+    mounts: list[dict[str, Any]] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory_size}},
+        {"name": "model-cache", "emptyDir": {"sizeLimit": spec.resources.model_cache_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    ref = evaluation.dataset.config_map_ref
+    if ref is not None:
+        mounts.append({"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True})
+        volumes.append({"name": "dataset", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]}})
+        args += ["--dataset", f"{DATASET_MOUNT}/{ref.key}"]
+    _, _, pvc = model_location(ctx.checkpoint)
+    if pvc is not None:
+        mounts.append({"name": pvc["volume"]["name"], "mountPath": pvc["mountPath"], "readOnly": True})
+        volumes.append(pvc["volume"])
+
+    gpu = spec.resources.gpu
+    gpus = evaluation.resources.gpu_count if evaluation.resources.gpu_count is not None else gpu.count
+    requests: dict[str, Any] = {"cpu": evaluation.resources.cpu, "memory": evaluation.resources.memory}
+    limits: dict[str, Any] = {"memory": evaluation.resources.memory}
+    if gpus > 0:
+        requests[gpu.resource_name] = str(gpus)
+        limits[gpu.resource_name] = str(gpus)
+
+    container: dict[str, Any] = {
+        "name": EVAL_CONTAINER,
+        "image": evaluation.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["shoal"],
+        "args": args,
+        "env": _env(tier, spec_json),
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": False,
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        # The verdict JSON when the program wrote one; the log's tail when it crashed first.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.model.credentials_secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret_ref.name}}]
+
+    sched = spec.scheduling
+    tolerations: list[dict[str, Any]] = []
+    node_selector: dict[str, str] = {}
+    if gpus > 0:
+        tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
+        if gpu.product:
+            node_selector["nvidia.com/gpu.product"] = gpu.product
+    tolerations += [t.to_wire() for t in sched.tolerations]
+    node_selector.update(sched.node_selector)
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+        "tolerations": tolerations,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if sched.affinity:
+        pod_spec["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.runtime_class_name:
+        pod_spec["runtimeClassName"] = sched.runtime_class_name
+    if sched.service_account_name:
+        pod_spec["serviceAccountName"] = sched.service_account_name
+    if sched.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
+
+    annotations = {EVAL_CHECKPOINT_ANNOTATION: ctx.checkpoint}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": tier.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": evaluation.timeout_seconds,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_SECONDS,
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,161 @@
+"""The evaluation Job rendered for a ModelTier's candidate checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import kubernetes_validate
+import pytest
+
+from shoal.api.modeltier import EvaluationSpec, ModelTier
+from shoal.render.evaljob import EvalJobContext, engine_extra_args, render_eval_job
+
+CANDIDATE = "s3://acme-models/support-8b/ckpt-0043"
+SERVING = "s3://acme-models/support-8b/ckpt-0042"
+EVALUATION = {
+    "dataset": {"configMapRef": {"name": "support-eval", "key": "items.jsonl"}},
+    "scorers": [
+        {"type": "exactMatch"},
+        {"type": "llmJudge", "judge": {"url": "http://judge.llm.svc/v1", "model": "judge", "apiKeySecretRef": {"name": "judge", "key": "token"}}},
+    ],
+    "thresholds": [{"metric": "exact_match", "min": 0.8}],
+    "baseline": "serving",
+    "maxRegression": 0.03,
+    "timeoutSeconds": 1800,
+    "resources": {"cpu": "8", "memory": "48Gi"},
+}
+
+
+def tier_with_evaluation(body, evaluation=EVALUATION) -> ModelTier:
+    body["spec"]["rollout"] = {"evaluation": evaluation}
+    return ModelTier.from_body(body)
+
+
+@pytest.fixture
+def job(small_tier_body):
+    return render_eval_job(tier_with_evaluation(small_tier_body), EvalJobContext(checkpoint=CANDIDATE, serving_checkpoint=SERVING))
+
+
+def container(job):
+    (only,) = job["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def env(job):
+    return {e["name"]: e for e in container(job)["env"]}
+
+
+def test_job_runs_shoal_eval_on_the_candidate_with_the_tiers_engine_settings(job):
+    c = container(job)
+    assert c["command"] == ["shoal"]
+    assert c["args"] == [
+        "eval",
+        "--serve-checkpoint", CANDIDATE,
+        "--checkpoint", CANDIDATE,
+        "--model", "support-8b",
+        "--engine-port", "8000",
+        "--engine-ready-timeout-seconds", "1800",
+        "--timeout-seconds", "1740",
+        "--termination-log", "/dev/termination-log",
+        "--engine-arg=--download-dir", "--engine-arg=/models",
+        "--engine-arg=--tensor-parallel-size", "--engine-arg=1",
+        "--engine-arg=--dtype", "--engine-arg=bfloat16",
+        "--engine-arg=--gpu-memory-utilization", "--engine-arg=0.92",
+        "--engine-arg=--max-model-len", "--engine-arg=8192",
+        "--engine-arg=--max-num-seqs", "--engine-arg=128",
+        "--engine-arg=--enable-prefix-caching",
+        "--baseline-endpoint", "http://small.llm.svc/v1",
+        "--baseline-model", "support-8b",
+        "--dataset", "/etc/shoal/dataset/items.jsonl",
+    ]
+    assert c["image"] == "ghcr.io/shoal-dev/shoal-eval:0.1.0"
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_job_is_one_shot_bounded_by_the_timeout_and_owned_by_the_tier(job):
+    assert job["metadata"]["name"] == "small-eval-" + job["metadata"]["name"].rsplit("-", 1)[1]
+    assert len(job["metadata"]["name"].rsplit("-", 1)[1]) == 8
+    assert job["metadata"]["namespace"] == "llm"
+    assert job["metadata"]["annotations"] == {"shoal.dev/checkpoint": CANDIDATE}
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "evaluation"
+    assert job["metadata"]["labels"]["shoal.dev/tier"] == "small"
+    assert job["metadata"]["ownerReferences"] == [
+        {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier", "name": "small", "uid": "0000-1111", "controller": True, "blockOwnerDeletion": True}
+    ]
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 1800
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_job_asks_for_the_tiers_gpu_on_the_same_nodes(job):
+    pod = job["spec"]["template"]["spec"]
+    assert container(job)["resources"] == {
+        "requests": {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "1"},
+        "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_job_pod_is_restricted(job):
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    sc = container(job)["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_spec_travels_as_json_that_shoal_eval_validates(job):
+    variables = env(job)
+    spec = EvaluationSpec.model_validate_json(variables["SHOAL_EVAL_SPEC"]["value"])
+    assert spec.baseline == "serving"
+    assert spec.max_regression == 0.03
+    assert variables["SHOAL_JUDGE_API_KEY"] == {"name": "SHOAL_JUDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": "judge", "key": "token"}}}
+    assert "envFrom" not in container(job)  # the small tier has no credentialsSecretRef
+
+
+def test_the_dataset_configmap_is_mounted_read_only(job):
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "dataset", "configMap": {"name": "support-eval", "items": [{"key": "items.jsonl", "path": "items.jsonl"}]}} in pod["volumes"]
+    assert {"name": "dataset", "mountPath": "/etc/shoal/dataset", "readOnly": True} in container(job)["volumeMounts"]
+
+
+def test_without_a_serving_checkpoint_the_comparison_is_dropped(small_tier_body):
+    job = render_eval_job(tier_with_evaluation(small_tier_body), EvalJobContext(checkpoint=CANDIDATE))
+    assert "--baseline-endpoint" not in container(job)["args"]
+    assert json.loads(env(job)["SHOAL_EVAL_SPEC"]["value"])["baseline"] == "none"
+
+
+def test_a_uri_dataset_is_fetched_by_the_program_and_a_cpu_evaluation_needs_no_gpu_node(small_tier_body):
+    evaluation = {**EVALUATION, "dataset": {"uri": "https://data.example.com/eval.jsonl"}, "resources": {"gpuCount": 0}}
+    job = render_eval_job(tier_with_evaluation(small_tier_body, evaluation), EvalJobContext(checkpoint=CANDIDATE))
+    pod = job["spec"]["template"]["spec"]
+    assert "--dataset" not in container(job)["args"]
+    assert "nvidia.com/gpu" not in container(job)["resources"]["requests"]
+    assert "nodeSelector" not in pod
+    assert pod["tolerations"] == []
+
+
+def test_a_pvc_checkpoint_is_mounted_read_only_where_vllm_is_told_to_look(small_tier_body):
+    candidate = "pvc://weights/support-8b/ckpt-0043"
+    job = render_eval_job(tier_with_evaluation(small_tier_body), EvalJobContext(checkpoint=candidate))
+    assert {"name": "pvc-weights", "mountPath": "/mnt/models/weights", "readOnly": True} in container(job)["volumeMounts"]
+    assert {"name": "pvc-weights", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_engine_extra_args_leave_out_what_shoal_eval_sets(small_tier_body):
+    tier = tier_with_evaluation(small_tier_body)
+    args = engine_extra_args(tier, "hf://acme/support@v3")
+    assert "--revision" not in args and "--served-model-name" not in args and "--port" not in args
+    assert args[:2] == ["--download-dir", "/models"]
+
+
+def test_a_tier_without_evaluation_has_no_job(small_tier_body):
+    with pytest.raises(ValueError, match="has no spec.rollout.evaluation"):
+        render_eval_job(ModelTier.from_body(small_tier_body), EvalJobContext(checkpoint=CANDIDATE))
+
+
+def test_the_job_validates_against_the_kubernetes_schema(job):
+    kubernetes_validate.validate(job, "1.34.0", strict=True)
