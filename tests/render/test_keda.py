@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
-from shoal.render.keda import KEDANeedsPrometheus, render_scaled_object
+from shoal.render.keda import render_scaled_object
 
 
 def tier(autoscaling: dict, replicas: dict) -> ModelTier:
@@ -71,8 +72,8 @@ def test_a_fractional_target_is_written_as_a_plain_number():
 
 
 def test_keda_without_a_prometheus_query_is_refused_with_what_to_add():
-    with pytest.raises(KEDANeedsPrometheus, match="autoscaling.engine keda needs autoscaling.prometheus"):
-        render_scaled_object(tier({"engine": "keda"}, {"min": 1, "max": 2}))
+    with pytest.raises(ValidationError, match="autoscaling.prometheus is required when autoscaling.engine is keda"):
+        tier({"engine": "keda"}, {"min": 1, "max": 2})
 
 
 def test_the_deployment_name_can_be_given():

@@ -59,4 +59,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["keda.sh"]
+  # Only for tiers with autoscaling.engine keda.
+  resources: ["scaledobjects"]
+  verbs: ["get", "create", "patch"]
 {{- end -}}

@@ -367,6 +367,11 @@ class AutoscalingSpec(ShoalModel):
                 "self.metricsSource != 'prometheus' || has(self.prometheus)",
                 "autoscaling.prometheus is required when autoscaling.metricsSource is prometheus",
                 field_path=".prometheus",
+            ),
+            cel(
+                "self.engine != 'keda' || has(self.prometheus)",
+                "autoscaling.prometheus is required when autoscaling.engine is keda",
+                field_path=".prometheus",
             )
         )
     }
@@ -439,6 +444,8 @@ class AutoscalingSpec(ShoalModel):
     def _prometheus_needs_query(self) -> AutoscalingSpec:
         if self.metrics_source == "prometheus" and self.prometheus is None:
             raise ValueError("autoscaling.prometheus is required when autoscaling.metricsSource is prometheus")
+        if self.engine == "keda" and self.prometheus is None:
+            raise ValueError("autoscaling.prometheus is required when autoscaling.engine is keda (KEDA reads the queue depth from Prometheus)")
         return self
 
 
@@ -664,7 +671,8 @@ class AutoscalerStatus(ShoalModel):
     waiting: float | None = Field(default=None, description="Requests waiting in the engines' queues.")
     last_scale_time: datetime | None = Field(default=None, description="When the replica count was last changed.")
     last_request_time: datetime | None = Field(default=None, description="When a request was last seen (for scale to zero).")
-    reason: str | None = Field(default=None, description="Why the autoscaler chose the current size.")
+    reason: str | None = Field(default=None, description="Why the autoscaler chose the current size (ScaleUp, Panic, ScaleDown, WithinTolerance, ScaleToZero, WakeUp, MetricsMissing, ...).")
+    message: str | None = Field(default=None, description="The autoscaler's last decision, as a sentence.")
 
 
 class ModelTierStatus(ShoalModel):

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
+import httpx
 import kopf
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +18,7 @@ from shoal.api.naming import MANAGED_BY, TIER_LABEL
 from shoal.kube.client import Kube, load_connection
 from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, Unavailable
 
+from .autoscaler import Autoscaler
 from .reconcilers import InvalidSpec, Reconcilers
 
 MODELTIER = ("shoal.dev", "v1alpha1", "modeltiers")
@@ -28,6 +30,7 @@ log = logging.getLogger("shoal.controller")
 # Set by `shoal run` before kopf starts; handlers read it from kopf's memo.
 REGISTRY = CollectorRegistry()
 DEBOUNCE_SECONDS = 0.5
+AUTOSCALE_TICK_SECONDS = 1.0
 
 
 class Debouncer:
@@ -83,7 +86,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     kube = Kube(load_connection(), registry=REGISTRY)
-    memo.reconcilers = Reconcilers(kube)
+    # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client.
+    memo.metrics_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0))
+    memo.reconcilers = Reconcilers(kube, autoscaler=Autoscaler(kube, memo.metrics_http))
     memo.tier_refresh = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=False), DEBOUNCE_SECONDS)
     memo.tier_apply = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=True), DEBOUNCE_SECONDS)
     memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)
@@ -108,6 +113,20 @@ async def reconcile_tier(name: str, namespace: str, spec: Any, memo: kopf.Memo, 
     policy = ((spec or {}).get("router") or {}).get("routePolicy")
     if policy:
         memo.policy_refresh.request(namespace, policy)
+
+
+@kopf.timer(*MODELTIER, interval=AUTOSCALE_TICK_SECONDS, initial_delay=AUTOSCALE_TICK_SECONDS)
+async def autoscale_tier(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """Ticks every second; a pass runs when the tier's metricsPeriodSeconds has come round."""
+    try:
+        await memo.reconcilers.autoscale(namespace, name)
+    except KubeError as exc:
+        log.warning("autoscaling %s/%s: %s", namespace, name, exc)
+
+
+@kopf.on.cleanup()
+async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+    await memo.metrics_http.aclose()
 
 
 @kopf.on.resume(*ROUTEPOLICY)

@@ -21,12 +21,13 @@ from shoal.api.routepolicy import RoutePolicy
 from shoal.kube import observe
 from shoal.kube.client import Kube
 from shoal.kube.diff import needs_apply
-from shoal.kube.errors import Invalid
+from shoal.kube.errors import Invalid, NotFound
 from shoal.plan.conditions import Cond, merge_conditions
 from shoal.plan.policy import policy_status, status_patch
 from shoal.plan.tier import plan_tier
 from shoal.render.policy import render_entry_service
 
+from .autoscaler import Autoscaler
 from .desired import tier_manifests
 
 log = logging.getLogger("shoal.controller")
@@ -53,8 +54,9 @@ def validation_message(exc: ValidationError) -> str:
 
 
 class Reconcilers:
-    def __init__(self, kube: Kube, clock: Clock = utcnow) -> None:
+    def __init__(self, kube: Kube, autoscaler: Autoscaler | None = None, clock: Clock = utcnow) -> None:
         self.kube = kube
+        self.autoscaler = autoscaler
         self.clock = clock
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
@@ -116,6 +118,12 @@ class Reconcilers:
                     message = f"The API server rejected an object rendered from this spec: {exc}"
                     await self._invalid(TIER, body, message)
                     raise InvalidSpec(message) from exc
+                except NotFound as exc:
+                    # Applying an object whose kind the cluster does not serve (KEDA's
+                    # ScaledObject without KEDA installed) cannot succeed by retrying.
+                    message = f"The cluster does not serve a kind this spec needs (is KEDA installed for autoscaling.engine keda?): {exc}"
+                    await self._invalid(TIER, body, message)
+                    raise InvalidSpec(message) from exc
                 if "Deployment" in applied:
                     observed = observed.__class__(**{**observed.__dict__, "deployment": applied["Deployment"]})
                     plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
@@ -125,6 +133,22 @@ class Reconcilers:
                 await self.kube.patch_status(*TIER, namespace, name, patch)
             for event in plan.events:
                 await self.kube.event(body, event.type, event.reason, event.message)
+
+    async def autoscale(self, namespace: str, name: str) -> None:
+        """One autoscaling pass for a tier, when its metrics period has come round."""
+        if self.autoscaler is None:
+            return
+        async with self._lock("ModelTier", namespace, name):
+            body = await self.kube.get(*TIER, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self.autoscaler.forget(namespace, name)
+                return
+            try:
+                tier = ModelTier.from_body(body)
+            except ValidationError:
+                return  # the spec reconcile reports it
+            if self.autoscaler.due(tier):
+                await self.autoscaler.run(tier, body)
 
     # --- RoutePolicy -------------------------------------------------------------------
 

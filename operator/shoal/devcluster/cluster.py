@@ -48,7 +48,10 @@ from shoal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeG
 from shoal.devcluster.tools import Tools
 
 SERVICE_CIDR = "10.96.0.0/16"
-POD_CIDR = "10.244.0.0/16"
+# Simulated pods get loopback addresses: everything that connects to a pod IP (the
+# operator scraping a sidecar's /metrics, a test's fake engine standing in for a pod)
+# stays on this machine, and a fake engine bound to a pod's IP answers for that pod.
+POD_CIDR = "127.244.0.0/16"
 OPERATOR_USER = "system:serviceaccount:shoal-system:shoal"
 
 # Start order; stopped in reverse. The operator is started later by `shoal dev up`.
@@ -420,7 +423,7 @@ class ControlPlane:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}",
             f"--cidr={POD_CIDR.rsplit('/', 1)[0]}/24",
-            "--node-ip=10.0.0.1",
+            "--node-ip=127.0.0.1",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{ports.kwok}",
         ])

@@ -55,6 +55,24 @@ def merge_conditions(
     return out
 
 
+def update_conditions(
+    previous: list[dict[str, Any]] | None,
+    wanted: list[Cond],
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Replace the conditions of the types in `wanted`; keep the others as they are.
+
+    Several planners own conditions of one object (the tier's status, the autoscaler's
+    ScalingActive, the rollout's Evaluated); each rewrites only its own, and the fixed
+    order keeps the list stable whichever of them wrote last.
+    """
+    owned = {c.type for c in wanted}
+    kept = [c for c in previous or [] if c.get("type") not in owned]
+    merged = kept + merge_conditions(previous, wanted, generation, now)
+    return sorted(merged, key=lambda c: ORDER.index(c["type"]) if c.get("type") in ORDER else len(ORDER))
+
+
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     for cond in conditions or []:
         if cond.get("type") == type_:

@@ -16,7 +16,7 @@ from shoal.api.modeltier import ModelTier
 from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import selector_string, tier_endpoint, tier_selector
 
-from .conditions import Cond, find, flips, merge_conditions
+from .conditions import Cond, find, flips, update_conditions
 
 
 @dataclass(frozen=True)
@@ -310,6 +310,6 @@ def tier_status(
         ready_reason = Cond(C.READY, "False", missing[0].reason, "; ".join(m.sentence(tier.namespace) for m in missing) + ".")
     wanted.insert(0, ready_reason)
 
-    conds = merge_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
+    conds = update_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
     status["conditions"] = conds
     return status, conds

@@ -20,23 +20,15 @@ from shoal.api.naming import owner_reference, tier_labels
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
 
-class KEDANeedsPrometheus(ValueError):
-    """The spec asks for KEDA without a Prometheus query: the user must add one."""
-
-
 def render_scaled_object(tier: ModelTier, deployment_name: str | None = None) -> dict[str, Any]:
     """The ScaledObject for a tier whose autoscaling.engine is keda.
 
     deployment_name defaults to the tier's name (the Deployment render_deployment makes).
-    Raises KEDANeedsPrometheus when autoscaling.prometheus is not set.
+    The API requires autoscaling.prometheus whenever the engine is keda.
     """
     autoscaling = tier.spec.autoscaling
     replicas = tier.spec.replicas
-    if autoscaling.prometheus is None:
-        raise KEDANeedsPrometheus(
-            "autoscaling.engine keda needs autoscaling.prometheus: a Prometheus that scrapes the "
-            "router sidecars and a query returning the tier's total waiting + running requests"
-        )
+    assert autoscaling.prometheus is not None, "validated by AutoscalingSpec"
     period = autoscaling.metrics_period_seconds
     spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name or tier.name},

@@ -14,6 +14,7 @@ from shoal.api.naming import CONFIG_KEY, owner_reference, router_configmap_name,
 from shoal.api.routepolicy import RoutePolicy
 
 from .deployment import DeploymentContext, SecretMount, render_deployment
+from .keda import render_scaled_object
 from .pdb import render_pdb
 from .routerconfig import render_router_config
 from .service import render_service
@@ -75,9 +76,12 @@ def render_tier(
             else None
         ),
     )
-    return [
+    manifests = [
         render_router_configmap(tier, config),
         render_deployment(tier, ctx),
         render_service(tier),
         render_pdb(tier),
     ]
+    if tier.spec.autoscaling.engine == "keda":
+        manifests.append(render_scaled_object(tier))
+    return manifests
