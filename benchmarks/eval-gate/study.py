@@ -19,8 +19,9 @@ Errors counted:
     delta <= -0.05     a clear regression promoted       (wrong promotion)
     delta = -0.02      at the default tolerance: reported, neither answer is wrong
 
-Run:  python benchmarks/eval-gate/study.py [--trials 2000] [--seed 1] [--markdown FILE]
-Pure standard library; about a minute on one core at the defaults.
+Run:  python benchmarks/eval-gate/study.py [--trials 2000] [--seed 1] [--sequential] [--markdown FILE]
+Pure standard library; about three minutes at the defaults (four more with --sequential)
+on one busy core.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from shoal.evaluate.sequential import decide_sequential
 from shoal.evaluate.verdict import DecisionSettings, RegressionRule, decide
 
 INCUMBENT_ACCURACY = 0.80
@@ -104,6 +106,53 @@ def run(trials: int, seed: int) -> dict[tuple[str, float, int, float], float | N
     return results
 
 
+SEQUENTIAL_SIZES = (200, 1000)
+
+
+def sequential_rates(n: int, probabilities: Sequence[float], trials: int, rng: random.Random) -> tuple[float, float]:
+    """(promotion rate, mean items used) of the sequential procedure, default gate."""
+    promoted = 0
+    used = 0
+    for _ in range(trials):
+        draws = rng.choices(range(4), weights=probabilities, k=n)  # items in random order
+        candidate = [1.0 if d in (0, 1) else 0.0 for d in draws]
+        incumbent = [1.0 if d in (0, 2) else 0.0 for d in draws]
+        result = decide_sequential(candidate, incumbent, max_regression=GATES[0].max_regression, rule=GATES[0].rule)
+        promoted += result.passed
+        used += result.items_used
+    return promoted / trials, used / trials
+
+
+def run_sequential(trials: int, seed: int) -> dict[tuple[float, int, float], tuple[float, float] | None]:
+    results: dict[tuple[float, int, float], tuple[float, float] | None] = {}
+    for disagreement in DISAGREEMENTS:
+        for n in SEQUENTIAL_SIZES:
+            for delta in DELTAS:
+                probabilities = cell_probabilities(disagreement, delta)
+                rng = random.Random(f"sequential/{seed}/{disagreement}/{n}/{delta}")
+                results[(disagreement, n, delta)] = None if probabilities is None else sequential_rates(n, probabilities, trials, rng)
+    return results
+
+
+def sequential_markdown(results: dict[tuple[float, int, float], tuple[float, float] | None]) -> str:
+    lines = [
+        f"### Sequential: {GATES[0].label}, looks at 25/50/75/100% of the items",
+        "",
+        "Each cell: the error rate (as above), then the mean number of items used.",
+        "",
+        "| disagreement | max n | equal: wrongly blocked | -2 pts: promoted | -5 pts: wrongly promoted | -10 pts: wrongly promoted |",
+        "|---|---|---|---|---|---|",
+    ]
+    for disagreement in DISAGREEMENTS:
+        for n in SEQUENTIAL_SIZES:
+            cells = []
+            for delta in DELTAS:
+                cell = results[(disagreement, n, delta)]
+                cells.append("n/a" if cell is None else f"{error_cell(delta, cell[0])}, {cell[1]:.0f} items")
+            lines.append(f"| {disagreement:.0%} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def error_cell(delta: float, promoted: float | None) -> str:
     if promoted is None:
         return "n/a"
@@ -135,10 +184,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--markdown", help="also write the tables to this file")
+    parser.add_argument("--sequential", action="store_true", help="also study the sequential (early-stopping) mode")
     args = parser.parse_args(argv)
     started = time.monotonic()
     results = run(args.trials, args.seed)
     text = markdown(results, args.trials, args.seed, time.monotonic() - started)
+    if args.sequential:
+        started = time.monotonic()
+        text += "\n" + sequential_markdown(run_sequential(args.trials, args.seed))
+        text += f"\n(sequential part: {time.monotonic() - started:.0f} s)\n"
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as out:

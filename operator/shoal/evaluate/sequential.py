@@ -9,8 +9,8 @@ kept for the last look, as in O'Brien-Fleming designs, so a run that goes the fu
 length is judged almost as sharply as the fixed-size test.
 
 At each look:
-    block early  when the rule's blocking condition holds (provenRegression: the interval
-                 lies below zero and its lower bound below -maxRegression);
+    block early  provenRegression: the interval lies below zero and its lower bound below
+                 -maxRegression; nonInferiority: the whole interval lies below -maxRegression;
     pass early   when the interval's lower bound is at least -maxRegression (the
                  candidate is shown to be within the tolerance);
     otherwise    continue; at the last look the rule decides as in ``verdict.decide``.
@@ -31,7 +31,7 @@ from .verdict import RegressionRule, regression_blocks
 
 DEFAULT_LOOKS = (0.25, 0.5, 0.75, 1.0)
 # Two-sided error spent at each look, adding up to 0.05 (a 95 % procedure).
-DEFAULT_SPENDING = (0.002, 0.005, 0.013, 0.030)
+DEFAULT_SPENDING = (0.001, 0.002, 0.005, 0.042)
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,16 @@ def decide_sequential(
         used = max(1, math.ceil(fraction * n))
         counts = stats.PairedCounts.from_scores(candidate[:used], baseline[:used])
         interval = stats.newcombe_paired(counts, 1.0 - alpha)
-        blocks = regression_blocks(interval, max_regression, rule)
         if index == len(looks):
-            return SequentialResult(not blocks, used, index, interval)
-        if blocks:
+            return SequentialResult(not regression_blocks(interval, max_regression, rule), used, index, interval)
+        # Early, block only on a clear answer: for nonInferiority, the whole interval
+        # below -maxRegression (its final rule, lower < -maxRegression, would stop at the
+        # first, widest look).
+        if rule == "nonInferiority":
+            clearly_worse = interval.upper < -max_regression
+        else:
+            clearly_worse = regression_blocks(interval, max_regression, rule)
+        if clearly_worse:
             return SequentialResult(False, used, index, interval)
         if interval.lower >= -max_regression:
             return SequentialResult(True, used, index, interval)
