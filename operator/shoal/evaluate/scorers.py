@@ -63,7 +63,10 @@ def exact_match(response: str, item: Item) -> float:
 
 
 def contains(response: str, item: Item) -> float:
-    """The reference appears in the response as a whole word or phrase ("4" is not in "14")."""
+    """The reference appears in the response as a whole word or phrase ("4" is not in "14").
+
+    Numbers are better scored with ``numeric``: "0" is a whole word of "18.0".
+    """
     answer = normalize(response)
     for ref in _references(item):
         wanted = normalize(ref)
