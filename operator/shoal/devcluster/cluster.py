@@ -209,8 +209,22 @@ class ControlPlane:
         is usable: all components healthy, every node Ready, the ``default``
         ServiceAccount present. Returns the recorded cluster info (with timings).
 
-        On any failure everything started so far is stopped again.
+        On any failure everything started so far is stopped again. Ports are picked free
+        just before use; if another process takes one in between, the start is retried
+        with new ports.
         """
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(binaries, tools, nodes, progress, timeout_s)
+            except ComponentFailed as error:
+                if "address already in use" not in str(error) or attempt == attempts:
+                    raise
+                progress("a port was taken by another process meanwhile; retrying with new ports")
+        raise AssertionError("unreachable")
+
+    def _start_once(self, binaries: Binaries, tools: Tools, nodes: list[NodeGroup],
+                    progress: Progress, timeout_s: float) -> dict[str, Any]:
         if self.running_components():
             raise ClusterError(
                 f"cluster {self.name!r} is already running ({', '.join(self.running_components())}); "
