@@ -47,7 +47,7 @@ PEERS = OUT / "peers"
 RESULTS = HERE / "RESULTS.md"
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are you today?"}], "max_tokens": 16}
-TARGETS = ("direct", "shoal", "litellm", "vllm-router", "nginx")
+TARGETS = ("direct", "shoal", "shoal+uvloop", "litellm", "vllm-router", "nginx")
 
 
 def free_port() -> int:
@@ -104,7 +104,7 @@ def start_engine() -> Target:
     return Target("engine", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
 
 
-def start_shoal(engine: Target) -> Target:
+def start_shoal(engine: Target, uvloop: bool = False) -> Target:
     port = free_port()
     root = engine.url[: -len("/v1")]
     config = {
@@ -116,12 +116,20 @@ def start_shoal(engine: Target) -> Target:
     }
     path = OUT / "shoal-router.json"
     path.write_text(json.dumps(config))
+    env = dict(os.environ)
+    if uvloop:
+        # uvloop is optional (the image installs it); here it comes from a private folder
+        # so the machine's Python stays as the tests see it.
+        site = OUT / "uvloop-site"
+        if not (site / "uvloop").exists():
+            raise RuntimeError(f"{site} missing: run with --setup")
+        env["PYTHONPATH"] = f"{site}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli", "router", "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, env=env,
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", process=proc)
-    return Target("shoal", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
+    return Target("shoal+uvloop" if uvloop else "shoal", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
 
 
 def start_litellm(engine: Target) -> Target:
@@ -214,7 +222,7 @@ def start_nginx(engine: Target) -> Target:
     return Target("nginx", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker process")
 
 
-STARTERS = {"shoal": start_shoal, "litellm": start_litellm, "vllm-router": start_vllm_router, "nginx": start_nginx}
+STARTERS = {"shoal": start_shoal, "shoal+uvloop": lambda engine: start_shoal(engine, uvloop=True), "litellm": start_litellm, "vllm-router": start_vllm_router, "nginx": start_nginx}
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -376,7 +384,7 @@ def measure(target: Target, concurrencies: list[int], seconds: int, open_seconds
     print(f"  {target.name:12s} TTFT p50 {result.ttft_p50_ms:.2f} ms  p99 {result.ttft_p99_ms:.2f} ms", flush=True)
     if target.pid is not None and target.name != "direct":
         _, result.rss_mb = rss_mb(target.pid)
-        if target.name == "shoal":
+        if target.name.startswith("shoal"):
             result.rss_idle_mb = idle_connections_rss(target.url, target.pid)
     return result
 
@@ -430,6 +438,7 @@ def setup() -> None:
     if not (PEERS / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
     subprocess.run([str(PEERS / "bin" / "pip"), "install", "--quiet", "litellm[proxy]", "vllm-router==0.1.17"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(OUT / "uvloop-site"), "uvloop"], check=True)
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"{tool} is missing: apt-get install {tool}", file=sys.stderr)

@@ -79,7 +79,7 @@ class EngineConfig(ShoalModel):
 class ServerConfig(ShoalModel):
     keepalive_timeout_seconds: float = Field(default=75.0, gt=0, le=3600, description="Idle client connections are closed after this long.")
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, description="A client must send its whole request body within this long.")
-    max_upstream_connections: int = Field(default=1024, ge=1, le=100000, description="Pooled connections to all upstreams together.")
+    max_upstream_connections: int = Field(default=256, ge=1, le=100000, description="Idle keep-alive connections kept per upstream.")
     drain_seconds: float = Field(default=20.0, ge=0, le=3600, description="On shutdown, requests in flight get this long to finish.")
 
 

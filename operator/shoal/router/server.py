@@ -52,6 +52,7 @@ from .errors import (
 )
 from .metrics import RouterMetrics
 from .resilience import CircuitBreaker, HourlySpend, RetryBudget
+from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
 
 log = logging.getLogger("shoal.router")
 
@@ -175,7 +176,8 @@ class Router:
         self.tier_states: dict[str, routing.TierState] = dict(self.snapshot.static_states)
         self.draining = False
         self.in_flight = 0
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # engine scrapes only
+        self.upstreams: UpstreamPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -194,16 +196,8 @@ class Router:
 
     async def _on_startup(self, app: web.Application) -> None:
         server = self.snapshot.config.server
-        connector = aiohttp.TCPConnector(limit=server.max_upstream_connections, limit_per_host=0, keepalive_timeout=30, ttl_dns_cache=10)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            # Upstreams are asked for identity encoding, so bodies pass through untouched
-            # (no decompression on the hot path) and no cookies are kept or matched.
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self.upstreams = UpstreamPool(max_idle_per_origin=server.max_upstream_connections, idle_seconds=30.0, connect_timeout=10.0)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
 
     async def _on_cleanup(self, app: web.Application) -> None:
@@ -212,6 +206,8 @@ class Router:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        if self.upstreams is not None:
+            self.upstreams.close()
 
     # --- config reload ---------------------------------------------------------------------
 
@@ -473,7 +469,7 @@ class Router:
         decided: routing.Decision,
         key: bytes | None,
     ) -> web.StreamResponse:
-        assert self._session is not None
+        assert self.upstreams is not None
         payload = raw if body.get("model") == tier.model else json.dumps({**body, "model": tier.model}).encode()
         out_headers = {"Content-Type": "application/json"}
         if tier.kind == "service":
@@ -483,7 +479,7 @@ class Router:
         if auth is not None:
             out_headers["Authorization"] = auth
         request_id = request.headers.get("x-request-id")
-        if request_id is not None:
+        if request_id is not None and len(request_id) <= 128 and request_id.isprintable():
             out_headers["x-request-id"] = request_id
         url = tier.url + request.path[3:]  # the part after /v1
         first_byte = snap.config.fallback.first_byte_timeout_seconds
@@ -491,12 +487,12 @@ class Router:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(min(first_byte, total)):
-                upstream = await self._session.post(url, data=payload, headers=out_headers)
+                upstream = await self.upstreams.request(url, payload, out_headers)
         except TimeoutError as exc:
             raise Failure("timeout", "timeout", f"tier {tier.name}: no response within {min(first_byte, total):g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             raise Failure("connect_error", "connectError", f"tier {tier.name}: cannot connect") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             raise Failure("upstream_broke", "serverError", f"tier {tier.name}: connection broke before a response") from exc
 
         try:
@@ -521,19 +517,16 @@ class Router:
                     data = await upstream.read()
             except TimeoutError as exc:
                 raise Failure("timeout", "timeout", f"tier {tier.name}: response not complete within {total:g}s") from exc
-            except (aiohttp.ClientError, OSError) as exc:
+            except UpstreamError as exc:
                 raise Failure("upstream_broke", "serverError", f"tier {tier.name}: connection broke mid-response") from exc
         finally:
             # A response not read to its end (a failure, or a client that left mid-stream)
             # closes its connection, which is what cancels the generation upstream.
-            if upstream.content.is_eof():
-                upstream.release()
-            else:
-                upstream.close()
+            upstream.release()
 
         self.metrics.upstream_latency.labels(tier.name).observe(time.perf_counter() - started)
         out = {"Content-Type": upstream.content_type, **tier_headers}
-        encoding = upstream.headers.get("Content-Encoding")
+        encoding = upstream.headers.get("content-encoding")
         if encoding is not None and encoding != "identity":
             # Not asked for, but an upstream may still compress: pass it on untouched.
             out["Content-Encoding"] = encoding
@@ -548,7 +541,7 @@ class Router:
     async def _relay_stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         tier: UpstreamTier,
         tier_headers: dict[str, str],
         reason: str,
@@ -562,10 +555,10 @@ class Router:
         upstream's first chunk is here, so a failure before it can still fall back."""
         try:
             async with asyncio.timeout(first_byte):
-                first = await upstream.content.readany()
+                first = await upstream.readany()
         except TimeoutError as exc:
             raise Failure("timeout", "timeout", f"tier {tier.name}: no first token within {first_byte:g}s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             raise Failure("upstream_broke", "serverError", f"tier {tier.name}: stream broke before the first token") from exc
         if not first:
             raise Failure("upstream_broke", "serverError", f"tier {tier.name}: empty stream")
@@ -581,14 +574,14 @@ class Router:
             await response.write(first)
             deadline = asyncio.timeout(total)
             async with deadline:
-                while chunk := await upstream.content.readany():
+                while chunk := await upstream.readany():
                     await response.write(chunk)
                     events += chunk.count(b"data:")
                     tail = (tail + chunk)[-4096:]
         except TimeoutError:
             outcome = "timeout"
             await _write_stream_error(response, UpstreamTimeout(f"tier {tier.name}: stream not complete within {total:g}s", "upstream_timeout"))
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except UpstreamError as exc:
             if request.transport is None or request.transport.is_closing():
                 raise asyncio.CancelledError from exc
             outcome = "upstream_error"
@@ -716,11 +709,11 @@ def _stream_usage(tail: bytes) -> tuple[int, int] | None:
     return None
 
 
-async def _read_within(upstream: aiohttp.ClientResponse, seconds: float) -> bytes:
+async def _read_within(upstream: Response, seconds: float) -> bytes:
     try:
         async with asyncio.timeout(seconds):
             return await upstream.read()
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except (TimeoutError, UpstreamError):
         return b""
 
 
