@@ -31,6 +31,7 @@ log = logging.getLogger("shoal.controller")
 REGISTRY = CollectorRegistry()
 DEBOUNCE_SECONDS = 0.5
 AUTOSCALE_TICK_SECONDS = 1.0
+REFS_RECHECK_SECONDS = 15.0
 
 
 class Debouncer:
@@ -124,9 +125,40 @@ async def autoscale_tier(name: str, namespace: str, memo: kopf.Memo, **_: Any) -
         log.warning("autoscaling %s/%s: %s", namespace, name, exc)
 
 
+def _unresolved(status: Any) -> bool:
+    return any(
+        c.get("type") == "ResolvedRefs" and c.get("status") == "False" for c in (status or {}).get("conditions", []) or []
+    )
+
+
+@kopf.timer(*MODELTIER, interval=REFS_RECHECK_SECONDS, idle=REFS_RECHECK_SECONDS)
+async def recheck_tier_refs(name: str, namespace: str, status: Any, memo: kopf.Memo, **_: Any) -> None:
+    """A referenced Secret, ConfigMap or RoutePolicy may appear later: look again.
+
+    Only tiers whose references did not resolve are re-read; the others cost nothing.
+    """
+    if _unresolved(status):
+        memo.tier_apply.request(namespace, name)
+
+
+@kopf.timer(*ROUTEPOLICY, interval=REFS_RECHECK_SECONDS, idle=REFS_RECHECK_SECONDS)
+async def recheck_policy_refs(name: str, namespace: str, status: Any, memo: kopf.Memo, **_: Any) -> None:
+    if _unresolved(status):
+        memo.policy_refresh.request(namespace, name)
+
+
 @kopf.on.cleanup()
 async def close_clients(memo: kopf.Memo, **_: Any) -> None:
     await memo.metrics_http.aclose()
+
+
+@kopf.on.delete(*MODELTIER, optional=True)
+async def tier_deleted(name: str, namespace: str, spec: Any, memo: kopf.Memo, **_: Any) -> None:
+    """Children go with the tier (owner references); its policy re-resolves. No finalizer."""
+    memo.reconcilers.forget(namespace, name)
+    policy = ((spec or {}).get("router") or {}).get("routePolicy")
+    if policy:
+        memo.policy_refresh.request(namespace, policy)
 
 
 @kopf.on.resume(*ROUTEPOLICY)

@@ -60,6 +60,12 @@ class Reconcilers:
         self.clock = clock
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is kept in memory for a deleted tier."""
+        self._locks.pop(("ModelTier", namespace, name), None)
+        if self.autoscaler is not None:
+            self.autoscaler.forget(namespace, name)
+
     def _lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
 
