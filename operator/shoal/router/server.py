@@ -330,6 +330,9 @@ class Router:
         length = request.content_length
         if length is not None and length > limit:
             raise TooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes", "request_too_large")
+        if length is not None and request.content.is_eof():
+            # The whole body came with the head (the usual case): no timer needed.
+            return await request.read()
         try:
             async with asyncio.timeout(snap.config.server.body_timeout_seconds):
                 if length is not None:
@@ -513,8 +516,11 @@ class Router:
             if stream and upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, tier, tier_headers, reason, started, first_byte, total, features, decided)
             try:
-                async with asyncio.timeout(total):
-                    data = await upstream.read()
+                if upstream.complete:
+                    data = await upstream.read()  # already here: no timer needed
+                else:
+                    async with asyncio.timeout(total):
+                        data = await upstream.read()
             except TimeoutError as exc:
                 raise Failure("timeout", "timeout", f"tier {tier.name}: response not complete within {total:g}s") from exc
             except UpstreamError as exc:
