@@ -11,7 +11,6 @@ Set SHOAL_E2E_STATE_DIR to keep the cluster's state (logs, audit log) in a known
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -144,8 +143,3 @@ def running_operator(operator: Operator) -> Operator:
     if operator.pid is None:
         operator.start()
     return operator
-
-
-@pytest.fixture
-def now() -> float:
-    return time.time()

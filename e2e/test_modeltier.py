@@ -3,13 +3,10 @@ ServiceAccount (so every test also proves the chart's RBAC is enough)."""
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from e2e.helpers import Watch, condition, is_true, unique_name, wait_for
 from shoal.api import conditions as C

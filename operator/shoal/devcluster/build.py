@@ -181,7 +181,7 @@ def kubernetes_ldflags(kubernetes_version: str, build_date: str) -> str:
 # I/O: running go.
 
 
-def _stderr_progress(message: str) -> None:
+def stderr_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -253,13 +253,13 @@ def _elapsed(started: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class _Lock:
+class FileLock:
     """An exclusive file lock, so two builders never build the same set at once."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __enter__(self) -> _Lock:
+    def __enter__(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -285,7 +285,7 @@ def _install_set(
     final = bin_root / name
     if all((final / n).is_file() for n in names):
         return final
-    with _Lock(bin_root / f".{name}.lock"):
+    with FileLock(bin_root / f".{name}.lock"):
         if all((final / n).is_file() for n in names):
             return final  # another builder finished while we waited
         work = cache / "build" / name
@@ -307,7 +307,7 @@ def _install_set(
 
 
 def build_kubernetes(
-    cache: Path, version: str = KUBERNETES_VERSION, progress: Progress = _stderr_progress
+    cache: Path, version: str = KUBERNETES_VERSION, progress: Progress = stderr_progress
 ) -> Path:
     """kube-apiserver, kube-controller-manager and kube-scheduler at ``version``."""
 
@@ -343,7 +343,7 @@ def build_kubernetes(
 
 
 def build_etcd(
-    cache: Path, version: str = ETCD_VERSION, progress: Progress = _stderr_progress
+    cache: Path, version: str = ETCD_VERSION, progress: Progress = stderr_progress
 ) -> Path:
     """etcd at ``version`` from a wrapper module of its own."""
 
@@ -392,7 +392,7 @@ def kwok_stages(module_dir: Path) -> str:
 
 
 def build_kwok(
-    cache: Path, version: str = KWOK_VERSION, progress: Progress = _stderr_progress
+    cache: Path, version: str = KWOK_VERSION, progress: Progress = stderr_progress
 ) -> Path:
     """kwok at ``version`` and its default Stages; go install works (no replaces)."""
 
@@ -417,7 +417,7 @@ def build_kwok(
     return _install_set(cache, f"kwok-{version}", ("kwok", KWOK_STAGES), build)
 
 
-def ensure_binaries(cache: Path | None = None, progress: Progress = _stderr_progress) -> Binaries:
+def ensure_binaries(cache: Path | None = None, progress: Progress = stderr_progress) -> Binaries:
     """Every control-plane binary, building whatever is missing (slow the first time)."""
     cache = cache_dir() if cache is None else cache
     etcd = build_etcd(cache, progress=progress)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import shutil
 import socket
@@ -40,7 +41,7 @@ from shoal.devcluster.build import (
     KWOK_VERSION,
     Binaries,
     Progress,
-    _stderr_progress,
+    stderr_progress,
     cache_dir,
 )
 from shoal.devcluster.kubectl import Kubectl, KubectlError
@@ -202,7 +203,7 @@ class ControlPlane:
         binaries: Binaries,
         tools: Tools,
         nodes: list[NodeGroup],
-        progress: Progress = _stderr_progress,
+        progress: Progress = stderr_progress,
         timeout_s: float = 180.0,
     ) -> dict[str, Any]:
         """Start every component from an empty state directory and wait until the cluster
@@ -285,7 +286,7 @@ class ControlPlane:
                 f"state ({', '.join(sorted(entries - ours)[:3])}); choose another --state-dir"
             )
 
-    def stop(self, progress: Progress = _stderr_progress) -> list[str]:
+    def stop(self, progress: Progress = stderr_progress) -> list[str]:
         """Stop the operator and every component (reverse start order); nothing orphaned."""
         stopped = []
         for component in (OPERATOR, *reversed(COMPONENTS)):
@@ -525,8 +526,6 @@ def write_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _parse_time(stamp: str) -> float:
     """RFC 3339 with microseconds (as the audit log writes it) -> epoch seconds."""
-    import datetime
-
     if not stamp:
         return 0.0
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

@@ -8,6 +8,7 @@ code. ``python -m shoal.devcluster.commands dev ...`` runs the group on its own.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import time
@@ -222,8 +223,6 @@ def cmd_down(args: argparse.Namespace) -> int:
     if not stopped:
         print(f"cluster {cluster.name!r}: nothing was running")
     if args.purge and cluster.state.exists():
-        import shutil
-
         shutil.rmtree(cluster.state)
         print(f"removed {cluster.state}")
     return 0

