@@ -1,8 +1,7 @@
 """`shoal eval` end to end against real HTTP servers on loopback (the fake engine).
 
-The program runs as a subprocess (`python -m shoal.evaluate eval`, the same parser the
-`shoal` command registers), so these tests check what a Job would see: the exit code,
-stdout and the termination message file.
+The program runs as a subprocess (`shoal eval`, as `python -m shoal.cli eval`), so these
+tests check what a Job would see: the exit code, stdout and the termination message file.
 """
 
 import json
@@ -38,7 +37,7 @@ def write_spec(tmp_path: Path, **overrides) -> Path:
 def shoal_eval(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict | None]:
     termination = tmp_path / "termination-log"
     process = subprocess.run(
-        [sys.executable, "-m", "shoal.evaluate", "eval", "--termination-log", str(termination), *args],
+        [sys.executable, "-m", "shoal.cli", "eval", "--termination-log", str(termination), *args],
         capture_output=True, text=True, timeout=timeout,
     )
     message = json.loads(termination.read_text()) if termination.exists() else None
@@ -156,7 +155,7 @@ def test_the_spec_can_come_from_the_environment(tmp_path, dataset_file):
     termination = tmp_path / "termination-log"
     with start_fake_engine(model="ckpt", reply="Paris") as engine:
         process = subprocess.run(
-            [sys.executable, "-m", "shoal.evaluate", "eval", "--dataset", str(dataset_file),
+            [sys.executable, "-m", "shoal.cli", "eval", "--dataset", str(dataset_file),
              "--endpoint", engine.base_url, "--model", "ckpt"],
             capture_output=True, text=True, timeout=120,
             env={**__import__("os").environ, "SHOAL_EVAL_SPEC": spec, "SHOAL_TERMINATION_LOG": str(termination)},

@@ -53,7 +53,7 @@ def spec_file(tmp_path: Path, **overrides) -> Path:
 def shoal_eval(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     termination = tmp_path / "termination-log"
     process = subprocess.run(
-        [sys.executable, "-m", "shoal.evaluate", "eval", "--dataset", str(DATASET), "--termination-log", str(termination), *args],
+        [sys.executable, "-m", "shoal.cli", "eval", "--dataset", str(DATASET), "--termination-log", str(termination), *args],
         capture_output=True, text=True, timeout=600,
     )
     return process, json.loads(termination.read_text())
