@@ -23,7 +23,7 @@ from ..api.modeltier import ModelTier
 from . import report, trace
 from .engine import EngineModel
 from .fleet import ScalingPolicy, TierConfig, simulate
-from .policies import HPAUtilizationPolicy, KEDAWaitingPolicy, ShoalPolicy, StaticPolicy
+from .policies import HPAUtilizationPolicy, KEDAInFlightPolicy, KEDAWaitingPolicy, ShoalPolicy, StaticPolicy
 
 DESCRIPTION = __doc__.split("\n\n")[0] + """
 
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--burst-factor", type=float, default=2.0, help="rate multiplier during a burst (default 2)")
     p.add_argument("--seed", type=int, default=1, help="seed of the trace and the cold starts (default 1)")
     p.add_argument("--slo-ttft-p95", type=float, default=2.0, help="p95 time-to-first-token target in seconds (default 2.0)")
-    p.add_argument("--policy", default="shoal", help="shoal (default), static:N, hpa (GPU utilization 70%%) or keda (waiting requests, threshold 5)")
+    p.add_argument("--policy", default="shoal", help="shoal (default), static:N, hpa (GPU utilization 70%%), keda (waiting requests, threshold 5) or keda-inflight (waiting + running, threshold targetQueueDepth)")
     p.add_argument("--spill-queue-depth", type=int, default=None, help="waiting requests above which a tier spills to the next")
     p.add_argument("--cold-start", default="60:180", help="MIN:MAX seconds for a new pod to serve (default 60:180)")
     p.add_argument("--prefill-tps", type=float, default=EngineModel.prefill_tokens_per_second, help="prefill tokens/s of one replica")
@@ -120,7 +120,9 @@ def make_policy(name: str, tier: ModelTier) -> ScalingPolicy:
         return HPAUtilizationPolicy(spec.replicas)
     if name == "keda":
         return KEDAWaitingPolicy(spec.replicas)
-    raise SystemExit(f"shoal sim: unknown --policy {name!r}: use shoal, static:N, hpa or keda")
+    if name == "keda-inflight":
+        return KEDAInFlightPolicy(spec.autoscaling, spec.replicas)
+    raise SystemExit(f"shoal sim: unknown --policy {name!r}: use shoal, static:N, hpa, keda or keda-inflight")
 
 
 def run(args: argparse.Namespace) -> int:
