@@ -47,6 +47,9 @@ PEERS = OUT / "peers"
 RESULTS = HERE / "RESULTS.md"
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are you today?"}], "max_tokens": 16}
+# LiteLLM refuses to start without a master key; every target gets the same header.
+MASTER_KEY = "sk-bench-0123456789abcdef"
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {MASTER_KEY}"}
 TARGETS = ("direct", "shoal", "shoal+uvloop", "litellm", "vllm-router", "nginx")
 
 
@@ -153,7 +156,7 @@ def start_litellm(engine: Target) -> Target:
             """
         )
     )
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true", "LITELLM_MASTER_KEY": MASTER_KEY}
     log = open(OUT / "litellm.log", "w")
     proc = subprocess.Popen(
         [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
@@ -263,6 +266,7 @@ def wrk(url: str, concurrency: int, seconds: int) -> Closed:
         'wrk.method = "POST"\n'
         f"wrk.body = '{json.dumps(BODY)}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {MASTER_KEY}"\n'
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/chat/completions"],
@@ -292,7 +296,7 @@ async def open_loop(url: str, rate: float, seconds: float) -> tuple[float, float
         async def one(scheduled: float) -> None:
             nonlocal errors
             try:
-                async with session.post(url + "/chat/completions", data=payload, headers={"Content-Type": "application/json"}) as r:
+                async with session.post(url + "/chat/completions", data=payload, headers=HEADERS) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
@@ -326,7 +330,7 @@ async def ttft(url: str, requests: int) -> tuple[float, float]:
     async with aiohttp.ClientSession() as session:
         for i in range(requests + 20):
             started = time.perf_counter()
-            async with session.post(url + "/chat/completions", data=payload, headers={"Content-Type": "application/json"}) as r:
+            async with session.post(url + "/chat/completions", data=payload, headers=HEADERS) as r:
                 first = await r.content.readany()
                 got = time.perf_counter() - started
                 assert first.startswith(b"data:"), first[:100]
