@@ -83,7 +83,7 @@ def test_policy_reports_missing_refs_then_resolves_and_configures_the_sidecars(k
     assert condition(ready, "ResolvedRefs")["reason"] == "Resolved"
 
     entry = kubectl("get", "service", "ladder-route", "-n", namespace)
-    assert entry["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "shoal.dev/tier": "small"}
+    assert entry["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": "inference", "shoal.dev/tier": "small"}
     assert entry["metadata"]["ownerReferences"][0]["kind"] == "RoutePolicy"
 
     def ladder() -> list[str] | None:

@@ -35,7 +35,7 @@ def test_render_of_a_directory_includes_the_policy_entry_service():
     docs = list(yaml.safe_load_all(result.stdout))
     entry = docs[-1]
     assert (entry["kind"], entry["metadata"]["name"]) == ("Service", "support-route")
-    assert entry["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "shoal.dev/tier": "small"}
+    assert entry["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": "inference", "shoal.dev/tier": "small"}
 
 
 def test_invalid_spec_is_one_line_naming_the_field(tmp_path):

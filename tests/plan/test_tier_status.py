@@ -68,7 +68,7 @@ def test_available_deployment_makes_the_tier_ready(small_tier_body, policy_body)
     assert status["readyReplicas"] == 2
     assert status["observedGeneration"] == 3
     assert status["endpoint"] == "http://small.llm.svc/v1"
-    assert status["selector"] == "app.kubernetes.io/name=modeltier,shoal.dev/tier=small"
+    assert status["selector"] == "app.kubernetes.io/component=inference,app.kubernetes.io/name=modeltier,shoal.dev/tier=small"
     assert status["servingCheckpoint"] == "s3://acme-models/support-8b/ckpt-0042"
 
 

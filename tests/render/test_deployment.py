@@ -181,7 +181,7 @@ def test_labels_owner_reference_strategy_and_annotations(small_tier_body):
         {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier", "name": "small", "uid": "0000-1111", "controller": True, "blockOwnerDeletion": True}
     ]
     assert dep["spec"]["replicas"] == 3
-    assert dep["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/name": "modeltier", "shoal.dev/tier": "small"}}
+    assert dep["spec"]["selector"] == {"matchLabels": {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": "inference", "shoal.dev/tier": "small"}}
     assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert dep["spec"]["template"]["metadata"]["annotations"] == {
         "shoal.dev/checkpoint": "s3://acme-models/support-8b/ckpt-0042",
@@ -214,7 +214,7 @@ def test_service_targets_the_router_sidecar(small_tier_body):
     svc = render_service(ModelTier.from_body(small_tier_body))
     assert svc["metadata"]["name"] == "small"
     assert svc["metadata"]["namespace"] == "llm"
-    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "shoal.dev/tier": "small"}
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": "inference", "shoal.dev/tier": "small"}
     assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}]
 
 
@@ -222,7 +222,7 @@ def test_pdb_allows_one_disruption_and_evicts_unhealthy_pods(small_tier_body):
     pdb = render_pdb(ModelTier.from_body(small_tier_body))
     assert pdb["spec"] == {
         "maxUnavailable": 1,
-        "selector": {"matchLabels": {"app.kubernetes.io/name": "modeltier", "shoal.dev/tier": "small"}},
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": "inference", "shoal.dev/tier": "small"}},
         "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
 

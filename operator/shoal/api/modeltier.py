@@ -557,6 +557,13 @@ class EvaluationSpec(ShoalModel):
     timeout_seconds: int = Field(default=3600, ge=60, le=86400, description="Wall-clock budget of the evaluation Job before the verdict is TimedOut.")
     image: str = Field(default=DEFAULT_EVAL_IMAGE, max_length=512, description="Evaluation image (contains vLLM and `shoal eval`).")
     resources: EvaluationResources = Field(default_factory=EvaluationResources, description="Resources of the evaluation pod.")
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Annotations of the evaluation pod, for example sidecar.istio.io/inject: \"false\" so a "
+            "service-mesh sidecar does not keep the Job from completing."
+        ),
+    )
 
 
 class RolloutSpec(ShoalModel):

@@ -26,8 +26,11 @@ SERVICE_PORT = 80
 
 
 def tier_selector(tier_name: str) -> dict[str, str]:
-    """Labels that select a tier's pods. Immutable once a Deployment exists."""
-    return {"app.kubernetes.io/name": "modeltier", TIER_LABEL: tier_name}
+    """Labels that select a tier's serving pods (not its evaluation Jobs' pods).
+
+    Immutable once a Deployment exists.
+    """
+    return {"app.kubernetes.io/name": "modeltier", "app.kubernetes.io/component": COMPONENT_INFERENCE, TIER_LABEL: tier_name}
 
 
 def tier_labels(tier_name: str, component: str = COMPONENT_INFERENCE) -> dict[str, str]:

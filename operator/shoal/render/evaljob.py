@@ -229,6 +229,6 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
             "backoffLimit": 0,
             "activeDeadlineSeconds": evaluation.timeout_seconds,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_SECONDS,
-            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": {**evaluation.pod_annotations, **annotations}}, "spec": pod_spec},
         },
     }
