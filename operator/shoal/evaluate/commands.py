@@ -27,7 +27,7 @@ from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
 from . import dataset as datasets
 from . import engine as engines
 from . import report, runner, scorers
-from .verdict import DEFAULT_REGRESSION_RULE, REGRESSION_RULES, DecisionSettings, VerdictError, decide
+from .verdict import DEFAULT_REGRESSION_RULE, REGRESSION_RULES, DecisionSettings, RegressionRule, VerdictError, decide
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -119,7 +119,7 @@ class Settings:
     engine_ready_timeout_seconds: float
     engine_log: Path | None
     sampling: runner.Sampling
-    regression_rule: str
+    regression_rule: RegressionRule
     seed: int
     max_error_fraction: float
     timeout_seconds: float
@@ -263,11 +263,11 @@ async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
         except scorers.ScorerError as error:
             raise EvalError(f"scoring: {error}") from error
 
-    settings_ = DecisionSettings.from_spec(spec, regression_rule=settings.regression_rule, seed=settings.seed)  # type: ignore[arg-type]
+    decision = DecisionSettings.from_spec(spec, regression_rule=settings.regression_rule, seed=settings.seed)
     try:
         verdict = decide(
             cand_scores,
-            settings_,
+            decision,
             baseline=base_scores,
             latencies_seconds=[r.latency_seconds for r in cand_results if r.latency_seconds is not None],
             baseline_latencies_seconds=[r.latency_seconds for r in base_results or [] if r.latency_seconds is not None],
