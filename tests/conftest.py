@@ -21,6 +21,8 @@ def load_example(name: str) -> list[dict[str, Any]]:
 def small_tier_body() -> dict[str, Any]:
     body = copy.deepcopy(load_example("modeltier-small.yaml")[0])
     body["metadata"].update({"namespace": "llm", "uid": "0000-1111", "generation": 3})
+    # A tier that already serves its checkpoint (promoted earlier).
+    body["status"] = {"servingCheckpoint": body["spec"]["model"]["checkpoint"]}
     return body
 
 
@@ -28,6 +30,7 @@ def small_tier_body() -> dict[str, Any]:
 def large_tier_body() -> dict[str, Any]:
     body = copy.deepcopy(load_example("modeltier-large.yaml")[0])
     body["metadata"].update({"namespace": "llm", "uid": "2222-3333", "generation": 1})
+    body["status"] = {"servingCheckpoint": body["spec"]["model"]["source"]}
     return body
 
 

@@ -131,12 +131,20 @@ def test_deployment_not_yet_observed_by_its_controller_is_progressing(small_tier
     assert cond(plan_tier(tier, observed, NOW).status, "Progressing")["status"] == "True"
 
 
-def test_serving_checkpoint_moves_only_when_the_rollout_completes(small_tier_body):
+def test_serving_checkpoint_moves_only_when_the_rollout_completes(small_tier_body, policy_body):
+    small_tier_body["spec"]["model"]["checkpoint"] = "s3://bucket/ckpt-2"
     tier = ModelTier.from_body(small_tier_body)
-    rolling = TierObservation(deployment=deployment(updated=0, total=2, checkpoint="s3://b/ckpt-2"))
-    assert "servingCheckpoint" not in plan_tier(tier, rolling, NOW).status
-    done = TierObservation(deployment=deployment(checkpoint="s3://b/ckpt-2"))
-    assert plan_tier(tier, done, NOW).status["servingCheckpoint"] == "s3://b/ckpt-2"
+    policy = RoutePolicy.from_body(policy_body)
+    rolling = plan_tier(tier, TierObservation(deployment=deployment(updated=0, total=2, checkpoint="s3://bucket/ckpt-2"), route_policy=policy), NOW)
+    assert rolling.status["servingCheckpoint"] == "s3://acme-models/support-8b/ckpt-0042"
+    assert rolling.status["candidateCheckpoint"] == "s3://bucket/ckpt-2"
+    assert (cond(rolling.status, "Ready")["status"], cond(rolling.status, "Ready")["reason"]) == ("False", "RollingOut")
+    assert rolling.checkpoint == "s3://bucket/ckpt-2"
+    done = plan_tier(tier, TierObservation(deployment=deployment(checkpoint="s3://bucket/ckpt-2"), route_policy=policy), NOW)
+    assert done.status["servingCheckpoint"] == "s3://bucket/ckpt-2"
+    assert done.status["candidateCheckpoint"] is None
+    assert cond(done.status, "Ready")["status"] == "True"
+    assert [e.reason for e in done.events][0] == "Promoted"
 
 
 def test_stalled_rollout_is_reported(small_tier_body):

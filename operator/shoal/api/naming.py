@@ -81,7 +81,10 @@ def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
     }
 
 
-EVAL_CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
+# The container of an evaluation Job that runs `shoal eval`.
+EVAL_CONTAINER = "eval"
+# The checkpoint a pod template (Deployment) or evaluation Job is for.
+CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
 COMPONENT_EVALUATION = "evaluation"
 
 

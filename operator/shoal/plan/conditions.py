@@ -16,6 +16,15 @@ ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "
 
 
 @dataclass(frozen=True)
+class EventSpec:
+    """A Kubernetes Event to record about the object."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Cond:
     type: str
     status: str

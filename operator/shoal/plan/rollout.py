@@ -32,10 +32,9 @@ from pydantic import ValidationError
 
 from shoal.api import conditions as C
 from shoal.api.modeltier import EvaluationRecord, ModelTier
-from shoal.api.naming import eval_job_name
+from shoal.api.naming import CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
 
-from .conditions import Cond
-from .tier import EventSpec
+from .conditions import Cond, EventSpec
 
 Step = Literal["Serving", "Evaluating", "RollingOut", "Blocked"]
 JobState = Literal["Running", "Succeeded", "Failed"]
@@ -95,6 +94,37 @@ class RolloutPlan:
             "candidateCheckpoint": self.candidate_checkpoint,
             "lastEvaluation": self.last_evaluation.to_wire() if self.last_evaluation else None,
         }
+
+
+def eval_job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> EvalJobObservation:
+    """What an evaluation Job (and the pod it ran) says, read off the objects."""
+    meta, status = job.get("metadata", {}), job.get("status", {})
+    failed = next((c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or [])
+    state: JobState = "Failed" if failed else "Succeeded" if complete or (status.get("succeeded") or 0) > 0 else "Running"
+    exit_code = message = None
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if cs.get("name") == EVAL_CONTAINER and terminated:
+                exit_code = terminated.get("exitCode")
+                message = terminated.get("message") or None
+    return EvalJobObservation(
+        name=meta.get("name", ""),
+        checkpoint=(meta.get("annotations") or {}).get(CHECKPOINT_ANNOTATION, ""),
+        state=state,
+        failed_reason=failed.get("reason") if failed else None,
+        exit_code=exit_code,
+        termination_message=message,
+        start_time=_parse_time(status.get("startTime")),
+        completion_time=_parse_time(status.get("completionTime") or (failed or {}).get("lastTransitionTime")),
+    )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def verdict_from_job(job: EvalJobObservation, timeout_seconds: int, now: datetime) -> EvaluationRecord | None:

@@ -14,9 +14,12 @@ from typing import Any
 from shoal.api import conditions as C
 from shoal.api.modeltier import ModelTier
 from shoal.api.routepolicy import RoutePolicy
-from shoal.api.naming import selector_string, tier_endpoint, tier_selector
+from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoint, tier_selector
 
-from .conditions import Cond, find, flips, update_conditions
+from .conditions import Cond, EventSpec, find, flips, update_conditions
+from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
+
+__all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,8 @@ class TierObservation:
     # Keys of each referenced Secret / ConfigMap that exists; a missing object is absent.
     secrets: dict[str, frozenset[str]] = field(default_factory=dict)
     config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    type: str  # Normal or Warning
-    reason: str
-    message: str
+    # The tier's evaluation Jobs, each with the pods it ran.
+    eval_jobs: list[tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -69,6 +67,9 @@ class TierPlan:
     checkpoint: str  # checkpoint URI the pods are rendered to serve
     status: dict[str, Any]
     events: list[EventSpec]
+    # The candidate whose evaluation Job must exist, and Jobs that must go.
+    create_job_for: str | None = None
+    delete_jobs: tuple[str, ...] = ()
 
     def status_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """The status fields that differ from what is stored, or None when nothing does."""
@@ -210,7 +211,20 @@ def desired_replicas(tier: ModelTier, deployment: dict[str, Any] | None) -> int:
 
 def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any] | None = None) -> TierPlan:
     previous_status = previous_status or {}
-    status, conds = tier_status(tier, observed, now, previous_status)
+    dep = observed.deployment
+    template_ckpt = None
+    if dep is not None:
+        template_ckpt = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CHECKPOINT_ANNOTATION)
+    rollout = plan_rollout(
+        tier,
+        RolloutObservation(
+            jobs=tuple(eval_job_observation(job, pods) for job, pods in observed.eval_jobs),
+            deployment_checkpoint=template_ckpt,
+            deployment_complete=dep is not None and _complete(dep),
+        ),
+        now,
+    )
+    status, conds = tier_status(tier, observed, now, previous_status, rollout)
     events = [
         EventSpec(
             type="Normal" if c["status"] == "True" or c["reason"] in _QUIET_REASONS else "Warning",
@@ -220,19 +234,30 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
         for c in flips(previous_status.get("conditions"), conds)
         if c["type"] in ("Ready", "Progressing")
     ]
+    # Nothing may serve before the first checkpoint passed (firstCheckpoint: evaluate).
+    serving_allowed = rollout.deploy_checkpoint is not None
     return TierPlan(
-        replicas=desired_replicas(tier, observed.deployment),
-        checkpoint=tier.spec.model.served_uri(),
+        replicas=desired_replicas(tier, dep) if serving_allowed else 0,
+        checkpoint=rollout.deploy_checkpoint or tier.spec.model.served_uri(),
         status=status,
-        events=events,
+        events=rollout.events + events,
+        create_job_for=rollout.create_job_for,
+        delete_jobs=rollout.delete_jobs,
     )
+
+
+def _complete(deployment: dict[str, Any]) -> bool:
+    """The Deployment's current template is fully rolled out and serving."""
+    ready = deployment.get("status", {}).get("readyReplicas", 0) or 0
+    desired = deployment.get("spec", {}).get("replicas", 1)
+    return not _rolling(deployment) and (ready >= 1 or desired == 0)
 
 
 _QUIET_REASONS = {C.REASON_DEPLOYMENT_PENDING, C.REASON_WAITING_FOR_PODS, C.REASON_ROLLOUT_COMPLETE, C.REASON_ROLLING_OUT}
 
 
 def tier_status(
-    tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any]
+    tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any], rollout: RolloutPlan
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The status rebuilt from observations, and its conditions."""
     missing = missing_refs(tier, observed)
@@ -299,16 +324,22 @@ def tier_status(
         else:
             ready_reason = Cond(C.READY, "False", C.REASON_WAITING_FOR_PODS, f"{counts}; engines are starting and loading weights.")
 
-        template_ckpt = (
-            dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get("shoal.dev/checkpoint")
-        )
-        if template_ckpt and ready_n >= 1 and not _rolling(dep):
-            status["servingCheckpoint"] = template_ckpt
-
     if missing and ready_reason.status == "True":
         # Serving, but not as the user asked: say what is missing rather than "ready".
         ready_reason = Cond(C.READY, "False", missing[0].reason, "; ".join(m.sentence(tier.namespace) for m in missing) + ".")
+    if rollout.candidate_checkpoint is not None and ready_reason.status == "True":
+        # The spec names a checkpoint that does not serve yet (being evaluated, rolling
+        # out, or blocked): not Ready, so `kubectl wait --for=condition=Ready` after a
+        # promotion waits for the promotion itself.
+        serving = rollout.serving_checkpoint
+        keeps = f" {serving} keeps serving." if serving else ""
+        reason = rollout.evaluated.reason if rollout.step in ("Evaluating", "Blocked") else C.REASON_ROLLING_OUT
+        ready_reason = Cond(C.READY, "False", reason, f"{rollout.candidate_checkpoint} does not serve yet: {rollout.evaluated.message}" if rollout.step == "Blocked" else f"{rollout.candidate_checkpoint} does not serve yet ({rollout.step}).{keeps}")
     wanted.insert(0, ready_reason)
+    wanted.append(rollout.evaluated)
+    if rollout.progressing is not None:
+        wanted = [c for c in wanted if c.type != C.PROGRESSING] + [rollout.progressing]
+    status.update(rollout.status_patch())
 
     conds = update_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
     status["conditions"] = conds

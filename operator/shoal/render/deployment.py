@@ -22,6 +22,7 @@ from shoal.api.modeltier import ModelTier
 from shoal.api.routerconfig import CLASSIFIER_DIR as CLASSIFIER_MOUNT
 
 from shoal.api.naming import (
+    CHECKPOINT_ANNOTATION,
     CONFIG_KEY,
     CONFIG_MOUNT,
     SECRETS_MOUNT,
@@ -36,7 +37,6 @@ ROUTER_CONTAINER = "router"
 RUN_AS_USER = 1000
 MODEL_CACHE_MOUNT = "/models"
 PVC_MOUNT_ROOT = "/mnt/models"
-CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
 CONFIG_CHECKSUM_ANNOTATION = "shoal.dev/config-checksum"
 # The kubelet sends SIGTERM to both containers at once. The engine waits this long before
 # it stops, so the router can stop taking new requests and finish those in flight first.

@@ -29,7 +29,8 @@ from typing import Any
 from shoal.api.modeltier import ModelTier
 from shoal.api.naming import (
     COMPONENT_EVALUATION,
-    EVAL_CHECKPOINT_ANNOTATION,
+    CHECKPOINT_ANNOTATION,
+    EVAL_CONTAINER,
     eval_job_name,
     owner_reference,
     tier_endpoint,
@@ -38,7 +39,6 @@ from shoal.api.naming import (
 
 from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, model_location
 
-EVAL_CONTAINER = "eval"
 DATASET_MOUNT = "/etc/shoal/dataset"
 TERMINATION_LOG = "/dev/termination-log"
 PROGRAM_DEADLINE_MARGIN_SECONDS = 60
@@ -214,7 +214,7 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
     if sched.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
 
-    annotations = {EVAL_CHECKPOINT_ANNOTATION: ctx.checkpoint}
+    annotations = {CHECKPOINT_ANNOTATION: ctx.checkpoint}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
