@@ -46,6 +46,7 @@ from shoal.devcluster.build import (
 )
 from shoal.devcluster.kubectl import Kubectl, KubectlError
 from shoal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeGroup, node_manifests
+from shoal.devcluster.stages import kwok_config
 from shoal.devcluster.tools import Tools
 
 SERVICE_CIDR = "10.96.0.0/16"
@@ -427,10 +428,11 @@ class ControlPlane:
 
     def _start_kwok(self, binaries: Binaries, ports: Ports) -> None:
         # kwok has no built-in behaviour: its Stages (nodes heartbeat, bound pods become
-        # Ready, Job pods complete) come from the configuration built beside the binary.
+        # Ready, Job pods complete) come from the configuration built beside the binary,
+        # plus Shoal's own (stages/).
         # Passing it explicitly also keeps a ~/.kwok/kwok.yaml from changing anything.
         config = self.state / "kwok.yaml"
-        shutil.copyfile(binaries.kwok_stages, config)
+        config.write_text(kwok_config(binaries.kwok_stages.read_text()))
         processes.start(self.state, "kwok", [
             str(binaries.kwok),
             f"--config={config}",

@@ -1,0 +1,45 @@
+"""kwok's configuration: its default Stages plus Shoal's own, composed at cluster start.
+
+kwok picks at random (by weight) among the Stages that match an object, so a Shoal Stage
+that replaces one of kwok's for some objects must also be excluded from kwok's Stage by
+selector: :func:`kwok_config` adds that exclusion.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import yaml
+
+# Job pods carrying this variable are finished by shoal-job-pod-exit, not pod-complete.
+SIMULATE_EXIT_CODE_ENV = "SHOAL_SIMULATE_EXIT_CODE"
+SIMULATE_TERMINATION_MESSAGE_ENV = "SHOAL_SIMULATE_TERMINATION_MESSAGE"
+_HAS_SIMULATED_EXIT = (
+    f'.spec.containers.[].env.[]? | select(.name == "{SIMULATE_EXIT_CODE_ENV}") | .value'
+)
+
+
+def shoal_stages() -> list[dict[str, Any]]:
+    """Shoal's Stages (package data in ``devcluster/stages/``), in file name order."""
+    folder = resources.files("shoal.devcluster").joinpath("stages")
+    documents: list[dict[str, Any]] = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            documents += [d for d in yaml.safe_load_all(entry.read_text()) if d]
+    return documents
+
+
+def kwok_config(default_stages: str, extra: list[dict[str, Any]] | None = None) -> str:
+    """kwok's default Stages, with pod-complete leaving simulated exits alone, plus
+    ``extra`` (Shoal's Stages unless given)."""
+    documents = [d for d in yaml.safe_load_all(default_stages) if d]
+    names = [d.get("metadata", {}).get("name") for d in documents]
+    if "pod-complete" not in names:
+        raise ValueError("kwok's default stages have no pod-complete stage")
+    for document in documents:
+        if document["metadata"]["name"] == "pod-complete":
+            expressions = document["spec"]["selector"]["matchExpressions"]
+            expressions.append({"key": _HAS_SIMULATED_EXIT, "operator": "DoesNotExist"})
+    documents += shoal_stages() if extra is None else extra
+    return yaml.safe_dump_all(documents, sort_keys=False, width=200)
