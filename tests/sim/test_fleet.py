@@ -146,3 +146,26 @@ def test_hpa_on_gpu_utilization_sees_a_busy_gpu_as_full_whatever_the_batch():
     policy = HPAUtilizationPolicy(ReplicasSpec(min=1, max=20))
     light = TierView(4, tuple(PodView(0, 2, 1.0) for _ in range(4)), 0)
     assert policy.desired(0.0, light) == 6  # 100% busy against a 70% target: ceil(4 * 1.0 / 0.7)
+
+
+def test_per_token_time_grows_with_the_batch():
+    # Two requests decoding together: each step takes 0.012 + 0.0004 * 2 seconds.
+    fast = EngineModel(max_num_seqs=8, prefill_tokens_per_second=1e9)
+    outcome = simulate([Arrival(0.0, 1, 11), Arrival(0.0, 1, 11)], [TierConfig("small", fast)], [StaticPolicy(1)], seed=1, end=10.0)
+    first, second = outcome.requests
+    assert first.done - first.first_token == pytest.approx(10 * 0.0128, abs=1e-6)
+    assert second.done - second.first_token == pytest.approx(10 * 0.0128, abs=1e-6)
+
+
+def test_requests_spill_to_the_next_tier_while_the_first_has_a_queue_over_its_limit():
+    # One slow replica on the first tier: prefill takes 1 s, so a burst of 10 builds a queue.
+    slow = EngineModel(max_num_seqs=64, prefill_tokens_per_second=100.0)
+    small = TierConfig("small", slow, initial_replicas=1, spill_queue_depth=2)
+    large = TierConfig("large", MODEL, initial_replicas=1)
+    arrivals = [Arrival(0.01 * k, 100, 5) for k in range(10)]
+    outcome = simulate(arrivals, [small, large], [StaticPolicy(1), StaticPolicy(1)], seed=1, end=5.0)
+    tiers = [r.tier for r in outcome.requests]
+    # The first starts prefill at once; the next three wait (the third makes 3 > 2 waiting);
+    # from then on the small tier is saturated and the rest go one tier up.
+    assert tiers == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert [r.spilled for r in outcome.requests] == [False] * 4 + [True] * 6
