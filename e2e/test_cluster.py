@@ -188,20 +188,20 @@ def test_namespace_deletion_finishes(kubectl):
     wait_for(gone, 90, f"namespace {name} to be deleted (needs the namespace controller)")
 
 
-def _job(name: str, namespace: str, env: list[dict]) -> dict:
-    spec = _pod_spec(restartPolicy="Never")
-    spec["containers"][0]["env"] = env
+def _job(name: str, namespace: str, annotations: dict[str, str]) -> dict:
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"backoffLimit": 0, "template": {"spec": spec}}}
+            "spec": {"backoffLimit": 0, "template": {
+                "metadata": {"annotations": annotations},
+                "spec": _pod_spec(restartPolicy="Never")}}}
 
 
 def test_job_pod_with_a_simulated_failure_fails_the_job_with_its_exit_code_and_message(
         kubectl, namespace):
     message = '{"verdict": "JobError", "message": "engine did not start"}'
-    kubectl.apply([_job("fails", namespace, [
-        {"name": "SHOAL_SIMULATE_EXIT_CODE", "value": "2"},
-        {"name": "SHOAL_SIMULATE_TERMINATION_MESSAGE", "value": message}])])
+    kubectl.apply([_job("fails", namespace, {
+        "shoal.dev/simulate-exit-code": "2",
+        "shoal.dev/simulate-termination-message": message})])
     failed = wait_for(lambda: (j := kubectl("get", "job", "fails", "-n", namespace))
                       and is_true(j, "Failed") and j, 90, "the Job to fail")
     assert failed["status"].get("succeeded", 0) == 0
@@ -214,9 +214,9 @@ def test_job_pod_with_a_simulated_failure_fails_the_job_with_its_exit_code_and_m
 
 
 def test_job_pod_with_a_simulated_success_completes_with_its_termination_message(kubectl, namespace):
-    kubectl.apply([_job("passes", namespace, [
-        {"name": "SHOAL_SIMULATE_EXIT_CODE", "value": "0"},
-        {"name": "SHOAL_SIMULATE_TERMINATION_MESSAGE", "value": '{"verdict": "Passed"}'}])])
+    kubectl.apply([_job("passes", namespace, {
+        "shoal.dev/simulate-exit-code": "0",
+        "shoal.dev/simulate-termination-message": '{"verdict": "Passed"}'})])
     wait_for(lambda: is_true(kubectl("get", "job", "passes", "-n", namespace), "Complete"),
              90, "the Job to complete")
     (pod,) = kubectl("get", "pods", "-n", namespace, "-l", "job-name=passes")["items"]

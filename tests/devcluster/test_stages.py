@@ -25,20 +25,20 @@ def test_pod_complete_leaves_job_pods_with_a_simulated_exit_to_shoals_stage():
     documents = list(yaml.safe_load_all(kwok_config(DEFAULTS, extra=[])))
     complete = next(d for d in documents if d["metadata"]["name"] == "pod-complete")
     assert complete["spec"]["selector"]["matchExpressions"][-1] == {
-        "key": '.spec.containers.[].env.[]? | select(.name == "SHOAL_SIMULATE_EXIT_CODE") | .value',
+        "key": '.metadata.annotations["shoal.dev/simulate-exit-code"]',
         "operator": "DoesNotExist",
     }
     ready = next(d for d in documents if d["metadata"]["name"] == "pod-ready")
     assert ready["spec"]["selector"]["matchExpressions"] == []
 
 
-def test_shoals_stages_follow_kwoks_and_select_on_the_same_variable():
+def test_shoals_stages_follow_kwoks_and_select_on_the_same_annotation():
     documents = list(yaml.safe_load_all(kwok_config(DEFAULTS)))
     assert [d["metadata"]["name"] for d in documents] == [
         "pod-ready", "pod-complete", "shoal-job-pod-exit"]
     (exit_stage,) = shoal_stages()
     keys = [e["key"] for e in exit_stage["spec"]["selector"]["matchExpressions"]]
-    assert '.spec.containers.[].env.[]? | select(.name == "SHOAL_SIMULATE_EXIT_CODE") | .value' in keys
+    assert '.metadata.annotations["shoal.dev/simulate-exit-code"]' in keys
 
 
 def test_defaults_without_pod_complete_are_refused():

@@ -12,12 +12,10 @@ from typing import Any
 
 import yaml
 
-# Job pods carrying this variable are finished by shoal-job-pod-exit, not pod-complete.
-SIMULATE_EXIT_CODE_ENV = "SHOAL_SIMULATE_EXIT_CODE"
-SIMULATE_TERMINATION_MESSAGE_ENV = "SHOAL_SIMULATE_TERMINATION_MESSAGE"
-_HAS_SIMULATED_EXIT = (
-    f'.spec.containers.[].env.[]? | select(.name == "{SIMULATE_EXIT_CODE_ENV}") | .value'
-)
+# Job pods with this annotation are finished by shoal-job-pod-exit, not pod-complete.
+SIMULATE_EXIT_CODE_ANNOTATION = "shoal.dev/simulate-exit-code"
+SIMULATE_TERMINATION_MESSAGE_ANNOTATION = "shoal.dev/simulate-termination-message"
+_HAS_SIMULATED_EXIT = f'.metadata.annotations["{SIMULATE_EXIT_CODE_ANNOTATION}"]'
 
 
 def shoal_stages() -> list[dict[str, Any]]:
