@@ -59,6 +59,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["batch"]
+  # Evaluation Jobs of candidate checkpoints; superseded ones are deleted.
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["keda.sh"]
   # Only for tiers with autoscaling.engine keda.
   resources: ["scaledobjects"]

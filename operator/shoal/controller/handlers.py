@@ -90,14 +90,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client.
     memo.metrics_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0))
     memo.reconcilers = Reconcilers(kube, autoscaler=Autoscaler(kube, memo.metrics_http))
-    memo.tier_refresh = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=False), DEBOUNCE_SECONDS)
-    memo.tier_apply = Debouncer(lambda ns, n: memo.reconcilers.tier(ns, n, apply=True), DEBOUNCE_SECONDS)
+    memo.tier_refresh = Debouncer(memo.reconcilers.tier, DEBOUNCE_SECONDS)
     memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)
 
 
 async def _policy(memo: kopf.Memo, namespace: str, name: str) -> None:
     async def apply_tier(ns: str, tier: str) -> None:
-        memo.tier_apply.request(ns, tier)
+        memo.tier_refresh.request(ns, tier)
 
     await memo.reconcilers.policy(namespace, name, on_tiers=apply_tier)
 
@@ -107,7 +106,7 @@ async def _policy(memo: kopf.Memo, namespace: str, name: str) -> None:
 @kopf.on.update(*MODELTIER, field="spec")
 async def reconcile_tier(name: str, namespace: str, spec: Any, memo: kopf.Memo, **_: Any) -> None:
     try:
-        await memo.reconcilers.tier(namespace, name, apply=True)
+        await memo.reconcilers.tier(namespace, name)
     except (InvalidSpec, KubeError) as exc:
         raise _translate(exc) from exc
     # Policies listing this tier re-resolve (a ModelTier they missed may now exist).
@@ -138,7 +137,7 @@ async def recheck_tier_refs(name: str, namespace: str, status: Any, memo: kopf.M
     Only tiers whose references did not resolve are re-read; the others cost nothing.
     """
     if _unresolved(status):
-        memo.tier_apply.request(namespace, name)
+        memo.tier_refresh.request(namespace, name)
 
 
 @kopf.timer(*ROUTEPOLICY, interval=REFS_RECHECK_SECONDS, idle=REFS_RECHECK_SECONDS)
@@ -173,6 +172,11 @@ async def reconcile_policy(name: str, namespace: str, memo: kopf.Memo, **_: Any)
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("", "v1", "pods", labels=OWNED)
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
 async def child_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A Deployment or Pod of a tier changed: refresh that tier's status (reads; writes only on change)."""
+    """A Deployment, Pod or evaluation Job of a tier changed: reconcile that tier.
+
+    Reads, and writes only what differs: a new status, the promotion an evaluation's
+    verdict allows, a child put back.
+    """
     memo.tier_refresh.request(namespace, labels[TIER_LABEL])

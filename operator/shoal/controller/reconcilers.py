@@ -8,6 +8,7 @@ refresh of the same object from interleaving.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -24,7 +25,8 @@ from shoal.kube.diff import needs_apply
 from shoal.kube.errors import Invalid, NotFound
 from shoal.plan.conditions import Cond, merge_conditions
 from shoal.plan.policy import policy_status, status_patch
-from shoal.plan.tier import plan_tier
+from shoal.plan.tier import TierPlan, plan_tier
+from shoal.render.evaljob import EvalJobContext, render_eval_job
 from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
@@ -100,7 +102,7 @@ class Reconcilers:
 
     # --- ModelTier ---------------------------------------------------------------------
 
-    async def tier(self, namespace: str, name: str, *, apply: bool) -> None:
+    async def tier(self, namespace: str, name: str) -> None:
         """Bring one ModelTier's children and status in line with its spec and the cluster."""
         async with self._lock("ModelTier", namespace, name):
             body = await self.kube.get(*TIER, namespace, name)
@@ -115,30 +117,43 @@ class Reconcilers:
 
             observed = await observe.observe_tier(self.kube, tier)
             plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
-            # A child that disappeared (deleted by hand) is put back even on a refresh.
-            if apply or observed.deployment is None:
-                manifests = tier_manifests(tier, plan, observed)
-                try:
-                    applied = await self._apply_all(manifests, {("Deployment", tier.name): observed.deployment})
-                except Invalid as exc:
-                    message = f"The API server rejected an object rendered from this spec: {exc}"
-                    await self._invalid(TIER, body, message)
-                    raise InvalidSpec(message) from exc
-                except NotFound as exc:
-                    # Applying an object whose kind the cluster does not serve (KEDA's
-                    # ScaledObject without KEDA installed) cannot succeed by retrying.
-                    message = f"The cluster does not serve a kind this spec needs (is KEDA installed for autoscaling.engine keda?): {exc}"
-                    await self._invalid(TIER, body, message)
-                    raise InvalidSpec(message) from exc
-                if "Deployment" in applied:
-                    observed = observed.__class__(**{**observed.__dict__, "deployment": applied["Deployment"]})
-                    plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
+            # Applies are diff-gated (nothing is written when the cluster already matches), so
+            # every pass, whether a spec change or a child's event started it, also carries
+            # out what the plan decided since: a promotion after an evaluation passed, a
+            # child deleted by hand.
+            manifests = tier_manifests(tier, plan, observed)
+            try:
+                applied = await self._apply_all(manifests, {("Deployment", tier.name): observed.deployment})
+            except Invalid as exc:
+                message = f"The API server rejected an object rendered from this spec: {exc}"
+                await self._invalid(TIER, body, message)
+                raise InvalidSpec(message) from exc
+            except NotFound as exc:
+                # Applying an object whose kind the cluster does not serve (KEDA's
+                # ScaledObject without KEDA installed) cannot succeed by retrying.
+                message = f"The cluster does not serve a kind this spec needs (is KEDA installed for autoscaling.engine keda?): {exc}"
+                await self._invalid(TIER, body, message)
+                raise InvalidSpec(message) from exc
+            if "Deployment" in applied:
+                observed = dataclasses.replace(observed, deployment=applied["Deployment"])
+                plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
 
+            await self._evaluation_jobs(tier, plan)
             patch = plan.status_patch(body.get("status"))
             if patch:
                 await self.kube.patch_status(*TIER, namespace, name, patch)
             for event in plan.events:
                 await self.kube.event(body, event.type, event.reason, event.message)
+
+    async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan) -> None:
+        """Delete superseded evaluation Jobs; create the candidate's (by name, so never twice)."""
+        for job in plan.delete_jobs:
+            await self.kube.delete("batch/v1", "Job", tier.namespace, job)
+        if plan.create_job_for is not None:
+            job = render_eval_job(tier, EvalJobContext(checkpoint=plan.create_job_for, serving_checkpoint=tier.status.serving_checkpoint))
+            existing = await self.kube.get("batch/v1", "Job", tier.namespace, job["metadata"]["name"])
+            if existing is None:
+                await self.kube.apply(job)
 
     async def autoscale(self, namespace: str, name: str) -> None:
         """One autoscaling pass for a tier, when its metrics period has come round."""

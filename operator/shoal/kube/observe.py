@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import selector_string, tier_selector
+from shoal.api.naming import COMPONENT_EVALUATION, TIER_LABEL, selector_string, tier_selector
 from shoal.api.routepolicy import RoutePolicy
 from shoal.plan.policy import PolicyObservation
 from shoal.plan.tier import TierObservation, referenced_objects
@@ -71,6 +71,11 @@ async def observe_tier(kube: Kube, tier: ModelTier) -> TierObservation:
             names = [t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref]
             peers = await model_tiers(kube, ns, names)
     secret_names, config_map_names = referenced_objects(tier)
+    eval_jobs = []
+    if tier.spec.rollout.evaluation is not None or tier.status.candidate_checkpoint is not None:
+        for job in await kube.list("batch/v1", "Job", ns, selector_string(tier_labels_for_evaluation(tier.name))):
+            job_pods = await kube.list("v1", "Pod", ns, f"job-name={job['metadata']['name']}")
+            eval_jobs.append((job, job_pods))
     return TierObservation(
         deployment=deployment,
         pods=pods,
@@ -78,7 +83,12 @@ async def observe_tier(kube: Kube, tier: ModelTier) -> TierObservation:
         peers=peers,
         secrets=await secret_keys(kube, ns, secret_names),
         config_maps=await config_map_keys(kube, ns, config_map_names),
+        eval_jobs=eval_jobs,
     )
+
+
+def tier_labels_for_evaluation(tier_name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/component": COMPONENT_EVALUATION, TIER_LABEL: tier_name}
 
 
 async def observe_policy(kube: Kube, policy: RoutePolicy) -> PolicyObservation:
