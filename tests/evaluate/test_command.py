@@ -200,3 +200,47 @@ def test_an_evaluation_past_its_timeout_reports_timed_out_with_exit_2(tmp_path, 
     assert process.returncode == 2
     assert message["verdict"] == "TimedOut"
     assert message["message"] == "the evaluation did not finish within its timeout (1 s)"
+
+
+def test_sequential_mode_stops_at_the_first_look_on_a_clear_regression(tmp_path):
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": "capital of France?", "reference": "Paris"}) for i in range(200)))
+    spec = write_spec(tmp_path, baseline="serving", thresholds=[])
+    with start_fake_engine(model="new", reply="Lyon") as candidate, start_fake_engine(model="old", reply="Paris") as serving:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(spec), "--dataset", str(data), "--sequential",
+            "--endpoint", candidate.base_url, "--model", "new",
+            "--baseline-endpoint", serving.base_url, "--baseline-model", "old",
+        )
+        answered = (candidate.stats()["requests"], serving.stats()["requests"])
+    assert process.returncode == 1, process.stderr
+    assert message["items"] == 50
+    assert message["message"].endswith(
+        "Sequential: decided at look 1 of 4 after 50 of 200 items (paired interval at 99.9%)."
+    )
+    assert message["message"].startswith("exact_match regressed against the serving checkpoint: difference -1.000, 99.9% interval")
+    # Only the first look's items were sent to either endpoint.
+    assert answered == (50, 50)
+    assert "difference 99.9% interval" in process.stdout
+
+
+def test_sequential_mode_with_equal_answers_uses_every_item_and_passes(tmp_path, dataset_file):
+    spec = write_spec(tmp_path, baseline="serving", thresholds=[])
+    with start_fake_engine(model="new", reply="Paris") as candidate, start_fake_engine(model="old", reply="Paris") as serving:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(spec), "--dataset", str(dataset_file), "--sequential",
+            "--endpoint", candidate.base_url, "--model", "new",
+            "--baseline-endpoint", serving.base_url, "--baseline-model", "old",
+        )
+    assert process.returncode == 0, process.stderr
+    assert message["items"] == 40
+    assert message["message"].endswith("Sequential: decided at look 4 of 4 after 40 of 40 items (paired interval at 95.8%).")
+
+
+def test_sequential_mode_needs_the_serving_baseline(tmp_path, dataset_file):
+    process, message = shoal_eval(
+        tmp_path, "--spec", str(write_spec(tmp_path)), "--dataset", str(dataset_file), "--sequential",
+        "--endpoint", "http://127.0.0.1:9/v1", "--model", "m",
+    )
+    assert process.returncode == 2
+    assert message["message"] == "--sequential compares with the serving checkpoint: it needs spec.baseline serving"

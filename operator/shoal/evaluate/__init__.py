@@ -8,6 +8,9 @@ What it does
     the paired regression against the serving checkpoint on the same items
     (``verdict.py``, a pure function the gate study in benchmarks/eval-gate also runs).
 
+With ``--sequential`` the comparison is looked at after 25, 50, 75 and 100 % of the items
+(``sequential.py``) and the run stops as soon as the verdict is clear.
+
 The candidate is either an endpoint that already serves it (``--endpoint URL --model
 NAME``) or a vLLM engine the program starts inside its own pod on loopback
 (``--serve-checkpoint URI``; ``engine.py``), which is how the evaluation Job runs.

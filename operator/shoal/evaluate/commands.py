@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import random
 import os
 import sys
 import time
@@ -26,7 +28,8 @@ from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
 
 from . import dataset as datasets
 from . import engine as engines
-from . import report, runner, scorers
+from . import report, runner, scorers, sequential
+from .stats import Interval
 from .verdict import DEFAULT_REGRESSION_RULE, REGRESSION_RULES, DecisionSettings, RegressionRule, VerdictError, decide
 
 EXIT_PASSED = 0
@@ -73,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="how the paired interval is judged against maxRegression (default %(default)s)")
     spec.add_argument("--seed", type=int, default=0, help="seed for sampling requests and the bootstrap (default 0)")
     spec.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluated requests (default 0)")
+    spec.add_argument("--sequential", action="store_true",
+                      help="with baseline serving: look at the paired comparison after 25/50/75/100%% of the items "
+                           "(seeded order) and stop as soon as the verdict is clear (see benchmarks/eval-gate)")
     spec.add_argument("--timeout-seconds", type=float,
                       help="the program's own deadline (default spec.timeoutSeconds); set it a little under the Job's "
                            "activeDeadlineSeconds so a slow evaluation still reports TimedOut itself")
@@ -123,6 +129,7 @@ class Settings:
     seed: int
     max_error_fraction: float
     timeout_seconds: float
+    sequential: bool
     judge_api_key: str | None
     termination_log: Path
     output_json: Path | None
@@ -155,6 +162,8 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         if not (args.baseline_endpoint and args.baseline_model):
             raise EvalError("spec.baseline is serving: pass --baseline-endpoint and --baseline-model")
         baseline = runner.Target(args.baseline_endpoint, args.baseline_model, env.get(API_KEY_ENV))
+    if args.sequential and baseline is None:
+        raise EvalError("--sequential compares with the serving checkpoint: it needs spec.baseline serving")
     if not 0.0 <= args.max_error_fraction < 1.0:
         raise EvalError("--max-error-fraction must lie in [0, 1)")
     engine_argv = None
@@ -186,6 +195,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         seed=args.seed,
         max_error_fraction=args.max_error_fraction,
         timeout_seconds=args.timeout_seconds if args.timeout_seconds is not None else float(spec.timeout_seconds),
+        sequential=args.sequential,
         judge_api_key=env.get(JUDGE_API_KEY_ENV),
         termination_log=termination,
         output_json=args.output_json,
@@ -210,6 +220,7 @@ class Outcome:
     exit_code: int
     errors: int = 0
     details: dict[str, Any] | None = None
+    paired_level: float | None = None  # level of the paired difference intervals, if not the spec's
 
 
 async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
@@ -231,58 +242,100 @@ async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
             except runner.EndpointUnavailable as error:
                 raise EvalError(str(error)) from error
 
-        runs = await asyncio.gather(
-            *(runner.generate(client, t, data.items, settings.sampling, concurrency=spec.concurrency) for t in targets)
-        )
-        cand_results = runs[0]
-        base_results = runs[1] if settings.baseline else None
-        for label, results in (("candidate", cand_results), ("baseline", base_results)):
-            if results is not None and runner.errors_fraction(results) > settings.max_error_fraction:
-                first = next(r.error for r in results if r.error)
-                raise EvalError(
-                    f"{runner.errors_fraction(results):.0%} of the {label}'s requests failed "
-                    f"(more than {settings.max_error_fraction:.0%}); first error: {first}"
-                )
-
-        async def judged(results: list[runner.ItemResult]) -> dict[str, list[float | None]]:
+        async def judged(batch: list[datasets.Item], results: list[runner.ItemResult]) -> dict[str, list[float | None]]:
             out: dict[str, list[float | None]] = {}
             for scorer in spec.scorers:
                 if scorer.type == "llmJudge":
                     assert scorer.judge is not None
                     judge = runner.Target(scorer.judge.url, scorer.judge.model, settings.judge_api_key)
                     out[scorers.metric_name(scorer)] = await runner.judge(
-                        client, judge, scorer.judge.rubric, data.items, results, concurrency=spec.concurrency
+                        client, judge, scorer.judge.rubric, batch, results, concurrency=spec.concurrency
                     )
             return out
 
-        try:
-            cand_scores = runner.score_results(spec.scorers, data.items, cand_results, await judged(cand_results))
-            base_scores = None
-            if base_results is not None:
-                base_scores = runner.score_results(spec.scorers, data.items, base_results, await judged(base_results))
-        except scorers.ScorerError as error:
-            raise EvalError(f"scoring: {error}") from error
+        async def scored(batch: list[datasets.Item], results: list[runner.ItemResult]) -> dict[str, list[float | None]]:
+            try:
+                return runner.score_results(spec.scorers, batch, results, await judged(batch, results))
+            except scorers.ScorerError as error:
+                raise EvalError(f"scoring: {error}") from error
 
-    decision = DecisionSettings.from_spec(spec, regression_rule=settings.regression_rule, seed=settings.seed)
-    try:
-        verdict = decide(
-            cand_scores,
-            decision,
-            baseline=base_scores,
-            latencies_seconds=[r.latency_seconds for r in cand_results if r.latency_seconds is not None],
-            baseline_latencies_seconds=[r.latency_seconds for r in base_results or [] if r.latency_seconds is not None],
+        # One round over every item, or (sequential) a round per look over a seeded
+        # shuffle of the items, stopping as soon as the paired comparison is clear.
+        items = list(data.items)
+        if settings.sequential:
+            random.Random(settings.seed).shuffle(items)
+            sizes = sequential.look_sizes(len(items))
+            levels: list[float | None] = [1.0 - alpha for alpha in sequential.DEFAULT_SPENDING]
+        else:
+            sizes, levels = [len(items)], [None]
+        cand_results: list[runner.ItemResult] = []
+        base_results: list[runner.ItemResult] | None = [] if settings.baseline else None
+        cand_scores: dict[str, list[float | None]] = {}
+        base_scores: dict[str, list[float | None]] | None = {} if settings.baseline else None
+        look = 0
+        for look, (used, level) in enumerate(zip(sizes, levels, strict=True), start=1):
+            batch = items[len(cand_results):used]
+            runs = await asyncio.gather(
+                *(runner.generate(client, t, batch, settings.sampling, concurrency=spec.concurrency) for t in targets)
+            )
+            cand_results += runs[0]
+            for name, column in (await scored(batch, runs[0])).items():
+                cand_scores.setdefault(name, []).extend(column)
+            if base_results is not None and base_scores is not None:
+                base_results += runs[1]
+                for name, column in (await scored(batch, runs[1])).items():
+                    base_scores.setdefault(name, []).extend(column)
+            for label, results in (("candidate", cand_results), ("baseline", base_results)):
+                if results is not None and runner.errors_fraction(results) > settings.max_error_fraction:
+                    first = next(r.error for r in results if r.error)
+                    raise EvalError(
+                        f"{runner.errors_fraction(results):.0%} of the {label}'s requests failed "
+                        f"(more than {settings.max_error_fraction:.0%}); first error: {first}"
+                    )
+            decision = dataclasses.replace(
+                DecisionSettings.from_spec(spec, regression_rule=settings.regression_rule, seed=settings.seed),
+                paired_confidence_level=level,
+            )
+            try:
+                verdict = decide(
+                    cand_scores,
+                    decision,
+                    baseline=base_scores,
+                    latencies_seconds=[r.latency_seconds for r in cand_results if r.latency_seconds is not None],
+                    baseline_latencies_seconds=[r.latency_seconds for r in base_results or [] if r.latency_seconds is not None],
+                )
+            except VerdictError as error:
+                raise EvalError(str(error)) from error
+            if look == len(sizes):
+                break
+            outcomes = [
+                sequential.look_outcome(
+                    Interval(m.value, m.delta_lower, m.delta_upper),
+                    max_regression=spec.max_regression, rule=settings.regression_rule, final=False,
+                )
+                for m in verdict.metrics
+                if m.delta_lower is not None and m.delta_upper is not None
+            ]
+            # Stop early on a clear regression, or when every comparison is clearly fine
+            # and the thresholds already pass on the items seen.
+            if "block" in outcomes or (outcomes and all(o == "pass" for o in outcomes) and verdict.passed):
+                break
+
+    message = verdict.message
+    if settings.sequential:
+        message += (
+            f" Sequential: decided at look {look} of {len(sizes)} after {len(cand_results)} of {len(items)} items"
+            f" (paired interval at {decision.paired_level * 100:g}%)."
         )
-    except VerdictError as error:
-        raise EvalError(str(error)) from error
-
+    data_items = items[: len(cand_results)]
     record = EvaluationRecord(
         checkpoint=settings.checkpoint,
         verdict="Passed" if verdict.passed else "Failed",
         dataset_digest=data.digest,
-        items=len(data),
+        items=len(cand_results),
         metrics=verdict.metrics,
         thresholds=list(spec.thresholds),
-        message=verdict.message,
+        message=message,
     )
     details = {
         "items": [
@@ -298,11 +351,11 @@ async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
                     else {}
                 ),
             }
-            for i, (item, c) in enumerate(zip(data.items, cand_results))
+            for i, (item, c) in enumerate(zip(data_items, cand_results, strict=True))
         ]
     }
     errors = sum(1 for r in cand_results if r.error)
-    return Outcome(record, EXIT_PASSED if verdict.passed else EXIT_FAILED, errors, details)
+    return Outcome(record, EXIT_PASSED if verdict.passed else EXIT_FAILED, errors, details, decision.paired_level)
 
 
 def _write_termination(path: Path, record: EvaluationRecord, stderr: TextIO) -> None:
@@ -363,7 +416,7 @@ def execute(
     print(
         report.render_report(
             record, confidence_level=spec.confidence_level, interval_method=spec.interval_method,
-            errors=outcome.errors, started=started, finished=finished,
+            errors=outcome.errors, started=started, finished=finished, paired_level=outcome.paired_level,
         ),
         file=stdout,
     )

@@ -65,9 +65,15 @@ def _threshold_text(name: str, thresholds: Sequence[ThresholdSpec]) -> str:
     return ", ".join(parts)
 
 
-def render_table(metrics: Sequence[MetricResult], thresholds: Sequence[ThresholdSpec], confidence_level: float) -> str:
+def render_table(
+    metrics: Sequence[MetricResult],
+    thresholds: Sequence[ThresholdSpec],
+    confidence_level: float,
+    paired_level: float | None = None,
+) -> str:
     level = f"{confidence_level * 100:g}%"
-    header = ["metric", "value", f"{level} interval", "serving", f"difference {level} interval", "threshold"]
+    paired = f"{(paired_level or confidence_level) * 100:g}%"
+    header = ["metric", "value", f"{level} interval", "serving", f"difference {paired} interval", "threshold"]
     rows = [header]
     for m in metrics:
         rows.append([
@@ -92,6 +98,7 @@ def render_report(
     errors: int = 0,
     started: datetime | None = None,
     finished: datetime | None = None,
+    paired_level: float | None = None,
 ) -> str:
     lines = [
         f"shoal eval: {record.checkpoint}",
@@ -100,7 +107,7 @@ def render_report(
     ]
     if started and finished:
         lines.append(f"took {(finished - started).total_seconds():.1f} s")
-    lines += ["", render_table(record.metrics, record.thresholds, confidence_level), ""]
+    lines += ["", render_table(record.metrics, record.thresholds, confidence_level, paired_level), ""]
     lines.append(f"verdict: {record.verdict}")
     if record.message:
         lines.append(record.message)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from . import stats
 from .verdict import RegressionRule, regression_blocks
@@ -32,6 +33,32 @@ from .verdict import RegressionRule, regression_blocks
 DEFAULT_LOOKS = (0.25, 0.5, 0.75, 1.0)
 # Two-sided error spent at each look, adding up to 0.05 (a 95 % procedure).
 DEFAULT_SPENDING = (0.001, 0.002, 0.005, 0.042)
+
+
+LookOutcome = Literal["pass", "block", "continue"]
+
+
+def look_outcome(interval: stats.Interval, *, max_regression: float, rule: RegressionRule, final: bool) -> LookOutcome:
+    """What one look's paired interval (at that look's level) says."""
+    if final:
+        return "block" if regression_blocks(interval, max_regression, rule) else "pass"
+    # Early, block only on a clear answer: for nonInferiority, the whole interval below
+    # -maxRegression (its final rule, lower < -maxRegression, would stop at the first,
+    # widest look).
+    if rule == "nonInferiority":
+        clearly_worse = interval.upper < -max_regression
+    else:
+        clearly_worse = regression_blocks(interval, max_regression, rule)
+    if clearly_worse:
+        return "block"
+    if interval.lower >= -max_regression:
+        return "pass"
+    return "continue"
+
+
+def look_sizes(n: int, looks: Sequence[float] = DEFAULT_LOOKS) -> list[int]:
+    """How many items each look has seen (at least one; the last sees all ``n``)."""
+    return [max(1, math.ceil(fraction * n)) for fraction in looks]
 
 
 @dataclass(frozen=True)
@@ -60,23 +87,12 @@ def decide_sequential(
         raise ValueError(f"paired scores differ in length: {len(candidate)} and {len(baseline)}")
     if len(looks) != len(spending) or not looks or looks[-1] != 1.0 or list(looks) != sorted(looks):
         raise ValueError("looks must increase to 1.0 and pair one-to-one with spending")
-    n = len(candidate)
     interval = stats.Interval(0.0, -1.0, 1.0)
-    for index, (fraction, alpha) in enumerate(zip(looks, spending), start=1):
-        used = max(1, math.ceil(fraction * n))
+    sizes = look_sizes(len(candidate), looks)
+    for index, (used, alpha) in enumerate(zip(sizes, spending), start=1):
         counts = stats.PairedCounts.from_scores(candidate[:used], baseline[:used])
         interval = stats.newcombe_paired(counts, 1.0 - alpha)
-        if index == len(looks):
-            return SequentialResult(not regression_blocks(interval, max_regression, rule), used, index, interval)
-        # Early, block only on a clear answer: for nonInferiority, the whole interval
-        # below -maxRegression (its final rule, lower < -maxRegression, would stop at the
-        # first, widest look).
-        if rule == "nonInferiority":
-            clearly_worse = interval.upper < -max_regression
-        else:
-            clearly_worse = regression_blocks(interval, max_regression, rule)
-        if clearly_worse:
-            return SequentialResult(False, used, index, interval)
-        if interval.lower >= -max_regression:
-            return SequentialResult(True, used, index, interval)
+        outcome = look_outcome(interval, max_regression=max_regression, rule=rule, final=index == len(looks))
+        if outcome != "continue":
+            return SequentialResult(outcome == "pass", used, index, interval)
     raise AssertionError("unreachable: the last look always decides")

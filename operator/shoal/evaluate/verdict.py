@@ -67,6 +67,13 @@ class DecisionSettings:
     regression_rule: RegressionRule = DEFAULT_REGRESSION_RULE
     # The bootstrap's RNG seed: the same scores always give the same verdict.
     seed: int = 0
+    # Level of the paired interval on the difference, when it differs from
+    # confidence_level: the sequential mode judges each look at a stricter level.
+    paired_confidence_level: float | None = None
+
+    @property
+    def paired_level(self) -> float:
+        return self.paired_confidence_level if self.paired_confidence_level is not None else self.confidence_level
 
     @classmethod
     def from_spec(cls, spec: EvaluationSpec, *, regression_rule: RegressionRule = DEFAULT_REGRESSION_RULE, seed: int = 0) -> DecisionSettings:
@@ -109,8 +116,8 @@ def _interval(values: Sequence[float], settings: DecisionSettings, rng: random.R
 
 def _paired_interval(cand: Sequence[float], base: Sequence[float], settings: DecisionSettings, rng: random.Random) -> stats.Interval:
     if settings.interval_method == "wilson" and _is_binary(cand) and _is_binary(base):
-        return stats.newcombe_paired(stats.PairedCounts.from_scores(cand, base), settings.confidence_level)
-    return stats.bootstrap_paired_difference(cand, base, settings.confidence_level, rng=rng)
+        return stats.newcombe_paired(stats.PairedCounts.from_scores(cand, base), settings.paired_level)
+    return stats.bootstrap_paired_difference(cand, base, settings.paired_level, rng=rng)
 
 
 def regression_blocks(delta: stats.Interval, max_regression: float, rule: RegressionRule) -> bool:
@@ -173,7 +180,7 @@ def decide(
             if regression_blocks(delta, settings.max_regression, settings.regression_rule):
                 failures.append(
                     f"{name} regressed against the serving checkpoint: difference {delta.value:+.3f}, "
-                    f"{_pct(level)} interval [{delta.lower:+.3f}, {delta.upper:+.3f}], "
+                    f"{_pct(settings.paired_level)} interval [{delta.lower:+.3f}, {delta.upper:+.3f}], "
                     f"largest tolerated drop {settings.max_regression:.3f} ({settings.regression_rule})."
                 )
         metrics.append(result)
