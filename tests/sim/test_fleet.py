@@ -169,3 +169,21 @@ def test_requests_spill_to_the_next_tier_while_the_first_has_a_queue_over_its_li
     # from then on the small tier is saturated and the rest go one tier up.
     assert tiers == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
     assert [r.spilled for r in outcome.requests] == [False] * 4 + [True] * 6
+
+
+def test_with_every_scrape_failing_shoal_never_shrinks_the_fleet():
+    autoscaling = AutoscalingSpec(target_queue_depth=16, scale_down_window_seconds=60, metrics_period_seconds=5)
+    tier = TierConfig("small", MODEL, initial_replicas=4, metrics_dropout=1.0)
+    outcome = simulate(evenly(1.0, 0.0, 1800.0), [tier], [ShoalPolicy(autoscaling, ReplicasSpec(min=1, max=8))], seed=1, end=1800.0)
+    assert outcome.scale_events == []
+
+
+def test_a_partial_metrics_outage_shrinks_a_keda_style_fleet_but_not_shoal():
+    # The HPA leaves out pods without metrics, so a partial outage reads as low load.
+    autoscaling = AutoscalingSpec(target_queue_depth=16, scale_down_window_seconds=60)
+    tier = TierConfig("small", MODEL, initial_replicas=4, metrics_dropout=0.75)
+    outcome = simulate(evenly(20.0, 0.0, 1800.0), [tier], [KEDAInFlightPolicy(autoscaling, ReplicasSpec(min=1, max=8))], seed=1, end=1800.0)
+    guarded = TierConfig("small", MODEL, initial_replicas=4, metrics_dropout=0.75)
+    held = simulate(evenly(20.0, 0.0, 1800.0), [guarded], [ShoalPolicy(autoscaling, ReplicasSpec(min=1, max=8))], seed=1, end=1800.0)
+    assert min(e.to_replicas for e in outcome.scale_events) < 4
+    assert all(e.to_replicas >= e.from_replicas for e in held.scale_events)

@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--prefill-tps", type=float, default=EngineModel.prefill_tokens_per_second, help="prefill tokens/s of one replica")
     p.add_argument("--decode-step", type=float, default=EngineModel.decode_step_base_seconds, help="seconds per decode step at batch 1")
     p.add_argument("--decode-step-per-seq", type=float, default=EngineModel.decode_step_per_seq_seconds, help="extra seconds per decode step per sequence in the batch")
+    p.add_argument("--metrics-dropout", type=float, default=0.0, help="share of per-pod metric reads that fail, 0..1 (default 0)")
     p.add_argument("--plot", default=None, help="write a PNG of load, replicas and p95 TTFT over time (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
@@ -159,7 +160,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"shoal sim: {e}", file=sys.stderr)
             return 2
         seconds = arrivals[-1].time if arrivals else 0.0
-    configs = [tier_config(t, model, args.spill_queue_depth if i < len(tiers) - 1 else None) for i, t in enumerate(tiers)]
+    if not 0.0 <= args.metrics_dropout <= 1.0:
+        print(f"shoal sim: --metrics-dropout must be between 0 and 1, not {args.metrics_dropout:g}", file=sys.stderr)
+        return 2
+    configs = [
+        replace(tier_config(t, model, args.spill_queue_depth if i < len(tiers) - 1 else None), metrics_dropout=args.metrics_dropout)
+        for i, t in enumerate(tiers)
+    ]
     policies = [make_policy(args.policy, t) for t in tiers]
     # A static fleet is provisioned before the traffic starts, not scaled up at time 0.
     configs = [replace(c, initial_replicas=p.replicas) if isinstance(p, StaticPolicy) else c for c, p in zip(configs, policies)]

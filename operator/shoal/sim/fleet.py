@@ -55,6 +55,9 @@ class TierConfig:
     # Spill to the next tier when the least-loaded pod has more waiting requests than this
     # (the RoutePolicy's maxQueueDepth). None: never spill on queue depth.
     spill_queue_depth: int | None = None
+    # Share of per-pod metric reads that fail (a pod's sidecar does not answer in time):
+    # the policy sees that pod's sample as missing for that period.
+    metrics_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ def simulate(
     if len(tiers) != len(policies) or not tiers:
         raise ValueError("one scaling policy per tier, and at least one tier")
     rng = random.Random(seed)
+    # A separate stream, so failed scrapes never change the cold starts a seed draws.
+    dropout_rng = random.Random(seed + 1_000_003)
     end = end if end is not None else (arrivals[-1].time if arrivals else 0.0)
     state = [_Tier(i, c, p) for i, c, p in zip(range(len(tiers)), tiers, policies)]
     by_name = {t.config.name: t for t in state}
@@ -207,7 +212,11 @@ def simulate(
     def scale(tier: _Tier, now: float) -> None:
         view = TierView(
             current_replicas=len(tier.pods),
-            ready_pods=tuple(_pod_view(tier, p, now, tier.policy.period_seconds) for p in tier.ready),
+            ready_pods=tuple(
+                _pod_view(tier, p, now, tier.policy.period_seconds,
+                          missing=tier.config.metrics_dropout > 0 and dropout_rng.random() < tier.config.metrics_dropout)
+                for p in tier.ready
+            ),
             spilled_requests=tier.spilled,
         )
         tier.spilled = 0
@@ -281,8 +290,8 @@ def simulate(
     return Outcome(end, list(tiers), [p.name for p in policies], requests, list(records.values()), scale_events, samples)
 
 
-def _pod_view(tier: _Tier, pod: Replica, now: float, period: float) -> PodView:
+def _pod_view(tier: _Tier, pod: Replica, now: float, period: float, missing: bool = False) -> PodView:
     pod.settle(now)
     busy = pod.busy_seconds - tier.busy_mark.get(pod.pod_id, 0.0)
     tier.busy_mark[pod.pod_id] = pod.busy_seconds
-    return PodView(pod.waiting, pod.running, min(1.0, busy / period) if period > 0 else 0.0)
+    return PodView(pod.waiting, pod.running, min(1.0, busy / period) if period > 0 else 0.0, missing)

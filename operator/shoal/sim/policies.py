@@ -19,6 +19,7 @@ class PodView:
     waiting: int
     running: int
     busy_fraction: float  # share of the last period the GPU had work (what DCGM's utilization reports)
+    missing: bool = False  # the scrape of this pod failed this period (TierConfig.metrics_dropout)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class ShoalPolicy:
 
     def desired(self, now: float, view: TierView) -> int:
         pods = tuple(
-            autoscale.PodLoad(f"pod-{i}", float(p.waiting), float(p.running), now) for i, p in enumerate(view.ready_pods)
+            autoscale.PodLoad(f"pod-{i}", None, None, None) if p.missing
+            else autoscale.PodLoad(f"pod-{i}", float(p.waiting), float(p.running), now)
+            for i, p in enumerate(view.ready_pods)
         )
         decision = autoscale.decide(
             self.autoscaling, self.replicas,
@@ -107,6 +110,7 @@ class HPAUtilizationPolicy:
         self.hpa = _HPA(replicas.min, replicas.max)
 
     def desired(self, now: float, view: TierView) -> int:
+        view = _without_missing(view)
         if not view.ready_pods:
             return self.hpa.step(now, view.current_replicas, None, view.current_replicas)
         total = sum(p.busy_fraction for p in view.ready_pods)
@@ -127,6 +131,7 @@ class KEDAWaitingPolicy:
         self.hpa = _HPA(max(1, replicas.min), replicas.max)
 
     def desired(self, now: float, view: TierView) -> int:
+        view = _without_missing(view)
         if not view.ready_pods:
             return self.hpa.step(now, view.current_replicas, None, view.current_replicas)
         waiting = sum(p.waiting for p in view.ready_pods)
@@ -149,9 +154,18 @@ class KEDAInFlightPolicy:
                         down_step_replicas=autoscaling.scale_down_step_replicas)
 
     def desired(self, now: float, view: TierView) -> int:
+        view = _without_missing(view)
         if not view.ready_pods:
             return self.hpa.step(now, view.current_replicas, None, view.current_replicas)
         total = sum(p.waiting + p.running for p in view.ready_pods)
         raw = math.ceil(total / self.threshold - 1e-9)
         ratio = total / (self.threshold * max(1, view.current_replicas))
         return self.hpa.step(now, view.current_replicas, ratio, raw)
+
+
+def _without_missing(view: TierView) -> TierView:
+    """The baselines leave out pods whose metrics are missing (as the HPA does for a pod
+    without metrics), which is what lets them shrink on a metrics outage."""
+    if not any(p.missing for p in view.ready_pods):
+        return view
+    return TierView(view.current_replicas, tuple(p for p in view.ready_pods if not p.missing), view.spilled_requests)
