@@ -39,13 +39,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from ..api.conditions import (
+from shoal.api.conditions import (
     REASON_AUTOSCALING_DISABLED,
     REASON_DELEGATED_TO_KEDA,
     REASON_METRICS_FRESH,
     REASON_METRICS_MISSING,
 )
-from ..api.modeltier import AutoscalingSpec, ReplicasSpec
+from shoal.api.modeltier import AutoscalingSpec, ReplicasSpec
 
 # --- decision reasons (AutoscalerStatus.reason) ------------------------------------------
 # One CamelCase word each; the set is closed so dashboards and alerts can rely on it.

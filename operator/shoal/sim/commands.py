@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from ..api.modeltier import ModelTier
+from shoal.api.modeltier import ModelTier
 from . import report, trace
 from .engine import EngineModel
 from .fleet import ScalingPolicy, TierConfig, simulate

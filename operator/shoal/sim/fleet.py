@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..router.decision import TierState
+from shoal.router.decision import TierState
 from . import routing
 from .engine import DECODE_DONE, PREFILL_DONE, EngineModel, Replica, Request
 from .policies import PodView, TierView

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..api.modeltier import AutoscalingSpec, ReplicasSpec
-from ..plan import autoscale
+from shoal.api.modeltier import AutoscalingSpec, ReplicasSpec
+from shoal.plan import autoscale
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..router import decision as router
+from shoal.router import decision as router
 
 
 def ladder_policy(tier_names: Sequence[str], spill_queue_depths: Sequence[int | None]) -> router.Policy:
