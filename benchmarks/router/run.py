@@ -256,8 +256,11 @@ class Result:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if m is None:
+        return float("nan")
+    value, unit = m.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
 def wrk(url: str, concurrency: int, seconds: int) -> Closed:
@@ -375,22 +378,63 @@ def idle_connections_rss(url: str, pid: int, count: int = 2000) -> float:
             s.close()
 
 
-def measure(target: Target, concurrencies: list[int], seconds: int, open_seconds: float, ttft_requests: int) -> Result:
-    result = Result(target.name, note=target.note)
-    wrk(target.url, 16, 2)  # warm-up
-    for c in concurrencies:
-        result.closed[c] = wrk(target.url, c, seconds)
-        print(f"  {target.name:12s} c={c:<4d} {result.closed[c].rps:9.0f} req/s  p50 {result.closed[c].p50_ms:7.2f} ms  p99 {result.closed[c].p99_ms:7.2f} ms  errors {result.closed[c].errors}", flush=True)
-    p50, p99, achieved, errors = asyncio.run(open_loop(target.url, 500, open_seconds))
-    result.open_p50_ms, result.open_p99_ms, result.open_achieved_rps, result.open_errors = p50, p99, achieved, errors
-    print(f"  {target.name:12s} open 500/s  p50 {p50:.2f} ms  p99 {p99:.2f} ms  ({achieved:.0f}/s, errors {errors})", flush=True)
-    result.ttft_p50_ms, result.ttft_p99_ms = asyncio.run(ttft(target.url, ttft_requests))
-    print(f"  {target.name:12s} TTFT p50 {result.ttft_p50_ms:.2f} ms  p99 {result.ttft_p99_ms:.2f} ms", flush=True)
-    if target.pid is not None and target.name != "direct":
-        _, result.rss_mb = rss_mb(target.pid)
-        if target.name.startswith("shoal"):
-            result.rss_idle_mb = idle_connections_rss(target.url, target.pid)
-    return result
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies: list[int], rounds: int, seconds: int, open_seconds: float, ttft_requests: int) -> None:
+    """Interleave the targets (every target at one setting, then the next setting), and
+    repeat: drift in the machine's load then hits every target alike. Medians are kept."""
+    closed: dict[str, dict[int, list[Closed]]] = {t.name: {c: [] for c in concurrencies} for t in targets}
+    opened: dict[str, list[tuple[float, float, float, int]]] = {t.name: [] for t in targets}
+    ttfts: dict[str, list[tuple[float, float]]] = {t.name: [] for t in targets}
+    live = list(targets)
+
+    def guarded(target: Target, what: str, fn):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - a peer failing mid-run is reported
+            print(f"  {target.name}: {what} failed: {exc}", flush=True)
+            results[target.name].error = f"{what}: {exc}"[:300]
+            live.remove(target)
+            return None
+
+    for round_ in range(1, rounds + 1):
+        print(f"== round {round_}/{rounds}", flush=True)
+        for c in concurrencies:
+            for target in list(live):
+                got = guarded(target, f"wrk c={c}", lambda: wrk(target.url, c, seconds))
+                if got is not None:
+                    closed[target.name][c].append(got)
+                    print(f"  {target.name:12s} c={c:<4d} {got.rps:9.0f} req/s  p50 {got.p50_ms:7.2f} ms  p99 {got.p99_ms:7.2f} ms  errors {got.errors}", flush=True)
+        for target in list(live):
+            got = guarded(target, "open loop", lambda: asyncio.run(open_loop(target.url, 500, open_seconds)))
+            if got is not None:
+                opened[target.name].append(got)
+                print(f"  {target.name:12s} open 500/s  p50 {got[0]:.2f} ms  p99 {got[1]:.2f} ms  ({got[2]:.0f}/s, errors {got[3]})", flush=True)
+        for target in list(live):
+            got = guarded(target, "ttft", lambda: asyncio.run(ttft(target.url, ttft_requests)))
+            if got is not None:
+                ttfts[target.name].append(got)
+                print(f"  {target.name:12s} TTFT p50 {got[0]:.2f} ms  p99 {got[1]:.2f} ms", flush=True)
+
+    for target in targets:
+        r = results[target.name]
+        if r.error:
+            continue
+        for c in concurrencies:
+            runs = closed[target.name][c]
+            r.closed[c] = Closed(median([x.rps for x in runs]), median([x.p50_ms for x in runs]), median([x.p99_ms for x in runs]), sum(x.errors for x in runs))
+        r.open_p50_ms = median([x[0] for x in opened[target.name]])
+        r.open_p99_ms = median([x[1] for x in opened[target.name]])
+        r.open_achieved_rps = median([x[2] for x in opened[target.name]])
+        r.open_errors = sum(x[3] for x in opened[target.name])
+        r.ttft_p50_ms = median([x[0] for x in ttfts[target.name]])
+        r.ttft_p99_ms = median([x[1] for x in ttfts[target.name]])
+        if target.pid is not None:
+            _, r.rss_mb = rss_mb(target.pid)
+            if target.name.startswith("shoal"):
+                r.rss_idle_mb = idle_connections_rss(target.url, target.pid)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -453,9 +497,10 @@ def main() -> int:
     parser.add_argument("--setup", action="store_true", help="install the peers into benchmarks/router/out/peers and exit")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--concurrency", default="1,16,64,256")
-    parser.add_argument("--seconds", type=int, default=8, help="duration of each closed-loop run")
-    parser.add_argument("--open-seconds", type=float, default=10.0)
-    parser.add_argument("--ttft-requests", type=int, default=300)
+    parser.add_argument("--seconds", type=int, default=5, help="duration of each closed-loop run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--open-seconds", type=float, default=8.0)
+    parser.add_argument("--ttft-requests", type=int, default=200)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
     if args.setup:
@@ -463,23 +508,26 @@ def main() -> int:
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    names = args.targets.split(",")
+    results = {name: Result(name) for name in names}
     engine = start_engine()
-    results: list[Result] = []
+    started: list[Target] = []
     try:
-        for name in args.targets.split(","):
-            print(f"== {name}", flush=True)
-            target = None
+        for name in names:
             try:
                 target = Target("direct", engine.url) if name == "direct" else STARTERS[name](engine)
-                results.append(measure(target, concurrencies, args.seconds, args.open_seconds, args.ttft_requests))
+                started.append(target)
+                results[name].note = target.note
+                wrk(target.url, 16, 2)  # warm-up
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
                 print(f"  {name}: {exc}", flush=True)
-                results.append(Result(name, error=str(exc)[:300]))
-            finally:
-                if target is not None:
-                    target.stop()
+                results[name].error = str(exc)[:300]
+        run_rounds(started, results, concurrencies, args.rounds, args.seconds, args.open_seconds, args.ttft_requests)
     finally:
+        for target in started:
+            target.stop()
         engine.stop()
+    results = [results[name] for name in names]
     report = table(results, concurrencies)
     print(report)
     if not args.no_write:
