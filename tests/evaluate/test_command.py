@@ -244,3 +244,23 @@ def test_sequential_mode_needs_the_serving_baseline(tmp_path, dataset_file):
     )
     assert process.returncode == 2
     assert message["message"] == "--sequential compares with the serving checkpoint: it needs spec.baseline serving"
+
+
+def test_baseline_requests_are_pinned_to_the_serving_tiers_own_engine_and_the_spec_picks_the_rule(tmp_path, dataset_file):
+    from shoal.evaluate.commands import add_arguments, load_settings
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    spec = write_spec(tmp_path, baseline="serving", regressionRule="nonInferiority")
+    args = parser.parse_args([
+        "--spec", str(spec), "--dataset", str(dataset_file), "--endpoint", "http://127.0.0.1:1/v1", "--model", "m",
+        "--baseline-endpoint", "http://small.llm.svc/v1", "--baseline-model", "m",
+    ])
+    settings = load_settings(args, {})
+    assert settings.baseline.headers() == {"x-shoal-hop": "1"}
+    assert settings.candidate.headers() == {}
+    assert settings.regression_rule == "nonInferiority"
+    override = parser.parse_args([*map(str, ["--spec", spec, "--dataset", dataset_file, "--endpoint", "http://127.0.0.1:1/v1", "--model", "m",
+                                               "--baseline-endpoint", "http://x/v1", "--baseline-model", "m", "--regression-rule", "provenRegression"])])
+    assert load_settings(override, {}).regression_rule == "provenRegression"

@@ -550,6 +550,17 @@ class EvaluationSpec(ShoalModel):
         le=1,
         description="With baseline serving: the largest drop in a scorer's metric tolerated, judged on the paired confidence interval.",
     )
+    regression_rule: Literal["provenRegression", "nonInferiority"] = Field(
+        default="provenRegression",
+        description=(
+            "With baseline serving, how the paired interval of candidate minus serving is judged. "
+            "provenRegression blocks only when the whole interval is below zero and its lower bound "
+            "is below -maxRegression (no evidence of a regression: equal candidates are rarely "
+            "blocked, small datasets miss small regressions). nonInferiority passes only when the "
+            "lower bound is at least -maxRegression (evidence of no regression: needs large datasets). "
+            "benchmarks/eval-gate has the error rates of both."
+        ),
+    )
     confidence_level: float = Field(default=0.95, ge=0.5, le=0.999, description="Confidence level of the intervals.")
     interval_method: Literal["wilson", "bootstrap"] = Field(default="wilson", description="How confidence intervals are computed.")
     concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight during the evaluation.")

@@ -81,6 +81,9 @@ def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
     }
 
 
+# A request one router sidecar forwards to another tier's Service carries this header;
+# the receiving sidecar serves it with its own engine and never routes it on.
+HOP_HEADER = "x-shoal-hop"
 # The container of an evaluation Job that runs `shoal eval`.
 EVAL_CONTAINER = "eval"
 # The checkpoint a pod template (Deployment) or evaluation Job is for.

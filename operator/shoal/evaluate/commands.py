@@ -25,6 +25,7 @@ import httpx
 from pydantic import ValidationError
 
 from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
+from shoal.api.naming import HOP_HEADER
 
 from . import dataset as datasets
 from . import engine as engines
@@ -72,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     spec.add_argument("--spec", type=Path, help=f"JSON file holding spec.rollout.evaluation (else the {SPEC_ENV} environment variable)")
     spec.add_argument("--dataset", type=Path, help="local JSON Lines file (the mounted ConfigMap key); overrides spec.dataset")
     spec.add_argument("--checkpoint", help="checkpoint URI recorded in the verdict (default: --serve-checkpoint, else the endpoint)")
-    spec.add_argument("--regression-rule", choices=REGRESSION_RULES, default=DEFAULT_REGRESSION_RULE,
-                      help="how the paired interval is judged against maxRegression (default %(default)s)")
+    spec.add_argument("--regression-rule", choices=REGRESSION_RULES, default=None,
+                      help=f"how the paired interval is judged against maxRegression (default: the spec's regressionRule, else {DEFAULT_REGRESSION_RULE})")
     spec.add_argument("--seed", type=int, default=0, help="seed for sampling requests and the bootstrap (default 0)")
     spec.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the evaluated requests (default 0)")
     spec.add_argument("--sequential", action="store_true",
@@ -161,7 +162,9 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     if spec.baseline == "serving":
         if not (args.baseline_endpoint and args.baseline_model):
             raise EvalError("spec.baseline is serving: pass --baseline-endpoint and --baseline-model")
-        baseline = runner.Target(args.baseline_endpoint, args.baseline_model, env.get(API_KEY_ENV))
+        # The tier's Service is its router sidecar: the hop header makes it answer with its
+        # own engine (the serving checkpoint) instead of routing the request up the ladder.
+        baseline = runner.Target(args.baseline_endpoint, args.baseline_model, env.get(API_KEY_ENV), extra_headers=((HOP_HEADER, "1"),))
     if args.sequential and baseline is None:
         raise EvalError("--sequential compares with the serving checkpoint: it needs spec.baseline serving")
     if not 0.0 <= args.max_error_fraction < 1.0:
@@ -191,7 +194,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         engine_ready_timeout_seconds=args.engine_ready_timeout_seconds,
         engine_log=args.engine_log,
         sampling=runner.Sampling(temperature=args.temperature, max_tokens=spec.max_tokens, seed=args.seed),
-        regression_rule=args.regression_rule,
+        regression_rule=args.regression_rule or spec.regression_rule,
         seed=args.seed,
         max_error_fraction=args.max_error_fraction,
         timeout_seconds=args.timeout_seconds if args.timeout_seconds is not None else float(spec.timeout_seconds),

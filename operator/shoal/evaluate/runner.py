@@ -39,9 +39,13 @@ class Target:
     base_url: str  # ".../v1"
     model: str
     api_key: str | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = dict(self.extra_headers)
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
 
 @dataclass(frozen=True)
