@@ -1,9 +1,9 @@
 """End-to-end fixtures: one real local control plane per test session.
 
 The control plane is the same one `shoal dev up` runs (etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler and kwok, built from Go modules on first use; a
-first build takes 10-25 minutes on 2 cores, later sessions start in seconds). Tests are
-never skipped for missing binaries: they are built.
+kube-controller-manager, kube-scheduler and kwok, built from Go modules on first use: about
+8 minutes on 2 cores with an empty Go build cache; later sessions start it in about 10
+seconds). Tests are never skipped for missing binaries: they are built.
 
 Set SHOAL_E2E_STATE_DIR to keep the cluster's state (logs, audit log) in a known place.
 """

@@ -318,7 +318,8 @@ def build_kubernetes(
         started = time.monotonic()
         progress(
             f"building {', '.join(KUBERNETES_COMPONENTS)} {version} from Go modules; "
-            f"a first build takes 10-25 minutes on 2 cores (log: {log})"
+            f"a first build takes about 6 minutes on 2 idle cores, more on a busy machine "
+            f"(log: {log})"
         )
         info = json.loads(
             _run([go, "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
@@ -352,7 +353,7 @@ def build_etcd(
         env = _go_env()
         log = work / "build.log"
         started = time.monotonic()
-        progress(f"building etcd {version} from Go modules; a first build takes a few minutes "
+        progress(f"building etcd {version} from Go modules; a first build takes about a minute "
                  f"(log: {log})")
         (work / "go.mod").write_text(etcd_wrapper_go_mod(version))
         (work / "go.sum").unlink(missing_ok=True)
