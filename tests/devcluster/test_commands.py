@@ -1,0 +1,59 @@
+"""The `shoal dev` command group: arguments and the failures that need no cluster."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from shoal.devcluster import commands
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="shoal")
+    commands.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_up_defaults_to_the_default_cluster_with_operator_and_examples():
+    args = _parse("dev", "up")
+    assert (args.name, args.state_dir, args.nodes) == ("shoal", None, None)
+    assert (args.detach, args.no_operator, args.no_examples) == (False, False, False)
+    assert args.func is commands.cmd_up
+
+
+def test_up_takes_a_node_file_and_switches():
+    args = _parse("dev", "up", "--name", "x", "--nodes", "n.yaml", "--detach", "--no-operator",
+                  "--no-examples")
+    assert (args.name, args.nodes, args.detach, args.no_operator, args.no_examples) == (
+        "x", Path("n.yaml"), True, True, True)
+
+
+@pytest.mark.parametrize(("sub", "func"), [("status", commands.cmd_status), ("down", commands.cmd_down)])
+def test_status_and_down_are_registered(sub, func):
+    assert _parse("dev", sub).func is func
+
+
+def test_dev_needs_a_subcommand():
+    with pytest.raises(SystemExit):
+        _parse("dev")
+
+
+def test_up_with_a_missing_node_file_fails_before_starting_anything(tmp_path, capsys):
+    args = _parse("dev", "up", "--state-dir", str(tmp_path / "s"), "--nodes", str(tmp_path / "nope.yaml"))
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("shoal: cannot use the node file") and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_status_of_a_cluster_that_never_ran_is_stopped_with_exit_3(tmp_path, capsys):
+    args = _parse("dev", "status", "--state-dir", str(tmp_path / "s"))
+    assert args.func(args) == 3
+    out = capsys.readouterr().out
+    assert out.count(" stopped ") == 6
+
+
+def test_down_of_a_cluster_that_never_ran_says_so(tmp_path, capsys):
+    args = _parse("dev", "down", "--state-dir", str(tmp_path / "s"))
+    assert args.func(args) == 0
+    assert "nothing was running" in capsys.readouterr().out
