@@ -89,7 +89,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     kube = Kube(load_connection(), registry=REGISTRY)
     # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client.
     memo.metrics_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0))
-    memo.reconcilers = Reconcilers(kube, autoscaler=Autoscaler(kube, memo.metrics_http))
+    memo.reconcilers = Reconcilers(
+        kube,
+        autoscaler=Autoscaler(kube, memo.metrics_http),
+        on_promoted=lambda ns, policy: memo.policy_refresh.request(ns, policy),
+    )
     memo.tier_refresh = Debouncer(memo.reconcilers.tier, DEBOUNCE_SECONDS)
     memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)
 

@@ -56,9 +56,18 @@ def validation_message(exc: ValidationError) -> str:
 
 
 class Reconcilers:
-    def __init__(self, kube: Kube, autoscaler: Autoscaler | None = None, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        autoscaler: Autoscaler | None = None,
+        clock: Clock = utcnow,
+        on_promoted: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.kube = kube
         self.autoscaler = autoscaler
+        # Called with (namespace, policy) when a tier's serving checkpoint changed: the other
+        # tiers' sidecars key their caches of this tier's answers by it.
+        self.on_promoted = on_promoted
         self.clock = clock
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
@@ -142,6 +151,8 @@ class Reconcilers:
             patch = plan.status_patch(body.get("status"))
             if patch:
                 await self.kube.patch_status(*TIER, namespace, name, patch)
+                if "servingCheckpoint" in patch and tier.spec.router.route_policy and self.on_promoted:
+                    self.on_promoted(namespace, tier.spec.router.route_policy)
             for event in plan.events:
                 await self.kube.event(body, event.type, event.reason, event.message)
 
