@@ -454,3 +454,19 @@ def test_metrics_have_no_created_series(fresh_engines, start_router, tmp_path):
     text = router.get("/metrics")[1]
     assert "shoal_requests_total{" in text
     assert "_created" not in text
+
+
+def test_low_confidence_starts_one_tier_up_and_counts_an_escalation(fresh_engines, start_router, tmp_path):
+    from shoal.router.classifier import read_labelled, train
+
+    from .conftest import LABELLED
+
+    model = tmp_path / "classifier.json"
+    model.write_text(json.dumps(train(read_labelled(LABELLED), classes=["small", "medium", "frontier"]).to_json()))
+    # No prediction reaches a threshold of 1: every request is "unsure".
+    router = start_router(ladder_config(fresh_engines, tmp_path, rules=[], classifier={"path": str(model), "confidenceThreshold": 1.0}))
+    raw = client_for(router).chat.completions.with_raw_response.create(
+        model="x", messages=[{"role": "user", "content": "What is the capital of Italy?"}]
+    )
+    assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("medium", "classifier-low-confidence")
+    assert router.metric("shoal_escalations_total", {"tier": "medium", "reason": "classifier-low-confidence"}) == 1.0

@@ -625,7 +625,10 @@ class Router:
             return
         if reason == routing.FALLBACK:
             m.escalations.labels(tier.name, routing.FALLBACK).inc()
-        elif decided.reason in (routing.LOW_CONFIDENCE, routing.SPILLOVER, routing.BUDGET):
+        elif decided.reason in (routing.SPILLOVER, routing.BUDGET) or (
+            decided.reason == routing.LOW_CONFIDENCE and decided.predicted is not None and decided.predicted.tier != tier.name
+        ):
+            # Started above the tier it would otherwise have: an escalation by decision.
             m.escalations.labels(tier.name, decided.reason).inc()
         if usage is None:
             return
