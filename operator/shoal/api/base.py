@@ -13,7 +13,7 @@ the CEL text beside the Python check that mirrors it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -51,6 +51,38 @@ class ShoalModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest: camelCase, unset optionals omitted."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class KubeObject(ShoalModel):
+    """A whole object as the API server stores it; `from_body` validates it.
+
+    Subclasses declare apiVersion, kind, spec and status. Fields the API server adds
+    (managedFields, kopf's annotations) are accepted and ignored.
+    """
+
+    model_config = ShoalModel.model_config | {"extra": "ignore"}
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Any) -> Self:
+        return cls.model_validate(dict(body))
+
+    @property
+    def name(self) -> str:
+        return self.metadata["name"]
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.get("namespace") or "default"
+
+    @property
+    def uid(self) -> str | None:
+        return self.metadata.get("uid")
+
+    @property
+    def generation(self) -> int | None:
+        return self.metadata.get("generation")
 
 
 def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:

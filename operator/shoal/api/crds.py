@@ -159,6 +159,38 @@ _POLICY_DOC = (
 )
 
 
+def _crd(names: dict[str, Any], schema: dict[str, Any], subresources: dict[str, Any], columns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CustomResourceDefinition envelope shared by every Shoal kind."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{names['plural']}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "shoal"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {**names, "categories": ["shoal"]},
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
+
+
+def _ready_column(what: str) -> dict[str, Any]:
+    return {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "description": what}
+
+
+_REASON_COLUMN = {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "description": "Why it is or is not ready."}
+_AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
 def modeltier_crd() -> dict[str, Any]:
     schema = _root(
         ModelTierSpec,
@@ -168,84 +200,42 @@ def modeltier_crd() -> dict[str, Any]:
         name_schema={"type": "string", "maxLength": MAX_TIER_NAME_LENGTH, "pattern": DNS_LABEL_PATTERN},
     )
     schema["description"] = _TIER_DOC
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"modeltiers.{GROUP}", "labels": {"app.kubernetes.io/part-of": "shoal"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": "ModelTier",
-                "listKind": "ModelTierList",
-                "plural": "modeltiers",
-                "singular": "modeltier",
-                "shortNames": ["mt", "tier"],
-                "categories": ["shoal"],
+    return _crd(
+        {"kind": "ModelTier", "listKind": "ModelTierList", "plural": "modeltiers", "singular": "modeltier", "shortNames": ["mt", "tier"]},
+        schema,
+        {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas.desired",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas.desired",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": [
-                        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "description": "Whether the tier serves traffic."},
-                        {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "description": "Served model name."},
-                        {"name": "Checkpoint", "type": "string", "jsonPath": ".status.servingCheckpoint", "description": "Checkpoint serving traffic."},
-                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready replicas."},
-                        {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "description": "Why the tier is or is not ready."},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                }
-            ],
         },
-    }
+        [
+            _ready_column("Whether the tier serves the checkpoint its spec asks for."),
+            {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "description": "Served model name."},
+            {"name": "Checkpoint", "type": "string", "jsonPath": ".status.servingCheckpoint", "description": "Checkpoint serving traffic."},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready replicas."},
+            _REASON_COLUMN,
+            _AGE_COLUMN,
+        ],
+    )
 
 
 def routepolicy_crd() -> dict[str, Any]:
     schema = _root(RoutePolicySpec, RoutePolicyStatus, "RoutePolicy", [])
     schema["description"] = _POLICY_DOC
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"routepolicies.{GROUP}", "labels": {"app.kubernetes.io/part-of": "shoal"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": "RoutePolicy",
-                "listKind": "RoutePolicyList",
-                "plural": "routepolicies",
-                "singular": "routepolicy",
-                "shortNames": ["rp"],
-                "categories": ["shoal"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "description": "Whether the policy routes traffic."},
-                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "description": "In-cluster URL of the policy."},
-                        {"name": "Reason", "type": "string", "priority": 1, "jsonPath": '.status.conditions[?(@.type=="Ready")].reason', "description": "Why the policy is or is not ready."},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                }
-            ],
-        },
-    }
+    return _crd(
+        {"kind": "RoutePolicy", "listKind": "RoutePolicyList", "plural": "routepolicies", "singular": "routepolicy", "shortNames": ["rp"]},
+        schema,
+        {"status": {}},
+        [
+            _ready_column("Whether the policy routes traffic."),
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "description": "In-cluster URL of the policy."},
+            _REASON_COLUMN,
+            _AGE_COLUMN,
+        ],
+    )
 
 
 def generate_crds() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from .base import (
     MAX_TIER_NAME_LENGTH,
     QUANTITY_PATTERN,
     ConfigMapKeyReference,
+    KubeObject,
     LocalObjectReference,
     SecretKeyReference,
     ShoalModel,
@@ -707,16 +708,13 @@ class ModelTierStatus(ShoalModel):
     autoscaler: AutoscalerStatus | None = Field(default=None, description="The autoscaler's latest observation and decision.")
 
 
-class ModelTier(ShoalModel):
+class ModelTier(KubeObject):
     """A whole ModelTier object. `from_body` validates what the API server stored."""
 
     api_version: Literal["shoal.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["ModelTier"] = KIND
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelTierSpec
     status: ModelTierStatus = Field(default_factory=ModelTierStatus)
-
-    model_config = ShoalModel.model_config | {"extra": "ignore"}
 
     @field_validator("metadata")
     @classmethod
@@ -728,26 +726,6 @@ class ModelTier(ShoalModel):
                 "starting with a letter (the tier's Service and Jobs are named after it)"
             )
         return metadata
-
-    @classmethod
-    def from_body(cls, body: Any) -> ModelTier:
-        return cls.model_validate(dict(body))
-
-    @property
-    def name(self) -> str:
-        return self.metadata["name"]
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.get("namespace") or "default"
-
-    @property
-    def uid(self) -> str | None:
-        return self.metadata.get("uid")
-
-    @property
-    def generation(self) -> int | None:
-        return self.metadata.get("generation")
 
 
 def is_model_uri(value: str) -> bool:

@@ -69,6 +69,17 @@ def policy_endpoint(policy_name: str, namespace: str) -> str:
     return f"http://{service_host(policy_service_name(policy_name), namespace)}/v1"
 
 
+def child_metadata(owner_kind: str, owner: Any, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    """Metadata of an object Shoal creates for `owner` (a ModelTier or RoutePolicy):
+    in the owner's namespace, owned by it so deleting the owner collects it."""
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner_kind, owner.name, owner.uid)],
+    }
+
+
 def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
     """A controller owner reference, so deleting the owner garbage-collects the child."""
     return {

@@ -18,6 +18,7 @@ from .base import (
     API_VERSION,
     DNS_LABEL_PATTERN,
     ConfigMapKeyReference,
+    KubeObject,
     LocalObjectReference,
     SecretKeyReference,
     ShoalModel,
@@ -273,23 +274,10 @@ class RoutePolicyStatus(ShoalModel):
     endpoint: str | None = Field(default=None, description="In-cluster base URL of the policy's OpenAI-compatible API (the entry Service).")
 
 
-class RoutePolicy(ShoalModel):
+class RoutePolicy(KubeObject):
+    """A whole RoutePolicy object. `from_body` validates what the API server stored."""
+
     api_version: Literal["shoal.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
     kind: Literal["RoutePolicy"] = KIND
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: RoutePolicySpec
     status: RoutePolicyStatus = Field(default_factory=RoutePolicyStatus)
-
-    model_config = ShoalModel.model_config | {"extra": "ignore"}
-
-    @classmethod
-    def from_body(cls, body: Any) -> RoutePolicy:
-        return cls.model_validate(dict(body))
-
-    @property
-    def name(self) -> str:
-        return self.metadata["name"]
-
-    @property
-    def namespace(self) -> str:
-        return self.metadata.get("namespace") or "default"

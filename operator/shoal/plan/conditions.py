@@ -82,6 +82,22 @@ def update_conditions(
     return sorted(merged, key=lambda c: ORDER.index(c["type"]) if c.get("type") in ORDER else len(ORDER))
 
 
+def status_patch(
+    wanted: dict[str, Any], stored: dict[str, Any] | None, rebuilt: frozenset[str] = frozenset()
+) -> dict[str, Any] | None:
+    """The merge patch that turns `stored` into `wanted`, or None when nothing differs.
+
+    Fields in `rebuilt` are recomputed from observations on every pass: one that is no
+    longer reported is removed (merge-patch null). Other stored fields are left alone.
+    """
+    stored = stored or {}
+    patch = {k: v for k, v in wanted.items() if stored.get(k) != v}
+    for key in stored:
+        if key not in wanted and key in rebuilt:
+            patch[key] = None
+    return patch or None
+
+
 def find(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
     for cond in conditions or []:
         if cond.get("type") == type_:

@@ -10,7 +10,9 @@ from shoal.api import conditions as C
 from shoal.api.naming import policy_endpoint
 from shoal.api.routepolicy import RoutePolicy
 
-from .conditions import Cond, merge_conditions
+from .conditions import Cond, merge_conditions, status_patch
+
+__all__ = ["PolicyObservation", "policy_status", "status_patch", "unresolved"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,3 @@ def policy_status(policy: RoutePolicy, observed: PolicyObservation, now: datetim
         "endpoint": policy_endpoint(policy.name, policy.namespace),
         "conditions": merge_conditions(previous.get("conditions"), wanted, policy.metadata.get("generation"), now),
     }
-
-
-def status_patch(wanted: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any] | None:
-    stored = stored or {}
-    patch = {k: v for k, v in wanted.items() if stored.get(k) != v}
-    return patch or None

@@ -16,7 +16,7 @@ from shoal.api.modeltier import ModelTier
 from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoint, tier_selector
 
-from .conditions import Cond, EventSpec, find, flips, update_conditions
+from .conditions import Cond, EventSpec, find, flips, status_patch, update_conditions
 from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
 
 __all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
@@ -73,18 +73,12 @@ class TierPlan:
 
     def status_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """The status fields that differ from what is stored, or None when nothing does."""
-        stored = stored or {}
-        patch = {k: v for k, v in self.status.items() if stored.get(k) != v}
-        # Fields that are no longer reported are removed (merge-patch null).
-        for key in stored:
-            if key not in self.status and key in _OBSERVED_FIELDS:
-                patch[key] = None
-        return patch or None
+        return status_patch(self.status, stored, _OBSERVED_FIELDS)
 
 
-# Status fields rebuilt from observations on every pass. Others (the rollout's record of
-# what serves, the autoscaler's history) are carried over by their own planners.
-_OBSERVED_FIELDS = {"observedGeneration", "conditions", "replicas", "readyReplicas", "updatedReplicas", "selector", "endpoint"}
+# Status fields rebuilt from observations on every pass. Others (the autoscaler's part)
+# are written by their own planners and left alone here.
+_OBSERVED_FIELDS = frozenset({"observedGeneration", "conditions", "replicas", "readyReplicas", "updatedReplicas", "selector", "endpoint"})
 
 
 def referenced_objects(tier: ModelTier) -> tuple[set[str], set[str]]:

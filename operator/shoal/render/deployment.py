@@ -26,7 +26,7 @@ from shoal.api.naming import (
     CONFIG_KEY,
     CONFIG_MOUNT,
     SECRETS_MOUNT,
-    owner_reference,
+    child_metadata,
     router_configmap_name,
     tier_labels,
     tier_selector,
@@ -244,22 +244,36 @@ def _volumes(tier: ModelTier, ctx: DeploymentContext) -> list[dict[str, Any]]:
     return volumes
 
 
-def _tolerations(tier: ModelTier) -> list[dict[str, Any]]:
+def placement(tier: ModelTier, gpus: int) -> dict[str, Any]:
+    """Pod spec fields that decide where a pod of this tier runs, for `gpus` GPUs each.
+
+    Shared by the serving pods and the evaluation Job, so a candidate is evaluated on the
+    hardware it will serve on.
+    """
     gpu = tier.spec.resources.gpu
+    sched = tier.spec.scheduling
     tolerations: list[dict[str, Any]] = []
-    if gpu.count > 0:
+    node_selector: dict[str, str] = {}
+    if gpus > 0:
         tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
-    tolerations += [t.to_wire() for t in tier.spec.scheduling.tolerations]
-    return tolerations
-
-
-def _node_selector(tier: ModelTier) -> dict[str, str]:
-    selector: dict[str, str] = {}
-    gpu = tier.spec.resources.gpu
-    if gpu.count > 0 and gpu.product:
-        selector["nvidia.com/gpu.product"] = gpu.product
-    selector.update(tier.spec.scheduling.node_selector)
-    return selector
+        if gpu.product:
+            node_selector["nvidia.com/gpu.product"] = gpu.product
+    tolerations += [t.to_wire() for t in sched.tolerations]
+    node_selector.update(sched.node_selector)
+    fields: dict[str, Any] = {"tolerations": tolerations}
+    if node_selector:
+        fields["nodeSelector"] = node_selector
+    if sched.affinity:
+        fields["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        fields["priorityClassName"] = sched.priority_class_name
+    if sched.runtime_class_name:
+        fields["runtimeClassName"] = sched.runtime_class_name
+    if sched.service_account_name:
+        fields["serviceAccountName"] = sched.service_account_name
+    if sched.image_pull_secrets:
+        fields["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
+    return fields
 
 
 def render_deployment(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]:
@@ -279,33 +293,15 @@ def render_deployment(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]
         },
         "containers": [_engine_container(tier, ctx.checkpoint), _router_container(tier, ctx)],
         "volumes": _volumes(tier, ctx),
-        "tolerations": _tolerations(tier),
+        **placement(tier, spec.resources.gpu.count),
     }
-    node_selector = _node_selector(tier)
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if sched.affinity:
-        pod_spec["affinity"] = sched.affinity
-    if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
     if sched.topology_spread_constraints:
         pod_spec["topologySpreadConstraints"] = sched.topology_spread_constraints
-    if sched.runtime_class_name:
-        pod_spec["runtimeClassName"] = sched.runtime_class_name
-    if sched.service_account_name:
-        pod_spec["serviceAccountName"] = sched.service_account_name
-    if sched.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
 
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": tier.name,
-            "namespace": tier.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": child_metadata("ModelTier", tier, tier.name, labels),
         "spec": {
             "replicas": ctx.replicas,
             "selector": {"matchLabels": tier_selector(tier.name)},

@@ -31,13 +31,13 @@ from shoal.api.naming import (
     COMPONENT_EVALUATION,
     CHECKPOINT_ANNOTATION,
     EVAL_CONTAINER,
+    child_metadata,
     eval_job_name,
-    owner_reference,
     tier_endpoint,
     tier_labels,
 )
 
-from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, model_location
+from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, model_location, placement
 
 DATASET_MOUNT = "/etc/shoal/dataset"
 TERMINATION_LOG = "/dev/termination-log"
@@ -176,16 +176,6 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
     if spec.model.credentials_secret_ref is not None:
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret_ref.name}}]
 
-    sched = spec.scheduling
-    tolerations: list[dict[str, Any]] = []
-    node_selector: dict[str, str] = {}
-    if gpus > 0:
-        tolerations.append({"key": gpu.resource_name, "operator": "Exists", "effect": "NoSchedule"})
-        if gpu.product:
-            node_selector["nvidia.com/gpu.product"] = gpu.product
-    tolerations += [t.to_wire() for t in sched.tolerations]
-    node_selector.update(sched.node_selector)
-
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -199,32 +189,14 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
         },
         "containers": [container],
         "volumes": volumes,
-        "tolerations": tolerations,
+        **placement(tier, gpus),
     }
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    if sched.affinity:
-        pod_spec["affinity"] = sched.affinity
-    if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
-    if sched.runtime_class_name:
-        pod_spec["runtimeClassName"] = sched.runtime_class_name
-    if sched.service_account_name:
-        pod_spec["serviceAccountName"] = sched.service_account_name
-    if sched.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [s.to_wire() for s in sched.image_pull_secrets]
 
     annotations = {CHECKPOINT_ANNOTATION: ctx.checkpoint}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": tier.namespace,
-            "labels": labels,
-            "annotations": annotations,
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": {**child_metadata("ModelTier", tier, name, labels), "annotations": annotations},
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": evaluation.timeout_seconds,

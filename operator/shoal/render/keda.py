@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import owner_reference, tier_labels
+from shoal.api.naming import child_metadata, tier_labels
 
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 
@@ -70,11 +70,6 @@ def render_scaled_object(tier: ModelTier, deployment_name: str | None = None) ->
     return {
         "apiVersion": KEDA_API_VERSION,
         "kind": "ScaledObject",
-        "metadata": {
-            "name": tier.name,
-            "namespace": tier.namespace,
-            "labels": tier_labels(tier.name),
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": child_metadata("ModelTier", tier, tier.name, tier_labels(tier.name)),
         "spec": spec,
     }

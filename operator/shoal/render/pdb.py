@@ -6,19 +6,14 @@ from typing import Any
 
 from shoal.api.modeltier import ModelTier
 
-from shoal.api.naming import owner_reference, tier_labels, tier_selector
+from shoal.api.naming import child_metadata, tier_labels, tier_selector
 
 
 def render_pdb(tier: ModelTier) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {
-            "name": tier.name,
-            "namespace": tier.namespace,
-            "labels": tier_labels(tier.name),
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": child_metadata("ModelTier", tier, tier.name, tier_labels(tier.name)),
         "spec": {
             # maxUnavailable rather than minAvailable: a single-replica tier must not
             # block node maintenance forever.

@@ -8,7 +8,7 @@ from shoal.api.naming import (
     MANAGED_BY,
     POLICY_LABEL,
     SERVICE_PORT,
-    owner_reference,
+    child_metadata,
     policy_service_name,
     tier_selector,
 )
@@ -19,10 +19,11 @@ def render_entry_service(policy: RoutePolicy, entry_model_tier: str) -> dict[str
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": policy_service_name(policy.name),
-            "namespace": policy.namespace,
-            "labels": {
+        "metadata": child_metadata(
+            "RoutePolicy",
+            policy,
+            policy_service_name(policy.name),
+            {
                 "app.kubernetes.io/name": "routepolicy",
                 "app.kubernetes.io/instance": policy.name,
                 "app.kubernetes.io/component": "entry",
@@ -30,8 +31,7 @@ def render_entry_service(policy: RoutePolicy, entry_model_tier: str) -> dict[str
                 "app.kubernetes.io/part-of": "shoal",
                 POLICY_LABEL: policy.name,
             },
-            "ownerReferences": [owner_reference("RoutePolicy", policy.name, policy.metadata.get("uid"))],
-        },
+        ),
         "spec": {
             "type": "ClusterIP",
             "selector": tier_selector(entry_model_tier),

@@ -6,19 +6,14 @@ from typing import Any
 
 from shoal.api.modeltier import ModelTier
 
-from shoal.api.naming import SERVICE_PORT, owner_reference, tier_labels, tier_selector
+from shoal.api.naming import SERVICE_PORT, child_metadata, tier_labels, tier_selector
 
 
 def render_service(tier: ModelTier) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": tier.name,
-            "namespace": tier.namespace,
-            "labels": tier_labels(tier.name),
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": child_metadata("ModelTier", tier, tier.name, tier_labels(tier.name)),
         "spec": {
             "type": "ClusterIP",
             "selector": tier_selector(tier.name),

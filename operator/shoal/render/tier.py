@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import CONFIG_KEY, owner_reference, router_configmap_name, tier_labels
+from shoal.api.naming import CONFIG_KEY, child_metadata, router_configmap_name, tier_labels
 from shoal.api.routepolicy import RoutePolicy
 
 from .deployment import DeploymentContext, SecretMount, render_deployment
@@ -46,12 +46,7 @@ def render_router_configmap(tier: ModelTier, config: dict[str, Any]) -> dict[str
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": router_configmap_name(tier.name),
-            "namespace": tier.namespace,
-            "labels": tier_labels(tier.name, component="router-config"),
-            "ownerReferences": [owner_reference("ModelTier", tier.name, tier.uid)],
-        },
+        "metadata": child_metadata("ModelTier", tier, router_configmap_name(tier.name), tier_labels(tier.name, component="router-config")),
         "data": {CONFIG_KEY: json.dumps(config, indent=2, sort_keys=True) + "\n"},
     }
 
