@@ -138,3 +138,31 @@ def _read_response(sock: socket.socket) -> bytes:
             break
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+def test_a_client_trickling_its_request_head_is_disconnected_after_the_keepalive_timeout(fresh_engines, start_router, tmp_path):
+    import time
+
+    router = _router(fresh_engines, start_router, tmp_path, server={"keepaliveTimeoutSeconds": 1})
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    sock.settimeout(0.2)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    sent = 0
+    closed = False
+    for byte in head:
+        try:
+            sock.sendall(bytes([byte]))
+            sent += 1
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            continue
+        except OSError:
+            closed = True
+        if closed:
+            break
+        time.sleep(0.05)
+    sock.close()
+    # 200+ bytes at one per ~0.25 s would take a minute; the router hangs up long before.
+    assert closed
+    assert sent < len(head)
+    assert router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})[0] == 200
