@@ -203,3 +203,48 @@ def test_training_rejects_tiers_outside_the_given_order_and_bad_lines(tmp_path):
     bad.write_text('{"prompt": "x", "tier": "small"}\n{"prompt": "y"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         read_labelled(bad)
+
+
+def test_router_train_command_writes_a_model_the_router_can_load(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "model.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "router", "train", "--data", str(LABELLED), "--out", str(out), "--tiers", "small,medium,frontier"],
+        capture_output=True, text=True, check=True,
+    )
+    assert done.stdout.startswith("trained on 150 examples (small: 60, medium: 50, frontier: 40); training accuracy 1.000")
+    assert Classifier.load(out).classes == ["small", "medium", "frontier"]
+
+
+def test_router_train_command_reports_bad_data_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal.cli", "router", "train", "--data", str(bad), "--out", str(tmp_path / "m.json")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f'shoal router train: {bad}:1: expected {{"prompt": ..., "tier": ...}}'
+
+
+def test_yaml_and_json_configs_load_to_the_same_model(tmp_path):
+    import yaml
+
+    from shoal.router.config import InvalidConfig, load_config
+
+    config = {
+        "modelTier": "smol",
+        "localTier": "small",
+        "tiers": [{"name": "small", "kind": "local", "url": "http://127.0.0.1:8000/v1", "model": "m"}],
+    }
+    (tmp_path / "router.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "router.json").write_text(json.dumps(config))
+    assert load_config(tmp_path / "router.yaml") == load_config(tmp_path / "router.json")
+    (tmp_path / "bad.json").write_text(json.dumps({**config, "localTier": "nope"}))
+    with pytest.raises(InvalidConfig, match="localTier 'nope' must name a tier of kind local"):
+        load_config(tmp_path / "bad.json")

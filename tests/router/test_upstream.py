@@ -234,3 +234,61 @@ def test_no_content_and_interim_responses_are_framed_correctly():
         pool.close()
 
     run(handler, client)
+
+
+def test_https_upstream_is_verified_against_its_ca_and_served(tmp_path):
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+
+    async def handler(reader, writer):
+        try:
+            head, body = await read_request(reader)
+            assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            pool = UpstreamPool(ssl_context=trusting)
+            response = await pool.request(f"https://localhost:{port}/v1/chat/completions", b'{"x":1}', {"Authorization": "Bearer k"})
+            assert (response.status, await response.read()) == (200, b'{"x":1}')
+            response.release()
+            pool.close()
+            # The system's CAs do not trust this certificate: no connection, nothing sent.
+            strict = UpstreamPool()
+            with pytest.raises(ConnectFailed):
+                await strict.request(f"https://localhost:{port}/v1/chat/completions", b"{}", {})
+            strict.close()
+
+    asyncio.run(main())

@@ -315,12 +315,19 @@ class Response:
 class UpstreamPool:
     """Keep-alive connections per upstream origin (scheme, host, port)."""
 
-    def __init__(self, max_idle_per_origin: int = 256, idle_seconds: float = 30.0, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        max_idle_per_origin: int = 256,
+        idle_seconds: float = 30.0,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """ssl_context: for https upstreams; default: the system's trusted CAs, hostname checked."""
         self.max_idle_per_origin = max_idle_per_origin
         self.idle_seconds = idle_seconds
         self.connect_timeout = connect_timeout
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: ssl.SSLContext | None = ssl_context
         self._split: dict[str, tuple[tuple[str, str, int], bytes, str]] = {}
 
     def _target(self, url: str) -> tuple[tuple[str, str, int], bytes, str]:
