@@ -470,3 +470,43 @@ def test_low_confidence_starts_one_tier_up_and_counts_an_escalation(fresh_engine
     )
     assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("medium", "classifier-low-confidence")
     assert router.metric("shoal_escalations_total", {"tier": "medium", "reason": "classifier-low-confidence"}) == 1.0
+
+
+def test_two_sidecars_a_forwarded_request_is_served_by_the_peer_engine_and_a_saturated_peer_is_skipped(fresh_engines, start_router, tmp_path):
+    # Sidecar of the medium tier: its own engine is local; its policy would send "python"
+    # elsewhere, which must NOT happen to a request another sidecar forwarded.
+    medium_config = ladder_config(fresh_engines, tmp_path)
+    medium_config.update(
+        modelTier="mid",
+        localTier="medium",
+        rules=[{"name": "code", "match": {"keywords": ["python"]}, "tier": "frontier"}],
+        engine={"metricsUrl": fresh_engines["medium"].root + "/metrics", "scrapeIntervalSeconds": 0.1},
+    )
+    medium_config["tiers"] = [
+        {"name": "small", "kind": "service", "url": "http://127.0.0.1:9/v1", "model": "smol-chat"},
+        {"name": "medium", "kind": "local", "url": fresh_engines["medium"].base_url, "model": "mid-chat", "maxQueueDepth": 2},
+        medium_config["tiers"][2],
+    ]
+    medium_sidecar = start_router(medium_config)
+
+    small_config = ladder_config(fresh_engines, tmp_path)
+    small_config["tiers"][1]["url"] = medium_sidecar.base_url
+    small_sidecar = start_router(small_config)
+
+    client = client_for(small_sidecar)
+    raw = client.chat.completions.with_raw_response.create(model="x", messages=[{"role": "user", "content": "fix my python"}])
+    assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("medium", "rule:code")
+    assert raw.parse().choices[0].message.content == "Reply from medium."
+    assert medium_sidecar.metric("shoal_requests_total", {"tier": "medium", "reason": "hop", "outcome": "ok"}) == 1.0
+    assert fresh_engines["frontier"].stats()["requests"] == 0
+    # Tokens and cost are counted once, by the sidecar that routed the request.
+    assert small_sidecar.metric("shoal_tokens_total", {"tier": "medium", "kind": "completion"}) == 3.0
+    assert medium_sidecar.metric("shoal_tokens_total", {"tier": "medium", "kind": "completion"}) is None
+
+    fresh_engines["medium"].configure(waiting=5)
+    wait_for(lambda: medium_sidecar.metric("shoal_engine_requests_waiting") == 5.0, "peer queue scraped")
+    raw = client.chat.completions.with_raw_response.create(model="x", messages=[{"role": "user", "content": "fix my python"}])
+    assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("frontier", "fallback")
+    assert small_sidecar.metric("shoal_fallbacks_total", {"tier": "medium", "cause": "rate_limited"}) == 1.0
+    # A saturated peer is not a broken one: its circuit stays closed.
+    assert small_sidecar.metric("shoal_upstream_circuit_open", {"tier": "medium"}) == 0.0
