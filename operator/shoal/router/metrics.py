@@ -55,4 +55,14 @@ class RouterMetrics:
         )
         self.in_flight = Gauge("shoal_router_requests_in_flight", "Requests the router is handling now.", registry=registry)
         self.reloads = Counter("shoal_config_reloads", "Configuration reloads, by outcome (ok or invalid).", ["outcome"], registry=registry)
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         self.circuit_open = Gauge("shoal_upstream_circuit_open", "1 while an upstream's circuit breaker is open.", ["tier"], registry=registry)
+
+    def child(self, metric, *labels: str):  # type: ignore[no-untyped-def]
+        """`metric.labels(*labels)`, memoised: the label sets are few and bounded, and the
+        lookup is on every request's path."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

@@ -221,7 +221,7 @@ class Router:
         try:
             snapshot = Snapshot.build(load_config(self.settings.config_path))
         except InvalidConfig as exc:
-            self.metrics.reloads.labels("invalid").inc()
+            self.metrics.child(self.metrics.reloads, "invalid").inc()
             log.error("config reload rejected, keeping the previous configuration: %s", exc)
             return False
         self._signature = file_signature([self.settings.config_path, *snapshot.watched])
@@ -233,7 +233,7 @@ class Router:
             breaker.open_seconds = config.fallback.circuit_breaker.open_seconds
         self.snapshot = snapshot
         self._refresh_states()
-        self.metrics.reloads.labels("ok").inc()
+        self.metrics.child(self.metrics.reloads, "ok").inc()
         log.info("configuration reloaded")
         return True
 
@@ -303,13 +303,13 @@ class Router:
     # --- inference ------------------------------------------------------------------------
 
     async def handle_inference(self, request: web.Request) -> web.StreamResponse:
+        # The gauge itself is set when /metrics is scraped; counting here is enough.
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         snap = self.snapshot
         try:
             return await self._inference(request, snap)
         except RouterError as exc:
-            self.metrics.requests.labels(exc.tier or "none", exc.reason or "none", _OUTCOME[type(exc)]).inc()
+            self.metrics.child(self.metrics.requests, exc.tier or "none", exc.reason or "none", _OUTCOME[type(exc)]).inc()
             headers = {}
             if isinstance(exc, TooLarge):
                 headers["Connection"] = "close"
@@ -319,11 +319,10 @@ class Router:
                 headers[REASON_HEADER] = exc.reason
             return exc.response(headers)
         except asyncio.CancelledError:
-            self.metrics.requests.labels("none", "none", "cancelled").inc()
+            self.metrics.child(self.metrics.requests, "none", "none", "cancelled").inc()
             raise
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
 
     async def _read_body(self, request: web.Request, snap: Snapshot) -> bytes:
         limit = snap.config.limits.max_request_bytes
@@ -374,13 +373,13 @@ class Router:
             key = cache_key(request.path, tier.name, tier.checkpoint, raw)
             hit = self.cache.get(key)
             if hit is not None:
-                self.metrics.cache_hits.labels(tier.name).inc()
-                self.metrics.requests.labels(tier.name, routing.CACHE, "ok").inc()
+                self.metrics.child(self.metrics.cache_hits, tier.name).inc()
+                self.metrics.child(self.metrics.requests, tier.name, routing.CACHE, "ok").inc()
                 return web.Response(
                     body=hit.body,
                     headers={"Content-Type": hit.content_type, TIER_HEADER: tier.name, REASON_HEADER: routing.CACHE},
                 )
-            self.metrics.cache_misses.labels(tier.name).inc()
+            self.metrics.child(self.metrics.cache_misses, tier.name).inc()
 
         return await self._forward(request, snap, raw, body, stream, decided, features, key)
 
@@ -390,7 +389,7 @@ class Router:
         local = snap.local
         limit = local.max_queue_depth
         if limit is not None and self.engine_waiting is not None and self.engine_waiting > limit:
-            self.metrics.requests.labels(local.name, routing.HOP, "no_upstream").inc()
+            self.metrics.child(self.metrics.requests, local.name, routing.HOP, "no_upstream").inc()
             return NoHealthyUpstream(f"tier {local.name} is saturated", "saturated").response({SATURATED_HEADER: "1", TIER_HEADER: local.name})
         decided = routing.Decision(tier=local.name, reason=routing.HOP, ladder=(local.name,))
         return await self._forward(request, snap, raw, body, stream, decided, None, None)
@@ -415,14 +414,14 @@ class Router:
             breaker = self._breaker(tier)
             if not breaker.allow():
                 last = Failure("circuit_open", "connectError", f"tier {tier.name}: circuit open after repeated failures", trips_breaker=False)
-                self.metrics.fallbacks.labels(tier.name, "circuit_open").inc()
+                self.metrics.child(self.metrics.fallbacks, tier.name, "circuit_open").inc()
                 continue
             if attempts >= fallback.max_attempts:
                 breaker.release()
                 break
             if attempts > 0 and not self.retry_budget.try_retry():
                 breaker.release()
-                self.metrics.fallbacks.labels(tier.name, "retry_budget").inc()
+                self.metrics.child(self.metrics.fallbacks, tier.name, "retry_budget").inc()
                 break
             attempts += 1
             reason = decided.reason if tier_name == decided.tier else routing.FALLBACK
@@ -434,7 +433,7 @@ class Router:
                     self._set_circuit_gauge(tier, breaker)
                 else:
                     breaker.release()
-                self.metrics.fallbacks.labels(tier.name, failure.cause).inc()
+                self.metrics.child(self.metrics.fallbacks, tier.name, failure.cause).inc()
                 last = failure
                 if failure.kind not in fallback.on:
                     break
@@ -457,7 +456,7 @@ class Router:
         return breaker
 
     def _set_circuit_gauge(self, tier: UpstreamTier, breaker: CircuitBreaker) -> None:
-        self.metrics.circuit_open.labels(tier.name).set(0 if breaker.state == "closed" else 1)
+        self.metrics.child(self.metrics.circuit_open, tier.name).set(0 if breaker.state == "closed" else 1)
 
     async def _attempt(
         self,
@@ -511,7 +510,7 @@ class Router:
                 # The upstream refused the request itself (4xx): the client must fix it.
                 # Passed through as is, never retried elsewhere.
                 data = await _read_within(upstream, total)
-                self.metrics.requests.labels(tier.name, reason, "client_error").inc()
+                self.metrics.child(self.metrics.requests, tier.name, reason, "client_error").inc()
                 return web.Response(status=status, body=data, headers={"Content-Type": upstream.content_type, **tier_headers})
             if stream and upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, tier, tier_headers, reason, started, first_byte, total, features, decided)
@@ -530,7 +529,7 @@ class Router:
             # closes its connection, which is what cancels the generation upstream.
             upstream.release()
 
-        self.metrics.upstream_latency.labels(tier.name).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - started)
         out = {"Content-Type": upstream.content_type, **tier_headers}
         encoding = upstream.headers.get("content-encoding")
         if encoding is not None and encoding != "identity":
@@ -568,7 +567,7 @@ class Router:
             raise Failure("upstream_broke", "serverError", f"tier {tier.name}: stream broke before the first token") from exc
         if not first:
             raise Failure("upstream_broke", "serverError", f"tier {tier.name}: empty stream")
-        self.metrics.ttft.labels(tier.name).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.ttft, tier.name).observe(time.perf_counter() - started)
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **tier_headers})
         await response.prepare(request)
@@ -597,7 +596,7 @@ class Router:
             # The client went away: closing the upstream response (in the caller's
             # finally) cancels the generation.
             raise asyncio.CancelledError from exc
-        self.metrics.upstream_latency.labels(tier.name).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - started)
         usage = _stream_usage(tail)
         if usage is None:
             # No usage event (the client did not ask for one): estimate one token per event.
@@ -619,25 +618,25 @@ class Router:
         outcome: str = "ok",
     ) -> None:
         m = self.metrics
-        m.requests.labels(tier.name, reason, outcome).inc()
+        m.child(m.requests, tier.name, reason, outcome).inc()
         if decided.reason == routing.HOP:
             # The sidecar that forwarded the request counts its tokens and cost.
             return
         if reason == routing.FALLBACK:
-            m.escalations.labels(tier.name, routing.FALLBACK).inc()
+            m.child(m.escalations, tier.name, routing.FALLBACK).inc()
         elif decided.reason in (routing.SPILLOVER, routing.BUDGET) or (
             decided.reason == routing.LOW_CONFIDENCE and decided.predicted is not None and decided.predicted.tier != tier.name
         ):
             # Started above the tier it would otherwise have: an escalation by decision.
-            m.escalations.labels(tier.name, decided.reason).inc()
+            m.child(m.escalations, tier.name, decided.reason).inc()
         if usage is None:
             return
         prompt, completion = usage
-        m.tokens.labels(tier.name, "prompt").inc(prompt)
-        m.tokens.labels(tier.name, "completion").inc(completion)
+        m.child(m.tokens, tier.name, "prompt").inc(prompt)
+        m.child(m.tokens, tier.name, "completion").inc(completion)
         cost = prompt * tier.input_usd_per_token + completion * tier.output_usd_per_token
         if cost:
-            m.cost.labels(tier.name).inc(cost)
+            m.child(m.cost, tier.name).inc(cost)
             if tier.kind == "external":
                 self.spend.add(cost)
 
