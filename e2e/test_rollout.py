@@ -115,3 +115,85 @@ def test_a_passing_checkpoint_is_promoted_and_a_failing_one_is_blocked(
     assert condition(got, C.EVALUATED)["status"] == "False"
     assert CKPT_B in condition(got, C.EVALUATED)["message"]
     assert _deployed_checkpoints(kubectl, namespace) == {CKPT_B}
+
+
+def _hold() -> dict:
+    """An evaluation whose pod never finishes (timeoutSeconds is the API's minimum)."""
+    return {
+        "dataset": {"configMapRef": {"name": "gated-dataset", "key": "items.jsonl"}},
+        "scorers": [{"type": "exactMatch"}],
+        "thresholds": [{"metric": "exact_match", "min": 0.8}],
+        "timeoutSeconds": 60,
+        "podAnnotations": {"shoal.dev/simulate-hold": "true"},
+    }
+
+
+def _jobs(kubectl, namespace: str) -> list[dict]:
+    return kubectl("get", "jobs", "-n", namespace, "-l", "shoal.dev/tier=gated")["items"]
+
+
+def _evaluated(kubectl, namespace: str) -> dict | None:
+    return condition(_status(kubectl, namespace), C.EVALUATED)
+
+
+def test_hung_evaluation_times_out_a_newer_checkpoint_supersedes_and_restarts_change_nothing(
+        kubectl, running_operator, namespace, dataset):
+    kubectl.apply([_tier(namespace, CKPT_A, _hold())])
+    wait_for(lambda: _status(kubectl, namespace)["status"].get("servingCheckpoint") == CKPT_A,
+             90, f"{CKPT_A} to serve")
+
+    # B's evaluation starts: the Job has the spec the operator promises.
+    kubectl.run("patch", "modeltier", "gated", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
+    (job,) = wait_for(lambda: _jobs(kubectl, namespace), 60, "the evaluation Job of B")
+    assert job["metadata"]["annotations"][CHECKPOINT_ANNOTATION] == CKPT_B
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelTier"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 60
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:3] == ["eval", "--serve-checkpoint", CKPT_B]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    evaluating = wait_for(lambda: (c := _evaluated(kubectl, namespace)) and c["reason"] == C.REASON_EVALUATING and c,
+                          60, "Evaluated=Unknown Evaluating")
+    assert evaluating["status"] == "Unknown"
+    ready = condition(_status(kubectl, namespace), C.READY)
+    assert (ready["status"], ready["reason"]) == ("False", C.REASON_EVALUATING)
+
+    # The operator dies mid-evaluation and comes back: same candidate, same single Job.
+    running_operator.kill()
+    running_operator.start()
+    status = wait_for(lambda: (s := _status(kubectl, namespace)) and s, 30, "the tier after a restart")["status"]
+    assert (status["servingCheckpoint"], status["candidateCheckpoint"]) == (CKPT_A, CKPT_B)
+    assert [j["metadata"]["name"] for j in _jobs(kubectl, namespace)] == [job["metadata"]["name"]]
+
+    # The Job never finishes: the Job's deadline ends it and the verdict is TimedOut.
+    timed_out = wait_for(lambda: (c := _evaluated(kubectl, namespace)) and c["reason"] == C.REASON_TIMED_OUT and c,
+                         150, "Evaluated=False TimedOut")
+    assert timed_out["status"] == "False"
+    got = _status(kubectl, namespace)
+    assert got["status"]["servingCheckpoint"] == CKPT_A
+    assert got["status"]["lastEvaluation"]["verdict"] == "TimedOut"
+    assert _deployed_checkpoints(kubectl, namespace) == {CKPT_A}
+
+    # Restarted while blocked: the verdict is recorded, not recomputed, and nothing moves.
+    running_operator.kill()
+    running_operator.start()
+    wait_for(lambda: (c := _evaluated(kubectl, namespace)) and c["reason"] == C.REASON_TIMED_OUT, 30, "still TimedOut")
+    assert _status(kubectl, namespace)["status"]["servingCheckpoint"] == CKPT_A
+
+    # C supersedes B (which is cleaned up) and passes: C serves.
+    kubectl.run("patch", "modeltier", "gated", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_C},
+                                           "rollout": {"evaluation": _evaluation(0, _record(CKPT_C, "Passed", 0.93))}}}))
+    promoted = wait_for(
+        lambda: (s := _status(kubectl, namespace))["status"].get("servingCheckpoint") == CKPT_C and s,
+        120, f"{CKPT_C} to be evaluated and promoted")
+    assert promoted["status"]["lastEvaluation"]["checkpoint"] == CKPT_C
+    assert promoted["status"].get("candidateCheckpoint") is None
+    wait_for(lambda: _jobs(kubectl, namespace) == [], 60, "every evaluation Job cleaned up after the promotion")
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=gated")["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"Evaluating", "TimedOut", "Superseded", "Passed", "Promoted"} <= reasons, reasons

@@ -21,13 +21,13 @@ spec:
 """
 
 
-def test_pod_complete_leaves_job_pods_with_a_simulated_exit_to_shoals_stage():
+def test_pod_complete_leaves_job_pods_with_a_simulated_exit_or_hold_alone():
     documents = list(yaml.safe_load_all(kwok_config(DEFAULTS, extra=[])))
     complete = next(d for d in documents if d["metadata"]["name"] == "pod-complete")
-    assert complete["spec"]["selector"]["matchExpressions"][-1] == {
-        "key": '.metadata.annotations["shoal.dev/simulate-exit-code"]',
-        "operator": "DoesNotExist",
-    }
+    assert complete["spec"]["selector"]["matchExpressions"][-2:] == [
+        {"key": '.metadata.annotations["shoal.dev/simulate-exit-code"]', "operator": "DoesNotExist"},
+        {"key": '.metadata.annotations["shoal.dev/simulate-hold"]', "operator": "DoesNotExist"},
+    ]
     ready = next(d for d in documents if d["metadata"]["name"] == "pod-ready")
     assert ready["spec"]["selector"]["matchExpressions"] == []
 

@@ -16,6 +16,9 @@ import yaml
 SIMULATE_EXIT_CODE_ANNOTATION = "shoal.dev/simulate-exit-code"
 SIMULATE_TERMINATION_MESSAGE_ANNOTATION = "shoal.dev/simulate-termination-message"
 _HAS_SIMULATED_EXIT = f'.metadata.annotations["{SIMULATE_EXIT_CODE_ANNOTATION}"]'
+# Job pods with this annotation are never finished: an evaluation that hangs.
+SIMULATE_HOLD_ANNOTATION = "shoal.dev/simulate-hold"
+_HAS_HOLD = f'.metadata.annotations["{SIMULATE_HOLD_ANNOTATION}"]'
 
 
 def shoal_stages() -> list[dict[str, Any]]:
@@ -39,5 +42,6 @@ def kwok_config(default_stages: str, extra: list[dict[str, Any]] | None = None) 
         if document["metadata"]["name"] == "pod-complete":
             expressions = document["spec"]["selector"]["matchExpressions"]
             expressions.append({"key": _HAS_SIMULATED_EXIT, "operator": "DoesNotExist"})
+            expressions.append({"key": _HAS_HOLD, "operator": "DoesNotExist"})
     documents += shoal_stages() if extra is None else extra
     return yaml.safe_dump_all(documents, sort_keys=False, width=200)
