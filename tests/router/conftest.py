@@ -154,7 +154,8 @@ def start_router(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RouterPr
         path.write_text(json.dumps(config))
         router = RouterProcess(path)
         routers.append(router)
-        wait_for(lambda: router.get("/readyz")[0] == 200, "router ready")
+        # Generous: on a loaded machine importing and starting takes seconds.
+        wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=60)
         return router
 
     yield start
