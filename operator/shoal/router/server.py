@@ -648,8 +648,9 @@ def parse_body(raw: bytes, kind: str) -> dict[str, Any]:
     """Parse and check the fields the router relies on; 400 naming the field otherwise."""
     try:
         body = _loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", "invalid_json") from exc
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: the stdlib parser on absurdly deep nesting ([[[[...).
+        raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}", "invalid_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", "invalid_type")
     model = body.get("model")
