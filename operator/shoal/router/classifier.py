@@ -28,7 +28,7 @@ FORMAT = "shoal-router-classifier/v1"
 DIMENSIONS = 1 << 18
 # Long prompts are classified on their first characters: the cost stays bounded and the
 # opening of a prompt carries most of the task's nature.
-MAX_CHARS = 4096
+MAX_CHARS = 1024
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
