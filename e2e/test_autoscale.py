@@ -52,7 +52,9 @@ def tier_manifest(name: str, namespace: str, *, min_replicas: int, max_replicas:
 class PodSidecars:
     """A fake engine and a real router sidecar for every Running pod of a tier."""
 
-    def __init__(self, kubectl: Any, namespace: str, tier: str, workdir: Path) -> None:
+    def __init__(self, kubectl: Any, namespace: str, tier: str, workdir: Path, peers: list[dict[str, Any]] | None = None) -> None:
+        """`peers`: rungs of the ladder (router config tiers) below this pod's own engine."""
+        self.peers = peers or []
         self.kubectl = kubectl
         self.namespace = namespace
         self.tier = tier
@@ -118,7 +120,8 @@ class PodSidecars:
             "version": 1,
             "modelTier": self.tier,
             "localTier": self.tier,
-            "tiers": [{"name": self.tier, "kind": "local", "url": engine.base_url, "model": "fake-model"}],
+            # The ladder as the operator renders it: the policy's order, smaller tiers first.
+            "tiers": self.peers + [{"name": self.tier, "kind": "local", "url": engine.base_url, "model": "fake-model"}],
             "engine": {"metricsUrl": f"{engine.root}/metrics", "scrapeIntervalSeconds": 0.2},
         }
         path = self.workdir / f"{name}.json"
@@ -129,6 +132,12 @@ class PodSidecars:
             stdout=log, stderr=subprocess.STDOUT,
         )
         self.pods[name] = (engine, router, ip)
+
+    def url(self) -> str:
+        """Base URL of one running sidecar."""
+        with self._lock:
+            _, _, ip = next(iter(self.pods.values()))
+        return f"http://{ip}:{SIDECAR_PORT}/v1"
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -224,3 +233,43 @@ def test_idle_tier_scales_to_zero_and_reports_it(kubectl, namespace, running_ope
         assert obj["status"]["autoscaler"]["reason"] in {"ScaleToZero", "Asleep"}
         events = kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},reason=ScaledDown")["items"]
         assert any(e["message"].startswith("Scaled down from 1 to 0 replicas (ScaleToZero)") for e in events), [e["message"] for e in events]
+
+
+def test_sleeping_tier_wakes_on_the_first_spilled_request_and_the_entry_service_follows(kubectl, namespace, running_operator, tmp_path):
+    import httpx
+
+    small, large = unique_name("small"), unique_name("large")
+    policy = {
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy",
+        "metadata": {"name": "ladder", "namespace": namespace},
+        "spec": {"tiers": [{"name": "small", "modelTierRef": {"name": small}}, {"name": "large", "modelTierRef": {"name": large}}]},
+    }
+    manifests = [yaml.safe_load(tier_manifest(small, namespace, min_replicas=0, max_replicas=2, idle_seconds=30)),
+                 yaml.safe_load(tier_manifest(large, namespace, min_replicas=1, max_replicas=1)), policy]
+    for m in manifests[:2]:
+        m["spec"]["router"] = {"routePolicy": "ladder"}
+    kubectl.run("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+
+    def entry_selects() -> str:
+        return kubectl("get", "service", "ladder-route", "-n", namespace)["spec"]["selector"]["shoal.dev/tier"]
+
+    # large's sidecar routes like the real one: small first, itself next.
+    peer = [{"name": "small", "kind": "service", "url": "http://127.0.0.1:9/v1", "model": "fake-model", "scaledToZero": True}]
+    (tmp_path / "large").mkdir()
+    (tmp_path / "small").mkdir()
+    with PodSidecars(kubectl, namespace, large, tmp_path / "large", peers=peer) as large_pods, \
+            PodSidecars(kubectl, namespace, small, tmp_path / "small"):
+        wait_for(lambda: replicas(kubectl, namespace, small) == 0, 150, "the small tier asleep")
+        wait_for(lambda: entry_selects() == large, 60, "the entry Service selecting the large tier's pods")
+        wait_for(lambda: len(large_pods.pods) == 1, 60, "the large tier's sidecar")
+        # The small tier's rung comes first in large's config: it is skipped (asleep), the
+        # large tier answers, and the skip is counted for the small tier.
+        response = httpx.post(f"{large_pods.url()}/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        assert response.status_code == 200
+        assert (response.headers["x-shoal-tier"], response.headers["x-shoal-route-reason"]) == (large, "spillover")
+        wait_for(lambda: replicas(kubectl, namespace, small) >= 1, 60, "the small tier woken by the spilled request")
+        status = tier(kubectl, namespace, small)["status"]["autoscaler"]
+        assert status["reason"] in {"WakeUp", "AwaitingCapacity", "WithinTolerance", "AwaitingIdle"}
+        events = kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={small},reason=ScaledUp")["items"]
+        assert any("(WakeUp)" in e["message"] for e in events), [e["message"] for e in events]
+        wait_for(lambda: entry_selects() == small, 90, "the entry Service back on the small tier once it is ready")

@@ -54,3 +54,26 @@ def test_missing_metrics_flip_scaling_active_and_keep_other_conditions():
     assert "queueDepth" not in patch["autoscaler"]
     scaling = patch["conditions"][1]
     assert scaling["lastTransitionTime"] == "2026-11-18T11:07:10Z"
+
+
+def test_spill_counters_count_new_requests_only_after_a_baseline():
+    from shoal.controller.autoscaler import TierMemory
+    from shoal.controller.metrics_source import parse_spillovers
+
+    memory = TierMemory()
+    assert memory.spilled_since({"large-a": 7.0}) == 0  # first sight: a baseline
+    assert memory.spilled_since({"large-a": 9.0, "large-b": 1.0}) == 2  # b is new: baseline
+    assert memory.spilled_since({"large-a": 9.0, "large-b": 4.0}) == 3
+    assert memory.spilled_since({"large-a": 1.0, "large-b": None}) == 1  # a restarted; b unreadable
+    # The exposition a router sidecar serves (its own metrics class, a fresh registry).
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shoal.router.metrics import RouterMetrics
+
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    metrics.spillovers.labels("small").inc(5)
+    metrics.spillovers.labels("large").inc(2)
+    text = generate_latest(registry).decode()
+    assert parse_spillovers(text, frozenset({"small"})) == 5.0
+    assert parse_spillovers(text, frozenset({"medium"})) == 0.0

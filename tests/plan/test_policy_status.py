@@ -51,3 +51,19 @@ def test_same_observation_twice_patches_nothing(policy_body):
     observed = PolicyObservation(model_tiers=frozenset({"small", "large"}), secrets={"frontier-api": frozenset({"api-key"})})
     first = policy_status(policy, observed, NOW, None)
     assert status_patch(policy_status(policy, observed, NOW, first), first) is None
+
+
+def test_entry_service_follows_the_first_tier_with_ready_pods(policy_body):
+    from shoal.plan.policy import entry_model_tier
+
+    policy = RoutePolicy.from_body(policy_body)
+    both = PolicyObservation(model_tiers=frozenset({"small", "large"}), ready_replicas={"small": 2, "large": 1})
+    assert entry_model_tier(policy, both) == "small"
+    asleep = PolicyObservation(model_tiers=frozenset({"small", "large"}), ready_replicas={"small": 0, "large": 1})
+    assert entry_model_tier(policy, asleep) == "large"
+    status = policy_status(policy, PolicyObservation(model_tiers=asleep.model_tiers, ready_replicas=asleep.ready_replicas, secrets={"frontier-api": frozenset({"api-key"})}), NOW, None)
+    assert cond(status, "Ready")["message"] == (
+        "Routing across 3 tiers; requests enter at small (through ModelTier large while small has no ready pod)."
+    )
+    nothing = PolicyObservation(model_tiers=frozenset({"small", "large"}))
+    assert entry_model_tier(policy, nothing) == "small"

@@ -108,6 +108,12 @@ def test_spillover_moves_up_when_queue_is_over_limit_or_tier_is_asleep(states, t
     assert (decision.tier, decision.reason) == (tier, reason)
 
 
+def test_spillover_names_every_tier_it_skipped():
+    states = {"small": TierState(scaled_to_zero=True), "medium": TierState(waiting=9)}
+    assert decide(POLICY, Request(text="hi"), states=states).spilled_from == ("small", "medium")
+    assert decide(POLICY, Request(text="hi"), states={}).spilled_from == ()
+
+
 def test_explicit_requests_do_not_spill():
     decision = decide(POLICY, Request(text="hi", header_tier="small"), states={"small": TierState(waiting=50)})
     assert (decision.tier, decision.reason) == ("small", "explicit")

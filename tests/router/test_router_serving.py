@@ -253,8 +253,10 @@ def test_scaled_to_zero_tier_is_skipped(fresh_engines, start_router, tmp_path):
     fresh_engines["small"].configure(waiting=10)
     wait_for(lambda: router.metric("shoal_engine_requests_waiting") == 10.0, "engine queue scraped")
     raw = client_for(router).chat.completions.with_raw_response.create(model="x", messages=MESSAGES)
-    # ...others skip the sleeping tier on the way up.
+    # ...others skip the sleeping tier on the way up, and say which tiers they skipped.
     assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("frontier", "spillover")
+    assert router.metric("shoal_spillovers_total", {"tier": "small"}) == 1.0
+    assert router.metric("shoal_spillovers_total", {"tier": "medium"}) == 1.0
 
 
 def test_forwarded_request_is_served_by_the_local_engine_or_refused_when_saturated(fresh_engines, start_router, tmp_path):

@@ -22,13 +22,16 @@ from typing import Any
 import httpx
 
 from shoal.api import conditions as C
+from pydantic import ValidationError
+
 from shoal.api.modeltier import ModelTier
+from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import selector_string, tier_selector
 from shoal.kube.client import Kube
 from shoal.plan.autoscale import Decision, History, Observed, decide
 from shoal.plan.conditions import Cond, update_conditions
 
-from .metrics_source import PodTarget, query_prometheus, scrape_pods, spread_total
+from .metrics_source import PodTarget, query_prometheus, scrape_pods, scrape_spillovers, spread_total
 
 log = logging.getLogger("shoal.autoscaler")
 
@@ -50,6 +53,23 @@ def _rfc3339(seconds: float) -> str:
 class TierMemory:
     history: History = field(default_factory=History)
     last_run: float = 0.0
+    # Last spill-over counter seen per peer pod; the first reading of a pod is a baseline.
+    spill_counters: dict[str, float] = field(default_factory=dict)
+
+    def spilled_since(self, readings: dict[str, float | None]) -> int:
+        """Requests counted since the previous readings (a restarted pod counts from 0)."""
+        new = 0.0
+        for pod, value in readings.items():
+            if value is None:
+                continue
+            before = self.spill_counters.get(pod)
+            if before is not None:
+                new += value - before if value >= before else value
+            self.spill_counters[pod] = value
+        for pod in list(self.spill_counters):
+            if pod not in readings:
+                del self.spill_counters[pod]
+        return int(new)
 
 
 class Autoscaler:
@@ -66,7 +86,30 @@ class Autoscaler:
         memory = self._memory.get((tier.namespace, tier.name))
         return memory is None or self.clock() - memory.last_run >= tier.spec.autoscaling.metrics_period_seconds
 
-    async def observe(self, tier: ModelTier, deployment: dict[str, Any]) -> Observed:
+    async def spilled(self, tier: ModelTier, memory: TierMemory) -> int:
+        """Requests the other tiers' routers sent past this tier (it was asleep or full)
+        since the last pass: the wake-up signal of a tier at zero."""
+        if not tier.spec.router.route_policy:
+            return 0
+        body = await self.kube.get("shoal.dev/v1alpha1", "RoutePolicy", tier.namespace, tier.spec.router.route_policy)
+        if body is None:
+            return 0
+        try:
+            policy = RoutePolicy.from_body(body)
+        except ValidationError:
+            return 0
+        mine = frozenset(t.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name == tier.name)
+        peers = {t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name != tier.name}
+        if not mine or not peers:
+            return 0
+        targets: list[PodTarget] = []
+        for peer in sorted(peers):
+            for pod in await self.kube.list("v1", "Pod", tier.namespace, selector_string(tier_selector(peer))):
+                if _ready(pod) and pod.get("status", {}).get("podIP"):
+                    targets.append(PodTarget(pod["metadata"]["name"], pod["status"]["podIP"], tier.spec.router.port))
+        return memory.spilled_since(await scrape_spillovers(self.http, targets, mine))
+
+    async def observe(self, tier: ModelTier, deployment: dict[str, Any], memory: TierMemory) -> Observed:
         current = int(deployment.get("spec", {}).get("replicas") or 0)
         pods = await self.kube.list("v1", "Pod", tier.namespace, selector_string(tier_selector(tier.name)))
         ready = [p for p in pods if _ready(p) and p.get("status", {}).get("podIP")]
@@ -77,7 +120,12 @@ class Autoscaler:
         else:
             targets = [PodTarget(p["metadata"]["name"], p["status"]["podIP"], tier.spec.router.port) for p in ready]
             loads = await scrape_pods(self.http, targets, clock=self.clock)
-        return Observed(current_replicas=current, pods=loads)
+        # Spill-overs are only the wake-up signal of a sleeping tier; a running tier reports
+        # its own load. Reading them only at zero keeps the common pass to one scrape.
+        spilled = await self.spilled(tier, memory) if current == 0 else 0
+        if current > 0:
+            memory.spill_counters.clear()
+        return Observed(current_replicas=current, pods=loads, spilled_requests=spilled)
 
     async def run(self, tier: ModelTier, body: dict[str, Any]) -> None:
         """One autoscaling pass. The caller holds the tier's lock."""
@@ -87,7 +135,7 @@ class Autoscaler:
         deployment = await self.kube.get("apps/v1", "Deployment", tier.namespace, tier.name)
         if deployment is None:
             return
-        observed = await self.observe(tier, deployment)
+        observed = await self.observe(tier, deployment, memory)
         decision = decide(tier.spec.autoscaling, tier.spec.replicas, observed, memory.history, now=self.clock())
         memory.history = decision.history
         if decision.changes(observed.current_replicas):

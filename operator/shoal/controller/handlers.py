@@ -92,7 +92,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.reconcilers = Reconcilers(
         kube,
         autoscaler=Autoscaler(kube, memo.metrics_http),
-        on_promoted=lambda ns, policy: memo.policy_refresh.request(ns, policy),
+        on_peer_changed=lambda ns, policy: memo.policy_refresh.request(ns, policy),
     )
     memo.tier_refresh = Debouncer(memo.reconcilers.tier, DEBOUNCE_SECONDS)
     memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)

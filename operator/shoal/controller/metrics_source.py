@@ -87,6 +87,42 @@ def parse_queue_depth(text: str) -> tuple[float | None, float | None]:
     return tuple(v if v is not None and math.isfinite(v) and v >= 0 else None for v in values)  # type: ignore[return-value]
 
 
+SPILLOVERS = "shoal_spillovers"
+
+
+def parse_spillovers(text: str, tiers: frozenset[str]) -> float | None:
+    """Sum of shoal_spillovers_total over the label values `tiers` (0 when none was
+    counted yet); None when the text is not Prometheus exposition."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == SPILLOVERS:
+            for sample in family.samples:
+                if sample.name == SPILLOVERS + "_total" and sample.labels.get("tier") in tiers:
+                    total += float(sample.value)
+    return total
+
+
+async def scrape_spillovers(
+    client: httpx.AsyncClient,
+    pods: Sequence[PodTarget],
+    tiers: frozenset[str],
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, float | None]:
+    """Per pod (of the other tiers of a policy): how many requests its router sent past
+    the rungs `tiers` (this tier's names in the policy). None where the read failed."""
+
+    async def one(pod: PodTarget) -> tuple[str, float | None]:
+        try:
+            response = await client.get(pod.url, timeout=timeout_seconds)
+            response.raise_for_status()
+            return pod.name, parse_spillovers(response.text, tiers)
+        except (httpx.HTTPError, ValueError):
+            return pod.name, None
+
+    return dict(await asyncio.gather(*(one(p) for p in pods)))
+
+
 async def query_prometheus(
     client: httpx.AsyncClient,
     url: str,

@@ -24,7 +24,7 @@ from shoal.kube.client import Kube
 from shoal.kube.diff import needs_apply
 from shoal.kube.errors import Invalid, NotFound
 from shoal.plan.conditions import Cond, merge_conditions
-from shoal.plan.policy import policy_status, status_patch
+from shoal.plan.policy import entry_model_tier, policy_status, status_patch
 from shoal.plan.tier import TierPlan, plan_tier
 from shoal.render.evaljob import EvalJobContext, render_eval_job
 from shoal.render.policy import render_entry_service
@@ -61,13 +61,14 @@ class Reconcilers:
         kube: Kube,
         autoscaler: Autoscaler | None = None,
         clock: Clock = utcnow,
-        on_promoted: Callable[[str, str], None] | None = None,
+        on_peer_changed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.kube = kube
         self.autoscaler = autoscaler
-        # Called with (namespace, policy) when a tier's serving checkpoint changed: the other
-        # tiers' sidecars key their caches of this tier's answers by it.
-        self.on_promoted = on_promoted
+        # Called with (namespace, policy) when what other tiers know of this one changed:
+        # its serving checkpoint (their caches key its answers by it) or whether it has
+        # ready pods (asleep tiers are skipped; the entry Service follows the awake ones).
+        self.on_peer_changed = on_peer_changed
         self.clock = clock
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
@@ -151,8 +152,10 @@ class Reconcilers:
             patch = plan.status_patch(body.get("status"))
             if patch:
                 await self.kube.patch_status(*TIER, namespace, name, patch)
-                if "servingCheckpoint" in patch and tier.spec.router.route_policy and self.on_promoted:
-                    self.on_promoted(namespace, tier.spec.router.route_policy)
+                before = body.get("status") or {}
+                woke_or_slept = "readyReplicas" in patch and (bool(before.get("readyReplicas")) != bool(patch["readyReplicas"]))
+                if ("servingCheckpoint" in patch or woke_or_slept) and tier.spec.router.route_policy and self.on_peer_changed:
+                    self.on_peer_changed(namespace, tier.spec.router.route_policy)
             for event in plan.events:
                 await self.kube.event(body, event.type, event.reason, event.message)
 
@@ -197,8 +200,7 @@ class Reconcilers:
                 raise InvalidSpec(message) from exc
 
             observed = await observe.observe_policy(self.kube, policy)
-            entry = policy.spec.entry_tier()
-            await self._apply_all([render_entry_service(policy, entry.model_tier_ref.name)], {})
+            await self._apply_all([render_entry_service(policy, entry_model_tier(policy, observed))], {})
             wanted = policy_status(policy, observed, self.clock(), body.get("status"))
             patch = status_patch(wanted, body.get("status"))
             if patch:

@@ -100,6 +100,7 @@ async def observe_policy(kube: Kube, policy: RoutePolicy) -> PolicyObservation:
         cm_names.add(policy.spec.classifier.config_map_ref.name)
     return PolicyObservation(
         model_tiers=frozenset(t["metadata"]["name"] for t in tiers),
+        ready_replicas={t["metadata"]["name"]: int((t.get("status") or {}).get("readyReplicas") or 0) for t in tiers},
         secrets=await secret_keys(kube, ns, secret_names),
         config_maps=await config_map_keys(kube, ns, cm_names),
     )

@@ -12,12 +12,13 @@ from shoal.api.routepolicy import RoutePolicy
 
 from .conditions import Cond, merge_conditions, status_patch
 
-__all__ = ["PolicyObservation", "policy_status", "status_patch", "unresolved"]
+__all__ = ["PolicyObservation", "entry_model_tier", "policy_status", "status_patch", "unresolved"]
 
 
 @dataclass(frozen=True)
 class PolicyObservation:
     model_tiers: frozenset[str] = frozenset()  # ModelTiers that exist in the namespace
+    ready_replicas: dict[str, int] = field(default_factory=dict)  # ModelTier -> status.readyReplicas
     secrets: dict[str, frozenset[str]] = field(default_factory=dict)  # Secret -> key names
     config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
 
@@ -47,19 +48,40 @@ def unresolved(policy: RoutePolicy, observed: PolicyObservation) -> list[tuple[s
     return out
 
 
+def entry_model_tier(policy: RoutePolicy, observed: PolicyObservation) -> str:
+    """The ModelTier whose pods the entry Service selects.
+
+    The entry tier, unless it has no ready pod (scaled to zero, or not started): then the
+    next in-cluster tier up the ladder that has one, whose router sends the requests on
+    (and counts the skipped tier, which wakes it). With nothing ready anywhere, the entry
+    tier, so the Service is right the moment it starts.
+    """
+    entry = policy.spec.entry_tier()
+    assert entry.model_tier_ref is not None
+    rungs = [t for t in policy.spec.tiers if t.model_tier_ref]
+    start = next(i for i, t in enumerate(rungs) if t.name == entry.name)
+    for rung in rungs[start:]:
+        assert rung.model_tier_ref is not None
+        if observed.ready_replicas.get(rung.model_tier_ref.name, 0) > 0:
+            return rung.model_tier_ref.name
+    return entry.model_tier_ref.name
+
+
 def policy_status(policy: RoutePolicy, observed: PolicyObservation, now: datetime, previous: dict[str, Any] | None) -> dict[str, Any]:
     previous = previous or {}
     problems = unresolved(policy, observed)
     entry = policy.spec.entry_tier()
+    serving_entry = entry_model_tier(policy, observed)
     wanted: list[Cond] = []
     if problems:
         message = "; ".join(p[1] for p in problems) + "."
         wanted.append(Cond(C.READY, "False", problems[0][0], message))
         wanted.append(Cond(C.RESOLVED_REFS, "False", problems[0][0], message))
     else:
-        wanted.append(
-            Cond(C.READY, "True", C.REASON_RESOLVED, f"Routing across {len(policy.spec.tiers)} tiers; requests enter at {entry.name}.")
-        )
+        enters = f"requests enter at {entry.name}"
+        if entry.model_tier_ref is not None and serving_entry != entry.model_tier_ref.name:
+            enters += f" (through ModelTier {serving_entry} while {entry.model_tier_ref.name} has no ready pod)"
+        wanted.append(Cond(C.READY, "True", C.REASON_RESOLVED, f"Routing across {len(policy.spec.tiers)} tiers; {enters}."))
         wanted.append(Cond(C.RESOLVED_REFS, "True", C.REASON_RESOLVED, "Every referenced ModelTier, Secret and ConfigMap exists."))
     return {
         "observedGeneration": policy.metadata.get("generation"),

@@ -122,7 +122,8 @@ def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
         "model": target.spec.model.name,
         "checkpoint": serving_checkpoint(target),
         "outputUSDPerToken": self_hosted_usd_per_token(target),
-        "scaledToZero": target.status.replicas == 0 and target.spec.replicas.min == 0,
+        # No ready pod (asleep, or woken but still loading): spill over instead of waiting.
+        "scaledToZero": (target.status.ready_replicas or 0) == 0 and target.spec.replicas.min == 0,
     }
     return _with_ref(rung, ref)
 

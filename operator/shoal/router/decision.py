@@ -235,6 +235,9 @@ class Decision:
     reason: str
     ladder: tuple[str, ...]
     predicted: Prediction | None = None
+    # Tiers the request was meant for but skipped because they were saturated or asleep:
+    # the autoscaler's signal that a tier at zero is wanted again.
+    spilled_from: tuple[str, ...] = ()
 
 
 _NO_STATES: Mapping[str, TierState] = {}
@@ -288,11 +291,13 @@ def decide(
     if start is None:
         start = 0
 
+    spilled_from: tuple[str, ...] = ()
     if reason != EXPLICIT:
         spilled = start
         while spilled < len(rungs) - 1 and _saturated(rungs[spilled], states.get(rungs[spilled].name)):
             spilled += 1
         if spilled != start:
+            spilled_from = tuple(r.name for r in rungs[start:spilled])
             start, reason = spilled, SPILLOVER
 
     ladder = tuple(r for r in rungs[start:] if _affordable(policy, r, request, external_budget_exhausted))
@@ -305,7 +310,7 @@ def decide(
     if ladder_names[0] != rungs[start].name:
         # The starting tier itself was over budget: the request starts higher, on budget.
         reason = BUDGET
-    return Decision(tier=ladder_names[0], reason=reason, ladder=ladder_names, predicted=predicted)
+    return Decision(tier=ladder_names[0], reason=reason, ladder=ladder_names, predicted=predicted, spilled_from=spilled_from)
 
 
 def _saturated(rung: Rung, state: TierState | None) -> bool:

@@ -29,6 +29,11 @@ class RouterMetrics:
             "shoal_escalations", "Requests served by a tier above the one first chosen for them, by reason.",
             ["tier", "reason"], registry=registry,
         )
+        self.spillovers = Counter(
+            "shoal_spillovers",
+            "Requests that skipped a tier because it was saturated or scaled to zero, by the tier skipped.",
+            ["tier"], registry=registry,
+        )
         self.fallbacks = Counter(
             "shoal_fallbacks", "Attempts that failed over from a tier to the next, by failing tier and cause.",
             ["tier", "cause"], registry=registry,

@@ -362,6 +362,8 @@ class Router:
         budget = snap.config.budgets
         exhausted = budget.max_usd_per_hour is not None and self.spend.total() >= budget.max_usd_per_hour
         decided = routing.decide(snap.policy, features, self.tier_states, snap.classifier.predict if snap.classifier else None, exhausted)
+        for skipped in decided.spilled_from:
+            self.metrics.child(self.metrics.spillovers, skipped).inc()
         if decided.tier is None:
             exc = BudgetExceeded("the spending budget for this policy is exhausted", "budget_exceeded")
             exc.reason = routing.BUDGET
