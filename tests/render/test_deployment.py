@@ -108,7 +108,11 @@ def test_probes_give_large_models_a_long_startup_budget(small_tier_body):
     }
     assert engine["readinessProbe"]["httpGet"] == {"path": "/health", "port": "engine"}
     assert engine["livenessProbe"]["failureThreshold"] == 4
-    assert engine["lifecycle"] == {"preStop": {"sleep": {"seconds": 15}}}
+    assert engine["lifecycle"] == {"preStop": {"sleep": {"seconds": 25}}}
+    from shoal.api.routerconfig import ServerConfig
+
+    # The engine outlives the router's drain, so requests in flight finish.
+    assert engine["lifecycle"]["preStop"]["sleep"]["seconds"] > ServerConfig().drain_seconds
 
 
 def test_shm_model_cache_and_tmp_volumes(small_tier_body):

@@ -39,8 +39,9 @@ MODEL_CACHE_MOUNT = "/models"
 PVC_MOUNT_ROOT = "/mnt/models"
 CONFIG_CHECKSUM_ANNOTATION = "shoal.dev/config-checksum"
 # The kubelet sends SIGTERM to both containers at once. The engine waits this long before
-# it stops, so the router can stop taking new requests and finish those in flight first.
-ENGINE_DRAIN_SECONDS = 15
+# it stops, so the router can stop taking new requests and finish those in flight first:
+# longer than the router's drain (ServerConfig.drain_seconds, 20 s by default).
+ENGINE_DRAIN_SECONDS = 25
 TERMINATION_GRACE_SECONDS = 120
 STARTUP_PROBE_PERIOD_SECONDS = 10
 
