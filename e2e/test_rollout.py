@@ -184,16 +184,22 @@ def test_hung_evaluation_times_out_a_newer_checkpoint_supersedes_and_restarts_ch
     wait_for(lambda: (c := _evaluated(kubectl, namespace)) and c["reason"] == C.REASON_TIMED_OUT, 30, "still TimedOut")
     assert _status(kubectl, namespace)["status"]["servingCheckpoint"] == CKPT_A
 
-    # C supersedes B (which is cleaned up) and passes: C serves.
+    # C supersedes B (which is cleaned up) and passes: C serves. The operator is killed
+    # right after the commit, in the middle of C's evaluation and rollout, and restarted.
     kubectl.run("patch", "modeltier", "gated", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_C},
                                            "rollout": {"evaluation": _evaluation(0, _record(CKPT_C, "Passed", 0.93))}}}))
+    running_operator.kill()
+    running_operator.start()
     promoted = wait_for(
         lambda: (s := _status(kubectl, namespace))["status"].get("servingCheckpoint") == CKPT_C and s,
         120, f"{CKPT_C} to be evaluated and promoted")
     assert promoted["status"]["lastEvaluation"]["checkpoint"] == CKPT_C
     assert promoted["status"].get("candidateCheckpoint") is None
     wait_for(lambda: _jobs(kubectl, namespace) == [], 60, "every evaluation Job cleaned up after the promotion")
+    wait_for(lambda: _deployed_checkpoints(kubectl, namespace) == {CKPT_C}, 60, f"every serving pod on {CKPT_C}")
+    deployments = kubectl("get", "deployments", "-n", namespace)["items"]
+    assert [d["metadata"]["name"] for d in deployments] == ["gated"], "no duplicate objects after the restarts"
     events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=gated")["items"]
     reasons = {e["reason"] for e in events}
     assert {"Evaluating", "TimedOut", "Superseded", "Passed", "Promoted"} <= reasons, reasons
