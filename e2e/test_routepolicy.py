@@ -120,3 +120,28 @@ def test_tier_naming_a_missing_policy_is_not_ready_and_says_so(kubectl, namespac
     assert ready["status"] == "False"
     # Not a crash loop: the operator is still the same process.
     assert running_operator.pid is not None
+
+
+def test_policy_the_schema_accepts_but_cannot_work_gets_a_condition_not_a_crash_loop(kubectl, namespace, running_operator):
+    broken = {
+        **POLICY,
+        "spec": {**POLICY["spec"], "rules": [{"name": "code", "match": {"regex": ["(unclosed"]}, "tier": "large"}]},
+    }
+    apply(kubectl, namespace, broken)
+
+    def invalid() -> dict[str, Any] | None:
+        cond = condition(policy(kubectl, namespace), "Ready")
+        return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+    cond = wait_for(invalid, 60, "Ready=False InvalidSpec on a policy whose regex does not compile")
+    assert cond["status"] == "False"
+    assert "spec.rules.0.match.regex" in cond["message"]
+    assert "does not compile" in cond["message"]
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=ladder,reason=InvalidSpec")["items"]
+    assert len(events) == 1
+    pid = running_operator.pid
+    assert pid is not None
+    # Fixing the spec clears it.
+    apply(kubectl, namespace, POLICY)
+    wait_for(lambda: (condition(policy(kubectl, namespace), "Ready") or {}).get("reason") != "InvalidSpec", 60, "the condition cleared")
+    assert running_operator.pid == pid

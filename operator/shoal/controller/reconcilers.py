@@ -12,7 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -37,6 +37,7 @@ log = logging.getLogger("shoal.controller")
 TIER = ("shoal.dev/v1alpha1", "ModelTier")
 POLICY = ("shoal.dev/v1alpha1", "RoutePolicy")
 Clock = Callable[[], datetime]
+T = TypeVar("T", ModelTier, RoutePolicy)
 
 
 def utcnow() -> datetime:
@@ -95,6 +96,16 @@ class Reconcilers:
                 result[manifest["kind"]] = current
         return result
 
+    async def _parse(self, kind: tuple[str, str], model: type[T], body: dict[str, Any], what: str) -> T:
+        """Validate a stored object; a spec the schema let through but the models refuse
+        becomes Ready=False InvalidSpec (and an Event), never a crash loop."""
+        try:
+            return model.from_body(body)
+        except ValidationError as exc:
+            message = f"{what}: {validation_message(exc)}."
+            await self._invalid(kind, body, message)
+            raise InvalidSpec(message) from exc
+
     async def _invalid(self, kind: tuple[str, str], body: dict[str, Any], message: str) -> None:
         meta = body["metadata"]
         previous = body.get("status") or {}
@@ -118,12 +129,7 @@ class Reconcilers:
             body = await self.kube.get(*TIER, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            try:
-                tier = ModelTier.from_body(body)
-            except ValidationError as exc:
-                message = f"The spec cannot be served: {validation_message(exc)}."
-                await self._invalid(TIER, body, message)
-                raise InvalidSpec(message) from exc
+            tier = await self._parse(TIER, ModelTier, body, "The spec cannot be served")
 
             observed = await observe.observe_tier(self.kube, tier)
             plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
@@ -192,12 +198,7 @@ class Reconcilers:
             body = await self.kube.get(*POLICY, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
-            try:
-                policy = RoutePolicy.from_body(body)
-            except ValidationError as exc:
-                message = f"The spec cannot be routed: {validation_message(exc)}."
-                await self._invalid(POLICY, body, message)
-                raise InvalidSpec(message) from exc
+            policy = await self._parse(POLICY, RoutePolicy, body, "The spec cannot be routed")
 
             observed = await observe.observe_policy(self.kube, policy)
             await self._apply_all([render_entry_service(policy, entry_model_tier(policy, observed))], {})
