@@ -58,7 +58,7 @@ def tier_pods(kubectl, name: str, namespace: str) -> list[dict]:
 
 def test_small_example_tier_becomes_ready_with_pods_on_l4_nodes(kubectl, running_operator, namespace):
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES / "modeltier-small.yaml"),
-                "-f", str(EXAMPLES / "routepolicy.yaml"))
+                "-f", str(EXAMPLES / "routepolicy.yaml"), "-f", str(EXAMPLES / "evaluation-dataset.yaml"))
     got = ready_tier(kubectl, "small", namespace)
     assert got["status"]["readyReplicas"] == 1
     deployment = kubectl("get", "deployment", "small", "-n", namespace)
@@ -193,7 +193,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(kubectl, run
 
 def test_operator_makes_no_writes_at_steady_state(kubectl, running_operator, namespace):
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLES / "modeltier-small.yaml"),
-                "-f", str(EXAMPLES / "routepolicy.yaml"))
+                "-f", str(EXAMPLES / "routepolicy.yaml"), "-f", str(EXAMPLES / "evaluation-dataset.yaml"))
     kubectl.apply([tier("steady", namespace)])
     ready_tier(kubectl, "small", namespace)
     ready_tier(kubectl, "steady", namespace)
