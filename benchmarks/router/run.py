@@ -448,7 +448,7 @@ def table(results: list[Result], concurrencies: list[int]) -> str:
     lines.append("|" + "---|" * (len(concurrencies) + 3))
     for r in results:
         if r.error:
-            lines.append(f"| {r.target} | " + " | ".join("n/a" for _ in concurrencies) + f" | n/a | n/a |")
+            lines.append(f"| {r.target} | " + " | ".join("n/a" for _ in concurrencies) + " | n/a | n/a |")
             continue
         cells = []
         for c in concurrencies:

@@ -12,7 +12,6 @@ the CEL text beside the Python check that mirrors it.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -133,6 +132,3 @@ class ConfigMapKeyReference(ShoalModel):
         description="Key inside the ConfigMap whose value is used.",
     )
 
-
-def is_quantity(value: str) -> bool:
-    return re.match(QUANTITY_PATTERN, value) is not None

@@ -19,7 +19,6 @@ from .base import ShoalModel
 READY = "Ready"  # The resource does what its spec asks: traffic can be served.
 AVAILABLE = "Available"  # At least the minimum number of serving replicas is ready.
 PROGRESSING = "Progressing"  # A change is being rolled out (new pods, new checkpoint).
-DEGRADED = "Degraded"  # Something is wrong that the user may need to act on.
 RESOLVED_REFS = "ResolvedRefs"  # Every object the spec refers to exists.
 SCALING_ACTIVE = "ScalingActive"  # The autoscaler has fresh metrics and is in control.
 EVALUATED = "Evaluated"  # The latest candidate checkpoint has a verdict.
@@ -44,7 +43,6 @@ REASON_ROUTE_POLICY_NOT_FOUND = "RoutePolicyNotFound"  # spec.router.routePolicy
 REASON_SECRET_NOT_FOUND = "SecretNotFound"  # A referenced Secret or key does not exist.
 REASON_CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"  # A referenced ConfigMap or key does not exist.
 REASON_MODEL_TIER_NOT_FOUND = "ModelTierNotFound"  # A RoutePolicy tier names no ModelTier.
-REASON_REFS_UNRESOLVED = "RefsUnresolved"  # Ready=False because ResolvedRefs is False.
 # ScalingActive
 REASON_METRICS_FRESH = "MetricsFresh"  # Queue depth was read from every ready pod.
 REASON_METRICS_MISSING = "MetricsMissing"  # Queue depth could not be read; size is held.

@@ -43,7 +43,6 @@ MODEL_URI_PATTERN = (
     r"|gs://[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9](/[^\s]*)?"
     r"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^\s]*)?)$"
 )
-_MODEL_URI_RE = re.compile(MODEL_URI_PATTERN)
 _URI_DESCRIPTION = (
     "One of hf://ORG/REPO[@REVISION] (Hugging Face Hub; pin a revision for reproducible "
     "serving), s3://BUCKET/PATH or gs://BUCKET/PATH (streamed by vLLM's Run:ai model "
@@ -727,6 +726,3 @@ class ModelTier(KubeObject):
             )
         return metadata
 
-
-def is_model_uri(value: str) -> bool:
-    return _MODEL_URI_RE.match(value) is not None

@@ -13,14 +13,14 @@ from .base import API_VERSION
 from .routerconfig import CONFIG_DIR as CONFIG_MOUNT
 from .routerconfig import CONFIG_KEY
 from .routerconfig import SECRETS_DIR as SECRETS_MOUNT
-from .routerconfig import secret_file_path as secret_file
 
-__all__ = ["CONFIG_KEY", "CONFIG_MOUNT", "SECRETS_MOUNT", "secret_file"]
+__all__ = ["CONFIG_KEY", "CONFIG_MOUNT", "SECRETS_MOUNT"]
 
 MANAGED_BY = "shoal"
 TIER_LABEL = "shoal.dev/tier"
 POLICY_LABEL = "shoal.dev/route-policy"
 COMPONENT_INFERENCE = "inference"
+COMPONENT_EVALUATION = "evaluation"
 
 SERVICE_PORT = 80
 
@@ -42,6 +42,11 @@ def tier_labels(tier_name: str, component: str = COMPONENT_INFERENCE) -> dict[st
         "app.kubernetes.io/part-of": "shoal",
         TIER_LABEL: tier_name,
     }
+
+
+def evaluation_selector(tier_name: str) -> dict[str, str]:
+    """Labels that select a tier's evaluation Jobs (and their pods)."""
+    return {"app.kubernetes.io/component": COMPONENT_EVALUATION, TIER_LABEL: tier_name}
 
 
 def selector_string(labels: dict[str, str]) -> str:
@@ -99,7 +104,6 @@ HOP_HEADER = "x-shoal-hop"
 EVAL_CONTAINER = "eval"
 # The checkpoint a pod template (Deployment) or evaluation Job is for.
 CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
-COMPONENT_EVALUATION = "evaluation"
 
 
 def eval_job_name(tier_name: str, checkpoint: str) -> str:

@@ -99,10 +99,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 
 async def _policy(memo: kopf.Memo, namespace: str, name: str) -> None:
-    async def apply_tier(ns: str, tier: str) -> None:
-        memo.tier_refresh.request(ns, tier)
-
-    await memo.reconcilers.policy(namespace, name, on_tiers=apply_tier)
+    await memo.reconcilers.policy(namespace, name, on_tiers=memo.tier_refresh.request)
 
 
 @kopf.on.resume(*MODELTIER)

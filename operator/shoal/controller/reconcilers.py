@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -193,7 +193,7 @@ class Reconcilers:
 
     # --- RoutePolicy -------------------------------------------------------------------
 
-    async def policy(self, namespace: str, name: str, *, on_tiers: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+    async def policy(self, namespace: str, name: str, *, on_tiers: Callable[[str, str], None] | None = None) -> None:
         async with self._lock("RoutePolicy", namespace, name):
             body = await self.kube.get(*POLICY, namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
@@ -215,4 +215,4 @@ class Reconcilers:
         # policy's lock: each tier takes its own).
         if on_tiers is not None:
             for tier in await observe.tiers_using_policy(self.kube, namespace, name):
-                await on_tiers(namespace, tier["metadata"]["name"])
+                on_tiers(namespace, tier["metadata"]["name"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import COMPONENT_EVALUATION, TIER_LABEL, selector_string, tier_selector
+from shoal.api.naming import evaluation_selector, selector_string, tier_selector
 from shoal.api.routepolicy import RoutePolicy
 from shoal.plan.policy import PolicyObservation
 from shoal.plan.tier import TierObservation, referenced_objects
@@ -73,7 +73,7 @@ async def observe_tier(kube: Kube, tier: ModelTier) -> TierObservation:
     secret_names, config_map_names = referenced_objects(tier)
     eval_jobs = []
     if tier.spec.rollout.evaluation is not None or tier.status.candidate_checkpoint is not None:
-        for job in await kube.list("batch/v1", "Job", ns, selector_string(tier_labels_for_evaluation(tier.name))):
+        for job in await kube.list("batch/v1", "Job", ns, selector_string(evaluation_selector(tier.name))):
             job_pods = await kube.list("v1", "Pod", ns, f"job-name={job['metadata']['name']}")
             eval_jobs.append((job, job_pods))
     return TierObservation(
@@ -85,10 +85,6 @@ async def observe_tier(kube: Kube, tier: ModelTier) -> TierObservation:
         config_maps=await config_map_keys(kube, ns, config_map_names),
         eval_jobs=eval_jobs,
     )
-
-
-def tier_labels_for_evaluation(tier_name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/component": COMPONENT_EVALUATION, TIER_LABEL: tier_name}
 
 
 async def observe_policy(kube: Kube, policy: RoutePolicy) -> PolicyObservation:

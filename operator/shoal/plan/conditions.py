@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated", "Degraded"]
+ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated"]
 
 
 @dataclass(frozen=True)

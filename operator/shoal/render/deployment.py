@@ -125,8 +125,12 @@ def _restricted_container_security(read_only_root: bool) -> dict[str, Any]:
     }
 
 
-def _engine_env(tier: ModelTier) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
+def engine_runtime_env() -> list[dict[str, Any]]:
+    """Where vLLM writes as a non-root user (every path an emptyDir), and no telemetry.
+
+    Shared by the serving pods and the evaluation Job, which starts vLLM the same way.
+    """
+    return [
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
         {"name": "HF_HOME", "value": f"{MODEL_CACHE_MOUNT}/huggingface"},
@@ -134,8 +138,10 @@ def _engine_env(tier: ModelTier) -> list[dict[str, Any]]:
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
-    env += [e.to_wire() for e in tier.spec.engine.env]
-    return env
+
+
+def _engine_env(tier: ModelTier) -> list[dict[str, Any]]:
+    return engine_runtime_env() + [e.to_wire() for e in tier.spec.engine.env]
 
 
 def _engine_container(tier: ModelTier, checkpoint: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from shoal.api.naming import (
     tier_labels,
 )
 
-from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, model_location, placement
+from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, engine_runtime_env, model_location, placement
 
 DATASET_MOUNT = "/etc/shoal/dataset"
 TERMINATION_LOG = "/dev/termination-log"
@@ -76,15 +76,7 @@ def engine_extra_args(tier: ModelTier, checkpoint: str) -> list[str]:
 
 
 def _env(tier: ModelTier, spec_json: str) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [
-        {"name": "SHOAL_EVAL_SPEC", "value": spec_json},
-        {"name": "HOME", "value": "/tmp/home"},
-        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
-        {"name": "HF_HOME", "value": f"{MODEL_CACHE_MOUNT}/huggingface"},
-        {"name": "VLLM_CACHE_ROOT", "value": "/tmp/cache/vllm"},
-        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-        {"name": "DO_NOT_TRACK", "value": "1"},
-    ]
+    env: list[dict[str, Any]] = [{"name": "SHOAL_EVAL_SPEC", "value": spec_json}, *engine_runtime_env()]
     evaluation = tier.spec.rollout.evaluation
     assert evaluation is not None
     judges = [s.judge for s in evaluation.scorers if s.judge is not None and s.judge.api_key_secret_ref is not None]
