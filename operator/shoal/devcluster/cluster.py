@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import random
 import shutil
 import socket
 import ssl
@@ -53,7 +54,15 @@ SERVICE_CIDR = "10.96.0.0/16"
 # Simulated pods get loopback addresses: everything that connects to a pod IP (the
 # operator scraping a sidecar's /metrics, a test's fake engine standing in for a pod)
 # stays on this machine, and a fake engine bound to a pod's IP answers for that pod.
-POD_CIDR = "127.244.0.0/16"
+# Each cluster draws its own /16 inside 127.0.0.0/8 (recorded in cluster.json), so two
+# clusters on one machine (a dev cluster beside a test run) never hand out the same pod IP;
+# a /16 leaves room for thousands of pods.
+POD_CIDR_SECOND_OCTETS = range(100, 250)
+
+
+def pick_pod_cidr() -> str:
+    return f"127.{random.choice(POD_CIDR_SECOND_OCTETS)}.0.0/16"
+
 OPERATOR_USER = "system:serviceaccount:shoal-system:shoal"
 
 # Start order; stopped in reverse. The operator is started later by `shoal dev up`.
@@ -239,6 +248,7 @@ class ControlPlane:
         for sub in ("kubeconfigs", "etcd", "audit", "logs", "pids"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         ports = Ports.pick()
+        pod_cidr = pick_pod_cidr()
         server = f"https://127.0.0.1:{ports.apiserver}"
         pki.generate(self.pki.dir, SERVICE_CIDR)
         self._write_kubeconfigs(server)
@@ -246,7 +256,7 @@ class ControlPlane:
             self._start_etcd(binaries, ports, progress, timeout_s)
             self._start_apiserver(binaries, ports, server, progress, timeout_s)
             self._start_controllers(binaries, ports, progress, timeout_s)
-            self._start_kwok(binaries, ports)
+            self._start_kwok(binaries, ports, pod_cidr)
             kubectl = self.kubectl(tools)
             progress(f"creating {sum(g.count for g in nodes)} simulated nodes")
             manifests = node_manifests(nodes)
@@ -266,6 +276,7 @@ class ControlPlane:
             "server": server,
             "kubeconfig": str(self.admin_kubeconfig),
             "ports": dataclasses.asdict(ports),
+            "podCIDR": pod_cidr,
             "versions": {"kubernetes": KUBERNETES_VERSION, "etcd": ETCD_VERSION,
                          "kwok": KWOK_VERSION},
             "nodes": [m["metadata"]["name"] for m in manifests],
@@ -426,7 +437,7 @@ class ControlPlane:
         self._wait_healthy("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz",
                            timeout_s, insecure)
 
-    def _start_kwok(self, binaries: Binaries, ports: Ports) -> None:
+    def _start_kwok(self, binaries: Binaries, ports: Ports, pod_cidr: str) -> None:
         # kwok has no built-in behaviour: its Stages (nodes heartbeat, bound pods become
         # Ready, Job pods complete) come from the configuration built beside the binary,
         # plus Shoal's own (stages/).
@@ -439,7 +450,7 @@ class ControlPlane:
             f"--kubeconfig={self.component_kubeconfig('kwok')}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}",
-            f"--cidr={POD_CIDR.rsplit('/', 1)[0]}/24",
+            f"--cidr={pod_cidr}",
             "--node-ip=127.0.0.1",
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{ports.kwok}",
