@@ -20,7 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
-from . import report, trace
+from shoal.plan import drift as drift_plan
+from . import drift, report, trace
 from .engine import EngineModel
 from .fleet import ScalingPolicy, TierConfig, simulate
 from .policies import HPAUtilizationPolicy, KEDAInFlightPolicy, KEDAWaitingPolicy, ShoalPolicy, StaticPolicy
@@ -58,6 +59,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--metrics-dropout", type=float, default=0.0, help="share of per-pod metric reads that fail, 0..1 (default 0)")
     p.add_argument("--plot", default=None, help="write a PNG of load, replicas and p95 TTFT over time (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    drift_group = p.add_argument_group(
+        "drift scenarios",
+        "Shadow-sample the first tier's requests and run the operator's drift detector on the "
+        "graded stream (any of these flags turns it on).",
+    )
+    drift_group.add_argument("--shadow-rate", type=float, default=None, help="share of the first tier's requests graded against the reference, 0..1 (default 0.05 when a drift flag is given)")
+    drift_group.add_argument("--agreement", type=float, default=0.85, help="the first tier's true agreement with the reference before any change (default 0.85)")
+    drift_group.add_argument("--drift", type=float, default=None, help="drop of the agreement, in points (10 = ten points); none: a run without drift")
+    drift_group.add_argument("--drift-at", type=float, default=None, help="minutes into the trace when the drop happens (default: half way)")
+    drift_group.add_argument("--drift-share", type=float, default=1.0, help="share of the traffic whose agreement drops, 0..1 (default 1)")
+    drift_group.add_argument("--drift-method", default=drift_plan.DEFAULT_METHOD, choices=sorted(drift_plan.DEFAULT_THRESHOLDS), help="detector (default cusum)")
+    drift_group.add_argument("--drift-check-seconds", type=float, default=30.0, help="how often the detector reads the counts (default 30)")
     p.set_defaults(func=run)
     return p
 
@@ -172,14 +185,61 @@ def run(args: argparse.Namespace) -> int:
     configs = [replace(c, initial_replicas=p.replicas) if isinstance(p, StaticPolicy) else c for c, p in zip(configs, policies)]
     outcome = simulate(arrivals, configs, policies, seed=args.seed, end=seconds)
     summary = report.summarize(outcome, args.slo_ttft_p95)
+    drift_run = None
+    if _wants_drift(args):
+        try:
+            drift_run, shadow_rate = run_drift(args, outcome, seconds)
+        except ValueError as e:
+            print(f"shoal sim: {e}", file=sys.stderr)
+            return 2
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        data = summary.to_dict()
+        if drift_run is not None:
+            found = drift_run.detection()
+            data["drift"] = {
+                "baseline": drift_run.baseline,
+                "samples": drift_run.samples,
+                "falseAlarms": drift_run.false_alarms,
+                "changeAtSeconds": drift_run.change_at,
+                "detectedAfterSeconds": found[0] if found else None,
+                "detectedAfterSamples": found[1] if found else None,
+                "alarmsAtSeconds": drift_run.alarms,
+                "clearedAtSeconds": drift_run.clears,
+            }
+        print(json.dumps(data, indent=2))
     else:
         print(report.format_summary(summary))
+        if drift_run is not None:
+            print("\n".join(drift.summarize(drift_run, sampling_rate=shadow_rate, rate=None)))
     if args.plot:
         report.write_plot({args.policy: report.series(outcome)}, args.slo_ttft_p95, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _wants_drift(args: argparse.Namespace) -> bool:
+    return args.shadow_rate is not None or args.drift is not None or args.drift_at is not None
+
+
+def run_drift(args: argparse.Namespace, outcome, seconds: float) -> tuple[drift.DriftRun, float]:  # type: ignore[no-untyped-def]
+    """Grade a sample of the first tier's requests and run the real detector on it."""
+    import random
+
+    rate = args.shadow_rate if args.shadow_rate is not None else 0.05
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"--shadow-rate must lie in (0, 1], not {rate:g}")
+    drop = (args.drift or 0.0) / 100.0
+    change_at = None
+    if args.drift is not None:
+        change_at = (args.drift_at * 60.0) if args.drift_at is not None else seconds / 2.0
+    if args.drift_check_seconds <= 0:
+        raise ValueError("--drift-check-seconds must be positive")
+    scenario = drift.DriftScenario(baseline=args.agreement, drop=drop, at_seconds=change_at, share=args.drift_share)
+    first = sorted(r.arrival for r in outcome.requests if r.tier == 0)
+    batches = drift.batches_from_arrivals(scenario, first, sampling_rate=rate, check_seconds=args.drift_check_seconds,
+                                          rng=random.Random(f"drift/{args.seed}"))
+    settings = drift_plan.DriftSettings(method=args.drift_method)
+    return drift.run_detector(batches, settings, change_at=change_at), rate
 
 
 def main(argv: list[str] | None = None) -> int:
