@@ -22,6 +22,7 @@ PROGRESSING = "Progressing"  # A change is being rolled out (new pods, new check
 RESOLVED_REFS = "ResolvedRefs"  # Every object the spec refers to exists.
 SCALING_ACTIVE = "ScalingActive"  # The autoscaler has fresh metrics and is in control.
 EVALUATED = "Evaluated"  # The latest candidate checkpoint has a verdict.
+DRIFTING = "Drifting"  # The serving checkpoint agrees less with its reference tier than at promotion (shadow evaluation).
 
 # --- reasons ----------------------------------------------------------------------------
 # Ready / Available / Progressing
@@ -55,6 +56,11 @@ REASON_TIMED_OUT = "TimedOut"  # The evaluation did not finish within its timeou
 REASON_JOB_ERROR = "JobError"  # The evaluation Job could not produce a verdict.
 REASON_EVALUATING = "Evaluating"  # The evaluation Job is running.
 REASON_NOT_REQUIRED = "NotRequired"  # No evaluation is configured for this checkpoint.
+# Drifting
+REASON_CALIBRATING = "Calibrating"  # Too few graded shadow samples yet to know the tier's usual agreement.
+REASON_AGREEMENT_STABLE = "AgreementStable"  # Agreement with the reference is consistent with the baseline.
+REASON_AGREEMENT_DROPPED = "AgreementDropped"  # Agreement with the reference fell below the baseline by the detectable drop.
+REASON_NO_SHADOW_SAMPLES = "NoShadowSamples"  # Shadow evaluation is configured but no sidecar reports samples for the tier.
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -63,7 +69,7 @@ class Condition(ShoalModel):
     type: str = Field(
         min_length=1,
         max_length=316,
-        description="Type of the condition: Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated.",
+        description="Type of the condition: Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated, Drifting.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(

@@ -44,13 +44,15 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from shoal.api.conditions import REASON_AGREEMENT_DROPPED, REASON_AGREEMENT_STABLE, REASON_CALIBRATING
+
 Method = Literal["cusum", "sprt", "wilson"]
 Phase = Literal["Calibrating", "Watching", "Drifting"]
 
-# --- condition reasons for Drifting (the api module names them for the CRD docs) --------
-CALIBRATING = "Calibrating"  # Not enough graded samples yet to know the tier's usual agreement.
-NO_DRIFT = "AgreementStable"  # The agreement with the reference tier is consistent with the baseline.
-DRIFT = "AgreementDropped"  # The agreement with the reference tier fell below the baseline by the detectable drop.
+# The Drifting condition's reasons (their meanings are in shoal.api.conditions).
+CALIBRATING = REASON_CALIBRATING
+NO_DRIFT = REASON_AGREEMENT_STABLE
+DRIFT = REASON_AGREEMENT_DROPPED
 
 # Defaults chosen by the benchmark (benchmarks/drift/RESULTS.md).
 DEFAULT_METHOD: Method = "cusum"
