@@ -115,3 +115,25 @@ def test_tier_without_policy_serves_its_local_engine_only():
 def test_self_hosted_cost_is_gpu_hour_price_times_gpus_over_hourly_token_throughput():
     assert self_hosted_usd_per_token(tier("a", "m", gpus=4, gpu_hour=2.0, tps=500.0)) == pytest.approx(2.0 * 4 / 3600 / 500)
     assert self_hosted_usd_per_token(tier("a", "m", gpus=0)) == 0.0
+
+
+def test_the_policys_shadow_pairs_reach_the_sidecar_except_those_with_a_missing_rung():
+    body = POLICY.model_dump(by_alias=True, exclude_none=True)
+    body["spec"]["shadow"] = {
+        "tiers": [
+            {"tier": "small", "reference": "frontier", "samplePercent": 2},
+            {"tier": "medium", "reference": "gone"},
+        ],
+        "labels": {"mode": "keep", "maxItems": 100},
+    }
+    policy = RoutePolicy.model_validate(body)
+    config = render_router_config(TIERS["smol"], policy, TIERS, "ml")
+    assert [(t["tier"], t["reference"], t["samplePercent"]) for t in config["shadow"]["tiers"]] == [("small", "frontier", 2.0)]
+    assert config["shadow"]["labels"] == {"mode": "keep", "maxItems": 100, "maxBytes": 32 * 1024 * 1024}
+    assert config["labelsDir"] == "/var/lib/shoal/labels"
+    assert RouterConfig.model_validate(config).shadow is not None
+
+
+def test_without_a_shadow_spec_the_sidecar_config_has_none():
+    config = render_router_config(TIERS["smol"], POLICY, TIERS, "ml")
+    assert "shadow" not in config and "labelsDir" not in config

@@ -26,6 +26,7 @@ from .base import (
     validations,
 )
 from .conditions import Condition
+from .shadow import ShadowSpec
 
 KIND = "RoutePolicy"
 PLURAL = "routepolicies"
@@ -239,6 +240,13 @@ class RoutePolicySpec(ShoalModel):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache for deterministic requests.")
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending limits.")
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request size and time limits.")
+    shadow: ShadowSpec | None = Field(
+        default=None,
+        description=(
+            "Shadow evaluation: after a client was answered, send a sample of a tier's requests to a reference "
+            "tier, grade the two answers, and report drift on the ModelTier (condition Drifting). Off when unset."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RoutePolicySpec:
@@ -254,6 +262,11 @@ class RoutePolicySpec(ShoalModel):
         entry = self.escalation.entry_tier
         if entry is not None and entry not in {t.name for t in self.tiers if t.model_tier_ref}:
             raise ValueError(f"escalation.entryTier {entry!r} must name a tier with a modelTierRef")
+        if self.shadow is not None:
+            self.shadow.check_ladder(names)
+            for i, shadowed in enumerate(self.shadow.tiers):
+                if not any(t.name == shadowed.tier and t.model_tier_ref for t in self.tiers):
+                    raise ValueError(f"shadow.tiers[{i}].tier: {shadowed.tier!r} must be a tier with a modelTierRef (drift is reported on a ModelTier)")
         return self
 
     def entry_tier(self) -> TierRef:

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from .base import ShoalModel
 from .routepolicy import BudgetSpec, CacheSpec, EscalationSpec, FallbackSpec, LimitsSpec, RouteRule
+from .shadow import ShadowSpec
 
 CONFIG_VERSION = 1
 
@@ -26,6 +27,8 @@ CONFIG_DIR = "/etc/shoal/router"
 CONFIG_KEY = "router.json"
 CLASSIFIER_DIR = "/etc/shoal/classifier"
 SECRETS_DIR = "/var/run/shoal/secrets"
+# The sidecar's own volume for shadow labels (an emptyDir, only when labels are kept).
+LABELS_DIR = "/var/lib/shoal/labels"
 
 
 def secret_file_path(secret_name: str, key: str) -> str:
@@ -99,6 +102,10 @@ class RouterConfig(ShoalModel):
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    shadow: ShadowSpec | None = Field(default=None, description="The policy's shadow evaluation (router/shadow.py); None: off.")
+    labels_dir: str | None = Field(
+        default=None, description="Directory (a volume of the sidecar) where shadow labels are kept when shadow.labels.mode is keep.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
@@ -111,6 +118,8 @@ class RouterConfig(ShoalModel):
         for rule in self.rules:
             if rule.tier not in names:
                 raise ValueError(f"rule {rule.name} names tier {rule.tier!r}, which is not in tiers")
+        if self.shadow is not None:
+            self.shadow.check_ladder(names)
         return self
 
     def tier(self, name: str) -> UpstreamTier:

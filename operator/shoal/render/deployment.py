@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from shoal.api.modeltier import ModelTier
 from shoal.api.routerconfig import CLASSIFIER_DIR as CLASSIFIER_MOUNT
+from shoal.api.routerconfig import LABELS_DIR as LABELS_MOUNT
 
 from shoal.api.naming import (
     CHECKPOINT_ANNOTATION,
@@ -44,6 +45,10 @@ CONFIG_CHECKSUM_ANNOTATION = "shoal.dev/config-checksum"
 ENGINE_DRAIN_SECONDS = 25
 TERMINATION_GRACE_SECONDS = 120
 STARTUP_PROBE_PERIOD_SECONDS = 10
+# The router's volume for shadow labels (RoutePolicy.spec.shadow.labels). Always there, so
+# that turning labels on or off is a routing change that never restarts a GPU pod; empty
+# (and free) while labels are off. The limit is the schema's largest labels.maxBytes.
+LABELS_VOLUME_LIMIT = "1Gi"
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,10 @@ def _engine_container(tier: ModelTier, checkpoint: str) -> dict[str, Any]:
 def _router_container(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]:
     router = tier.spec.router
     secret_mounts = ctx.secret_mounts
-    mounts = [{"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]
+    mounts = [
+        {"name": "router-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "shadow-labels", "mountPath": LABELS_MOUNT},
+    ]
     if ctx.classifier_config_map:
         mounts.append({"name": "classifier", "mountPath": CLASSIFIER_MOUNT, "readOnly": True})
     for mount in secret_mounts:
@@ -231,6 +239,7 @@ def _volumes(tier: ModelTier, ctx: DeploymentContext) -> list[dict[str, Any]]:
         {"name": "model-cache", "emptyDir": {"sizeLimit": res.model_cache_size}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "router-config", "configMap": {"name": router_configmap_name(tier.name)}},
+        {"name": "shadow-labels", "emptyDir": {"sizeLimit": LABELS_VOLUME_LIMIT}},
     ]
     if ctx.classifier_config_map:
         volumes.append({"name": "classifier", "configMap": {"name": ctx.classifier_config_map}})

@@ -23,7 +23,8 @@ from typing import Any
 from shoal.api.modeltier import ModelTier
 from shoal.api.naming import tier_endpoint
 from shoal.api.routepolicy import RoutePolicy, TierRef
-from shoal.api.routerconfig import CLASSIFIER_DIR, RouterConfig, secret_file_path
+from shoal.api.routerconfig import CLASSIFIER_DIR, LABELS_DIR, RouterConfig, secret_file_path
+from shoal.api.shadow import ShadowSpec
 
 
 def self_hosted_usd_per_token(tier: ModelTier) -> float:
@@ -98,8 +99,26 @@ def render_router_config(
         config["cache"] = spec.cache.to_wire()
         config["budgets"] = spec.budgets.to_wire()
         config["limits"] = spec.limits.to_wire()
+        shadow = _shadow(spec.shadow, rung_names)
+        if shadow is not None:
+            config["shadow"] = shadow
+            if spec.shadow is not None and spec.shadow.labels.mode == "keep":
+                config["labelsDir"] = LABELS_DIR
     # Validate here so a bad render fails in the operator, not in every sidecar.
     return RouterConfig.model_validate(config).to_wire()
+
+
+def _shadow(shadow: ShadowSpec | None, rung_names: set[str]) -> dict[str, Any] | None:
+    """The policy's shadow spec for this sidecar: only the pairs whose two rungs it can reach
+    (a rung whose ModelTier is missing is left out of the ladder, and so is its pair)."""
+    if shadow is None:
+        return None
+    wire = shadow.to_wire()
+    wire["tiers"] = [t.to_wire() for t in shadow.tiers if t.tier in rung_names and t.reference in rung_names]
+    judge = shadow.grading.judge_tier
+    if not wire["tiers"] or (judge is not None and judge not in rung_names):
+        return None
+    return wire
 
 
 def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
