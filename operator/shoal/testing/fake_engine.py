@@ -99,6 +99,7 @@ class FakeEngine:
         self.cancelled = 0
         self.failed = 0
         self.running = 0
+        self.peak_running = 0
         self.queued = 0
         self.by_path: dict[str, int] = {}
         self.last_body: Any = None
@@ -111,6 +112,7 @@ class FakeEngine:
             "cancelled": self.cancelled,
             "failed": self.failed,
             "running": self.running,
+            "peak_running": self.peak_running,
             "waiting": self.queued,
             "by_path": dict(self.by_path),
             "last_body": self.last_body,
@@ -219,6 +221,7 @@ class FakeEngine:
             finally:
                 self.queued -= 1
         self.running += 1
+        self.peak_running = max(self.peak_running, self.running)
 
     async def _respond(self, request: web.Request, kind: str, body: Any, b: Behaviour) -> web.StreamResponse:
         if b.latency_ms:
