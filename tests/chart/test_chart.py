@@ -119,3 +119,25 @@ def test_every_manifest_shoal_renders_for_the_examples_is_valid_kubernetes():
     # The ConfigMap's payload is JSON the router parses.
     config = next(m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "small-router")
     assert json.loads(config["data"]["router.json"])["localTier"] == "small"
+
+
+def test_prometheus_rule_is_off_by_default_and_alerts_on_drift_when_enabled(helm):
+    assert not [o for o in template(helm) if o["kind"] == "PrometheusRule"]
+    objects = template(helm, "--set", "metrics.prometheusRule.enabled=true", "--set", "metrics.prometheusRule.labels.release=kps")
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert sorted(alerts) == ["ShoalShadowBudgetExhausted", "ShoalShadowReferenceFailing", "ShoalTierDrifting"]
+    assert alerts["ShoalTierDrifting"]["expr"] == "max by (namespace, modeltier) (shoal_modeltier_drifting) == 1"
+    assert "{{ $labels.modeltier }}" in alerts["ShoalTierDrifting"]["annotations"]["summary"]
+    assert "> 0.5" in alerts["ShoalShadowReferenceFailing"]["expr"]
+    assert alerts["ShoalShadowBudgetExhausted"]["for"] == "15m"
+
+
+def test_values_schema_rejects_a_reference_error_ratio_above_one(helm):
+    result = subprocess.run(
+        [helm, "template", "shoal", str(CHART), "--set", "metrics.prometheusRule.referenceErrorRatio=2"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "referenceErrorRatio" in result.stderr
