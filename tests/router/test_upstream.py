@@ -198,7 +198,7 @@ def test_garbage_instead_of_http_is_a_protocol_error():
 
     async def client(url, heads):
         pool = UpstreamPool()
-        with pytest.raises(ProtocolError, match="bad status line"):
+        with pytest.raises(ProtocolError, match="not an HTTP/1.1 response"):
             await pool.request(url, b"{}", {})
         pool.close()
 

@@ -5,8 +5,9 @@ of the request put together (measured in benchmarks/router), and the router need
 small part of HTTP: one POST at a time per connection, a body known in advance, and a
 response read either whole or chunk by chunk (SSE). This module does exactly that on
 asyncio's Protocol API: the request goes out in one write, the response is parsed as it
-arrives (Content-Length, chunked, or until close), and a fully read keep-alive response
-returns its connection to the pool. TLS (external APIs) is asyncio's own.
+arrives by httptools (llhttp, the maintained parser Node.js uses: Content-Length,
+chunked, or until close; interim 1xx responses skipped), and a fully read keep-alive
+response returns its connection to the pool. TLS (external APIs) is asyncio's own.
 
 Failures are three exceptions, so the caller can map them to fallback causes:
 ConnectFailed (nothing was sent), ConnectionBroke (the connection died mid-exchange),
@@ -21,6 +22,8 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from urllib.parse import urlsplit
+
+import httptools
 
 # Reading pauses when this much response body is waiting for a slow client, so a fast
 # upstream cannot fill the router's memory.
@@ -45,6 +48,9 @@ class ProtocolError(UpstreamError):
 
 
 class _Connection(asyncio.Protocol):
+    """One upstream connection: bytes in, parsed by httptools (llhttp, the parser of
+    Node.js), delivered as a response head and body pieces."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -54,13 +60,15 @@ class _Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.buffer = bytearray()
-        self.head_done = False
+        self.parser = httptools.HttpResponseParser(self)
         self.head: asyncio.Future[tuple[int, dict[str, str]]] = self.loop.create_future()
+        self.headers: dict[str, str] = {}
+        self.head_done = False
+        self.interim = False
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
-        self.mode = ""  # "length", "chunked", "close", "none"
-        self.remaining = 0
+        self.head_bytes = 0
+        self.until_close = False
         self.complete = False
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -75,11 +83,20 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
-        self.buffer += data
+        if self.complete:
+            # Bytes beyond the response: nothing was pipelined, so the stream is corrupt.
+            self.keep_alive = False
+            return
         try:
-            self._parse()
-        except ProtocolError as exc:
-            self._fail(exc)
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.complete:
+                self.keep_alive = False
+                return
+            self._fail(ProtocolError(f"not an HTTP/1.1 response we understand: {exc}"))
+            self.close()
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolError("the upstream switched protocols"))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -87,131 +104,51 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.mode == "close" and self.head_done and not self.complete:
-            if self.buffer:
-                self._push(bytes(self.buffer))
-                self.buffer.clear()
+        if self.until_close and self.head_done and not self.complete:
+            # No Content-Length and not chunked: the body ends where the connection does.
             self.complete = True
             self._wake()
             return
         if not self.complete:
             self._fail(ConnectionBroke("upstream closed the connection before the response was complete"))
 
-    # --- parsing ---------------------------------------------------------------------------
+    # --- httptools callbacks ---------------------------------------------------------------
 
-    def _parse(self) -> None:
-        if not self.head_done:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD_BYTES:
-                    raise ProtocolError("response head too large")
-                return
-            head = bytes(self.buffer[:end]).decode("latin-1")
-            del self.buffer[: end + 4]
-            lines = head.split("\r\n")
-            parts = lines[0].split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-                raise ProtocolError(f"bad status line {lines[0][:80]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200:
-                # An interim response (e.g. 100 Continue): the real one follows.
-                self._parse()
-                return
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep:
-                    raise ProtocolError(f"bad header line {line[:80]!r}")
-                headers[name.strip().lower()] = value.strip()
-            if headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0":
-                self.keep_alive = False
-            if status in (204, 304):
-                self.mode = "none"
-            elif "chunked" in headers.get("transfer-encoding", "").lower():
-                self.mode = "chunked"
-            elif "content-length" in headers:
-                try:
-                    self.remaining = int(headers["content-length"])
-                except ValueError as exc:
-                    raise ProtocolError("bad Content-Length") from exc
-                self.mode = "length"
-            else:
-                self.mode = "close"
-                self.keep_alive = False
-            self.head_done = True
-            if self.mode == "none" or (self.mode == "length" and self.remaining == 0):
-                self.complete = True
-            if not self.head.done():
-                self.head.set_result((status, headers))
-        if self.complete:
-            if self.buffer:
-                # Bytes beyond the response: nothing was pipelined, so the stream is corrupt.
-                self.keep_alive = False
-                self.buffer.clear()
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise ProtocolError("response head too large")
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            # An interim response (e.g. 100 Continue): the real one follows.
+            self.interim = True
+            self.headers = {}
             return
-        if self.mode == "length":
-            if self.buffer:
-                take = bytes(self.buffer[: self.remaining])
-                del self.buffer[: len(take)]
-                self.remaining -= len(take)
-                self._push(take)
-                if self.remaining == 0:
-                    self.complete = True
-                    if self.buffer:
-                        self.keep_alive = False
-                        self.buffer.clear()
-                self._wake()
-        elif self.mode == "chunked":
-            self._parse_chunks()
-        elif self.mode == "close":
-            if self.buffer:
-                self._push(bytes(self.buffer))
-                self.buffer.clear()
-                self._wake()
+        headers = self.headers
+        if not self.parser.should_keep_alive():
+            self.keep_alive = False
+        if status not in (204, 304) and "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower():
+            self.until_close = True
+            self.keep_alive = False
+        self.head_done = True
+        if not self.head.done():
+            self.head.set_result((status, headers))
 
-    def _parse_chunks(self) -> None:
-        pushed = False
-        buffer = self.buffer
-        while True:
-            if self.remaining > 0:
-                if len(buffer) < self.remaining + 2:
-                    break
-                self._push(bytes(buffer[: self.remaining]))
-                pushed = True
-                if buffer[self.remaining : self.remaining + 2] != b"\r\n":
-                    raise ProtocolError("chunk not followed by CRLF")
-                del buffer[: self.remaining + 2]
-                self.remaining = 0
-                continue
-            line_end = buffer.find(b"\r\n")
-            if line_end < 0:
-                if len(buffer) > 1024:
-                    raise ProtocolError("chunk size line too long")
-                break
-            size_text = bytes(buffer[:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError as exc:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from exc
-            if size == 0:
-                # Last chunk: trailers (none expected) end with an empty line.
-                trailer_end = buffer.find(b"\r\n\r\n", line_end)
-                if trailer_end == line_end:
-                    del buffer[: line_end + 4]
-                elif trailer_end > 0:
-                    del buffer[: trailer_end + 4]
-                else:
-                    break
-                self.complete = True
-                if buffer:
-                    self.keep_alive = False
-                    buffer.clear()
-                pushed = True
-                break
-            del buffer[: line_end + 2]
-            self.remaining = size
-        if pushed:
-            self._wake()
+    def on_body(self, body: bytes) -> None:
+        self._push(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.complete = True
+        self._wake()
+
+    # --- delivery --------------------------------------------------------------------------
 
     def _push(self, data: bytes) -> None:
         if not data:
