@@ -264,7 +264,7 @@ def test_sleeping_tier_wakes_on_the_first_spilled_request_and_the_entry_service_
         wait_for(lambda: len(large_pods.pods) == 1, 60, "the large tier's sidecar")
         # The small tier's rung comes first in large's config: it is skipped (asleep), the
         # large tier answers, and the skip is counted for the small tier.
-        response = httpx.post(f"{large_pods.url()}/chat/completions", json={"model": "x", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        response = httpx.post(f"{large_pods.url()}/chat/completions", json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
         assert response.status_code == 200
         assert (response.headers["x-shoal-tier"], response.headers["x-shoal-route-reason"]) == (large, "spillover")
         wait_for(lambda: replicas(kubectl, namespace, small) >= 1, 60, "the small tier woken by the spilled request")

@@ -135,6 +135,9 @@ def ladder_config(engines: dict[str, FakeEngineProcess], tmp_path: Path, **overr
              "apiKeyFile": str(key_file), "inputUSDPerToken": 2e-6, "outputUSDPerToken": 1e-5},
         ],
         "rules": [{"name": "code", "match": {"keywords": ["python"]}, "tier": "medium"}],
+        # Most tests name an arbitrary model ("x") and are about routing, not names; the
+        # default (reject: 404 model_not_found) has its own tests.
+        "escalation": {"onUnknownModel": "route"},
         "engine": {"metricsUrl": engines["small"].root + "/metrics", "scrapeIntervalSeconds": 0.1},
     }
     for key, value in overrides.items():

@@ -153,15 +153,21 @@ def test_timeout_before_first_byte_falls_back_and_alone_is_504(fresh_engines, st
     assert router.metric("shoal_requests_total", {"tier": "small", "outcome": "timeout"}) == 1.0
 
 
-def test_every_tier_failing_is_502_and_every_tier_unreachable_is_503(fresh_engines, start_router, tmp_path):
+def test_every_tier_failing_is_502_every_tier_unavailable_or_unreachable_is_503(fresh_engines, start_router, tmp_path):
     for engine in fresh_engines.values():
-        engine.configure(fail_status=503)
+        engine.configure(fail_status=500)
     router = start_router(ladder_config(fresh_engines, tmp_path))
     status, headers, body = router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})
     assert status == 502
     assert json.loads(body)["error"]["code"] == "upstream_error"
     assert headers["x-shoal-route-reason"] == "default"
     assert sum(fresh_engines[t].stats()["requests"] for t in ("small", "medium", "frontier")) == 3
+
+    for engine in fresh_engines.values():
+        engine.configure(fail_status=503)
+    status, headers, body = router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})
+    assert (status, json.loads(body)["error"]["code"]) == (503, "no_healthy_upstream")
+    assert router.metric("shoal_fallbacks_total", {"tier": "frontier", "cause": "unavailable"}) == 1.0
 
     config = ladder_config(fresh_engines, tmp_path)
     for rung in config["tiers"]:
@@ -227,8 +233,12 @@ def test_retry_budget_stops_fallbacks_beyond_its_share(fresh_engines, start_rout
             fallback={"retryBudgetPercent": 0, "circuitBreaker": {"consecutiveFailures": 1000, "openSeconds": 1}},
         )
     )
-    statuses = [router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES})[0] for _ in range(5)]
-    assert statuses == [200, 200, 200, 502, 502]
+    answers = [router.post("/v1/chat/completions", {"model": "x", "messages": MESSAGES}) for _ in range(5)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 503, 503]
+    # 503, not the failing tier's 502: the router chose not to try a tier that might have
+    # answered, and tells the client when to come back (the README's table says the same).
+    _, headers, body = answers[-1]
+    assert (json.loads(body)["error"]["code"], headers["retry-after"]) == ("retry_budget_exhausted", "1")
     assert router.metric("shoal_fallbacks_total", {"tier": "medium", "cause": "retry_budget"}) == 2.0
 
 
@@ -280,9 +290,10 @@ def test_external_tier_gets_the_key_from_its_file_and_the_key_is_never_exposed(f
     assert seen["last_headers"]["authorization"] == "Bearer sk-test-secret-123"
     assert "x-shoal-hop" not in seen["last_headers"]
     assert "sk-test-secret-123" not in router.get("/metrics")[1]
-    # Local and in-cluster tiers never receive it.
+    # In-cluster tiers never receive it: they get the client's own key (an engine
+    # started with --api-key checks it), and the external tier never gets the client's.
     client_for(router).chat.completions.create(model="medium", messages=MESSAGES)
-    assert "authorization" not in fresh_engines["medium"].stats()["last_headers"]
+    assert fresh_engines["medium"].stats()["last_headers"]["authorization"] == "Bearer unused"
 
 
 def test_cost_is_counted_from_usage_and_prices(fresh_engines, start_router, tmp_path):
@@ -508,6 +519,6 @@ def test_two_sidecars_a_forwarded_request_is_served_by_the_peer_engine_and_a_sat
     wait_for(lambda: medium_sidecar.metric("shoal_engine_requests_waiting") == 5.0, "peer queue scraped")
     raw = client.chat.completions.with_raw_response.create(model="x", messages=[{"role": "user", "content": "fix my python"}])
     assert (raw.headers["x-shoal-tier"], raw.headers["x-shoal-route-reason"]) == ("frontier", "fallback")
-    assert small_sidecar.metric("shoal_fallbacks_total", {"tier": "medium", "cause": "rate_limited"}) == 1.0
+    assert small_sidecar.metric("shoal_fallbacks_total", {"tier": "medium", "cause": "saturated"}) == 1.0
     # A saturated peer is not a broken one: its circuit stays closed.
     assert small_sidecar.metric("shoal_upstream_circuit_open", {"tier": "medium"}) == 0.0

@@ -153,6 +153,14 @@ class EscalationSpec(ShoalModel):
     on_low_confidence: Literal["nextTier", "predictedTier"] = Field(
         default="nextTier", description="Where a request goes when the classifier is unsure."
     )
+    on_unknown_model: Literal["reject", "route"] = Field(
+        default="reject",
+        description=(
+            "A request whose `model` is neither a tier name, an alias nor a tier's served model name: "
+            "reject answers 404 model_not_found (what the OpenAI API does); route serves it as if it named "
+            "no model (rules, classifier, then the first tier)."
+        ),
+    )
     entry_tier: str | None = Field(
         default=None,
         max_length=63,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-OUTCOMES = ("ok", "client_error", "upstream_error", "timeout", "no_upstream", "budget", "cancelled")
-CAUSES = ("connect_error", "server_error", "rate_limited", "timeout", "upstream_broke", "circuit_open", "retry_budget")
+from .failures import CAUSE_NAMES
+
+OUTCOMES = ("ok", "client_error", "upstream_error", "timeout", "no_upstream", "rate_limited", "budget", "cancelled")
+CAUSES = CAUSE_NAMES
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

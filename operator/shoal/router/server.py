@@ -1,18 +1,25 @@
 """The router sidecar's HTTP server: OpenAI-compatible in, the tier ladder out.
 
-One request, in order:
+One request, in order (a `call.Call` carries it through):
   1. the body is read within the size limit (413 before reading an oversized body) and
      within the body timeout, parsed once and checked (400 naming the bad field);
-  2. the decision (shoal.router.decision) picks the starting tier and the ladder;
+     a `model` no tier knows is 404 `model_not_found` unless the policy routes unknown
+     names (`escalation.onUnknownModel: route`);
+  2. the `start` hooks run, then the decision (shoal.router.decision) picks the starting
+     tier and the ladder;
   3. deterministic requests may be answered from the cache (keyed by tier + checkpoint);
-  4. the request goes to the tier's upstream: this pod's engine, another tier's Service
-     (marked with x-shoal-hop so that sidecar serves it with its own engine), or an
-     external API with its key read from a mounted file;
-  5. on connect error, 5xx, 429 or timeout before the first byte, the next tier is tried,
-     within `fallback.maxAttempts`, the retry budget and each upstream's circuit breaker.
-     Once a byte has reached the client there is no retry: a stream that breaks ends with
-     an SSE error event.
-  6. tokens and cost are counted from the response's usage.
+  4. the ladder is walked (shoal.router.ladder): each attempt goes to the tier's upstream:
+     this pod's engine, another tier's Service (marked with x-shoal-hop so that sidecar
+     serves it with its own engine), or an external API with its key read from a file;
+  5. a failure before the first byte reached the client is one `failures.UpstreamFailure`
+     whose cause decides the metric, whether to climb, and the client's error. Once a
+     byte has reached the client there is no retry: a stream that breaks ends with an
+     SSE error event;
+  6. a non-streamed answer passes the `verify` hooks; tokens and cost are counted from
+     the response's usage; the `complete` hooks run once the client has it all.
+
+Every response carries `x-request-id` (the client's, else the engine's, else one made
+here), the same id as the request's log line.
 
 The configuration is reloaded when its file changes; each request keeps the snapshot it
 started with, so a reload never disturbs requests in flight.
@@ -23,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,33 +48,50 @@ from shoal.api.routerconfig import RouterConfig, UpstreamTier
 
 from . import decision as routing
 from .cache import ResponseCache, cache_key
+from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
 from .classifier import Classifier
 from .config import InvalidConfig, file_signature, load_config
 from .errors import (
     BadRequest,
     BudgetExceeded,
+    MethodNotAllowed,
     NoHealthyUpstream,
+    NotFound,
     RouterError,
     TooLarge,
     UpstreamBroke,
     UpstreamTimeout,
 )
+from .failures import CONNECT_ERROR, REJECTED, TIMEOUT, UPSTREAM_BROKE, UpstreamFailure, parse_retry_after, status_cause
+from .ladder import LadderWalk
 from .metrics import RouterMetrics
 from .resilience import CircuitBreaker, HourlySpend, RetryBudget
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
 
 log = logging.getLogger("shoal.router")
+access_log = logging.getLogger("shoal.router.access")
 
 TIER_HEADER = "x-shoal-tier"
 REASON_HEADER = "x-shoal-route-reason"
+CHECKPOINT_HEADER = "x-shoal-checkpoint"
 HOP_HEADER = "x-shoal-hop"
 SATURATED_HEADER = "x-shoal-saturated"
 META_HEADER_PREFIX = "x-shoal-meta-"
+REQUEST_ID_HEADER = "x-request-id"
 # The largest body the server will ever accept, whatever the config says (the RoutePolicy
 # schema's own maximum); the per-config limit is enforced per request.
 ABSOLUTE_MAX_BODY = 256 * 1024 * 1024
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
+
+# Client headers that reach every tier: tracing context and the request id.
+FORWARDED_HEADERS = ("traceparent", "tracestate")
+# Client headers that reach in-cluster tiers only. Authorization: a self-hosted engine
+# started with --api-key checks the client's key. The OpenAI-* headers identify the
+# client to a gateway in front of an engine. None of these go to an external API: the
+# router calls it with the policy's own key, and the client's key or organisation would
+# either leak to a third party or not match that key.
+IN_CLUSTER_HEADERS = ("authorization", "openai-organization", "openai-project")
 
 try:  # orjson parses request bodies about 3x faster; optional, the stdlib is the fallback.
     import orjson
@@ -86,17 +112,6 @@ class Settings:
     reload_interval_seconds: float = 1.0
 
 
-class Failure(Exception):
-    """One upstream attempt failed in a way that may fall back to the next tier."""
-
-    def __init__(self, cause: str, kind: str, message: str, trips_breaker: bool = True) -> None:
-        super().__init__(message)
-        self.cause = cause  # metrics.CAUSES
-        self.kind = kind  # FallbackSpec.on: connectError, serverError, rateLimited, timeout
-        self.message = message
-        self.trips_breaker = trips_breaker
-
-
 @dataclass(frozen=True)
 class Snapshot:
     """Everything a request needs from one version of the config, prepared once."""
@@ -109,6 +124,9 @@ class Snapshot:
     auth: dict[str, str]  # tier name -> "Bearer ..." (never logged)
     static_states: dict[str, routing.TierState]
     models_body: bytes
+    # Every `model` a request may name: tier names, aliases and the upstreams' model names.
+    known_models: frozenset[str] = frozenset()
+    model_objects: dict[str, bytes] = field(default_factory=dict)
     watched: list[str] = field(default_factory=list)
 
     @classmethod
@@ -134,7 +152,8 @@ class Snapshot:
         for tier in config.tiers:
             names.append(tier.name)
             names.extend(tier.aliases)
-        models = {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "shoal"} for n in dict.fromkeys(names)]}
+        objects = [{"id": n, "object": "model", "created": 0, "owned_by": "shoal"} for n in dict.fromkeys(names)]
+        models = {"object": "list", "data": objects}
         return cls(
             config=config,
             policy=routing.Policy.from_router_config(config),
@@ -144,6 +163,8 @@ class Snapshot:
             auth=auth,
             static_states={t.name: routing.TierState(scaled_to_zero=True) for t in config.tiers if t.scaled_to_zero},
             models_body=json.dumps(models).encode(),
+            known_models=frozenset(names) | {t.model for t in config.tiers},
+            model_objects={o["id"]: json.dumps(o).encode() for o in objects},
             watched=watched,
         )
 
@@ -179,6 +200,9 @@ class Router:
         self._session: aiohttp.ClientSession | None = None  # engine scrapes only
         self.upstreams: UpstreamPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Extension points on the request path (shoal.router.call): empty unless used.
+        self.hooks = Hooks()
+        self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -187,9 +211,17 @@ class Router:
         for path in ENDPOINTS:
             app.router.add_post(path, self.handle_inference)
         app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_get("/v1/models/{model}", self.handle_model)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
+        # A known path with another method is 405, anything else 404, both as OpenAI
+        # error JSON. Routes match in order, so these come last and cost the served
+        # paths nothing.
+        for resource in list(app.router.resources()):
+            self._allowed[resource.canonical] = ", ".join(sorted({route.method for route in resource}))
+            app.router.add_route("*", resource.canonical, self.handle_wrong_method)
+        app.router.add_route("*", "/{path:.*}", self.handle_unknown_path)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -298,31 +330,52 @@ class Router:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def handle_models(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.snapshot.models_body, content_type="application/json")
+        return web.Response(body=self.snapshot.models_body, content_type="application/json", headers=_id_header(request))
+
+    async def handle_model(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        found = self.snapshot.model_objects.get(model)
+        if found is None:
+            error = NotFound(f"The model `{model}` does not exist.", "model_not_found", "model")
+            return _error_response(error, _usable_id(request.headers.get(REQUEST_ID_HEADER)))
+        return web.Response(body=found, content_type="application/json", headers=_id_header(request))
+
+    async def handle_wrong_method(self, request: web.Request) -> web.Response:
+        resource = request.match_info.route.resource
+        allowed = self._allowed.get(resource.canonical, "") if resource is not None else ""
+        error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}.", "method_not_allowed")
+        return _error_response(error, _usable_id(request.headers.get(REQUEST_ID_HEADER)), {"Allow": allowed})
+
+    async def handle_unknown_path(self, request: web.Request) -> web.Response:
+        error = NotFound(f"Invalid URL ({request.method} {request.path})", "unknown_url")
+        return _error_response(error, _usable_id(request.headers.get(REQUEST_ID_HEADER)))
 
     # --- inference ------------------------------------------------------------------------
 
     async def handle_inference(self, request: web.Request) -> web.StreamResponse:
         # The gauge itself is set when /metrics is scraped; counting here is enough.
         self.in_flight += 1
-        snap = self.snapshot
+        started = time.perf_counter()
+        request_id = _usable_id(request.headers.get(REQUEST_ID_HEADER))
         try:
-            return await self._inference(request, snap)
+            response = await self._inference(request, self.snapshot, started, request_id)
         except RouterError as exc:
-            self.metrics.child(self.metrics.requests, exc.tier or "none", exc.reason or "none", _OUTCOME[type(exc)]).inc()
-            headers = {}
-            if isinstance(exc, TooLarge):
-                headers["Connection"] = "close"
-            if exc.tier is not None:
-                headers[TIER_HEADER] = exc.tier
-            if exc.reason is not None:
-                headers[REASON_HEADER] = exc.reason
-            return exc.response(headers)
+            self.metrics.child(self.metrics.requests, exc.tier or "none", exc.reason or "none", exc.outcome).inc()
+            response = _error_response(exc, request_id)
         except asyncio.CancelledError:
             self.metrics.child(self.metrics.requests, "none", "none", "cancelled").inc()
+            access_log.info("%s %s cancelled request_id=%s %.1fms", request.method, request.path, request_id or "-", 1000 * (time.perf_counter() - started))
             raise
         finally:
             self.in_flight -= 1
+        if access_log.isEnabledFor(logging.INFO):
+            headers = response.headers
+            access_log.info(
+                "%s %s %d tier=%s reason=%s request_id=%s %.1fms", request.method, request.path, response.status,
+                headers.get(TIER_HEADER, "-"), headers.get(REASON_HEADER, "-"), headers.get(REQUEST_ID_HEADER, "-"),
+                1000 * (time.perf_counter() - started),
+            )
+        return response
 
     async def _read_body(self, request: web.Request, snap: Snapshot) -> bytes:
         limit = snap.config.limits.max_request_bytes
@@ -347,108 +400,108 @@ class Router:
         except TimeoutError as exc:
             raise BadRequest("request body was not received in time", "body_timeout") from exc
 
-    async def _inference(self, request: web.Request, snap: Snapshot) -> web.StreamResponse:
+    async def _inference(self, request: web.Request, snap: Snapshot, started: float, request_id: str | None) -> web.StreamResponse:
         kind = ENDPOINTS[request.path]
         raw = await self._read_body(request, snap)
         body = parse_body(raw, kind)
-        stream = body.get("stream") is True
         headers = request.headers
+        call = Call(
+            request=request, snap=snap, kind=kind, raw=raw, body=body, stream=body.get("stream") is True,
+            request_id=request_id, started=started, hop=bool(headers.get(HOP_HEADER)), policy=snap.policy,
+            upstream_headers=_forwarded_headers(headers, request_id),
+        )
+        if call.hop:
+            return await self._serve_hop(call)
 
-        if headers.get(HOP_HEADER):
-            return await self._serve_hop(request, snap, raw, body, stream)
-
+        model = body.get("model")
+        if model is not None and model not in snap.known_models and snap.config.escalation.on_unknown_model == "reject":
+            raise NotFound(
+                f"The model `{model}` does not exist. Known: {', '.join(sorted(snap.known_models))}.", "model_not_found", "model"
+            )
         meta = {k[len(META_HEADER_PREFIX):]: v for k, v in headers.items() if k.lower().startswith(META_HEADER_PREFIX)} if snap.policy.rules else None
-        features = routing.request_features(body, header_tier=headers.get(TIER_HEADER), header_metadata=meta)
+        call.features = routing.request_features(body, header_tier=headers.get(TIER_HEADER), header_metadata=meta)
+        for hook in self.hooks.start:
+            _run_hook(hook, call)
         budget = snap.config.budgets
         exhausted = budget.max_usd_per_hour is not None and self.spend.total() >= budget.max_usd_per_hour
-        decided = routing.decide(snap.policy, features, self.tier_states, snap.classifier.predict if snap.classifier else None, exhausted)
+        assert call.policy is not None
+        decided = call.decision = routing.decide(
+            call.policy, call.features, self.tier_states, snap.classifier.predict if snap.classifier else None, exhausted
+        )
         for skipped in decided.spilled_from:
             self.metrics.child(self.metrics.spillovers, skipped).inc()
         if decided.tier is None:
-            exc = BudgetExceeded("the spending budget for this policy is exhausted", "budget_exceeded")
-            exc.reason = routing.BUDGET
-            raise exc
+            raise BudgetExceeded("the spending budget for this policy is exhausted", "budget_exceeded", reason=routing.BUDGET)
 
-        key = None
-        if snap.config.cache.mode == "exactMatch" and not stream and cacheable(body):
+        if snap.config.cache.mode == "exactMatch" and not call.stream and cacheable(body):
             tier = snap.tiers[decided.tier]
-            key = cache_key(request.path, tier.name, tier.checkpoint, raw)
-            hit = self.cache.get(key)
+            checkpoint = self.checkpoint_of(tier)
+            call.cache_key = cache_key(request.path, tier.name, checkpoint, raw)
+            hit = self.cache.get(call.cache_key)
             if hit is not None:
                 self.metrics.child(self.metrics.cache_hits, tier.name).inc()
                 self.metrics.child(self.metrics.requests, tier.name, routing.CACHE, "ok").inc()
-                return web.Response(
-                    body=hit.body,
-                    headers={"Content-Type": hit.content_type, TIER_HEADER: tier.name, REASON_HEADER: routing.CACHE},
-                )
+                out = {
+                    "Content-Type": hit.content_type, TIER_HEADER: tier.name, REASON_HEADER: routing.CACHE,
+                    REQUEST_ID_HEADER: request_id or _new_id(),
+                }
+                if checkpoint is not None:
+                    out[CHECKPOINT_HEADER] = checkpoint
+                return web.Response(body=hit.body, headers=out)
             self.metrics.child(self.metrics.cache_misses, tier.name).inc()
 
-        return await self._forward(request, snap, raw, body, stream, decided, features, key)
+        return await self._walk(call)
 
-    async def _serve_hop(self, request: web.Request, snap: Snapshot, raw: bytes, body: dict[str, Any], stream: bool) -> web.StreamResponse:
+    async def _serve_hop(self, call: Call) -> web.StreamResponse:
         """A request another tier's sidecar sent here: this pod's engine serves it, or it
         is refused at once (503, x-shoal-saturated) so the sender can move up the ladder."""
-        local = snap.local
+        local = call.snap.local
         limit = local.max_queue_depth
         if limit is not None and self.engine_waiting is not None and self.engine_waiting > limit:
             self.metrics.child(self.metrics.requests, local.name, routing.HOP, "no_upstream").inc()
-            return NoHealthyUpstream(f"tier {local.name} is saturated", "saturated").response({SATURATED_HEADER: "1", TIER_HEADER: local.name})
-        decided = routing.Decision(tier=local.name, reason=routing.HOP, ladder=(local.name,))
-        return await self._forward(request, snap, raw, body, stream, decided, None, None)
+            error = NoHealthyUpstream(f"tier {local.name} is saturated", "saturated", tier=local.name)
+            return _error_response(error, call.request_id, {SATURATED_HEADER: "1"})
+        call.decision = routing.Decision(tier=local.name, reason=routing.HOP, ladder=(local.name,))
+        return await self._walk(call)
 
-    async def _forward(
-        self,
-        request: web.Request,
-        snap: Snapshot,
-        raw: bytes,
-        body: dict[str, Any],
-        stream: bool,
-        decided: routing.Decision,
-        features: routing.Request | None,
-        key: bytes | None,
-    ) -> web.StreamResponse:
-        fallback = snap.config.fallback
-        self.retry_budget.record_request()
-        last: Failure | None = None
-        attempts = 0
-        for tier_name in decided.ladder:
-            tier = snap.tiers[tier_name]
-            breaker = self._breaker(tier)
-            if not breaker.allow():
-                last = Failure("circuit_open", "connectError", f"tier {tier.name}: circuit open after repeated failures", trips_breaker=False)
-                self.metrics.child(self.metrics.fallbacks, tier.name, "circuit_open").inc()
-                continue
-            if attempts >= fallback.max_attempts:
-                breaker.release()
-                break
-            if attempts > 0 and not self.retry_budget.try_retry():
-                breaker.release()
-                self.metrics.child(self.metrics.fallbacks, tier.name, "retry_budget").inc()
-                break
-            attempts += 1
-            reason = decided.reason if tier_name == decided.tier else routing.FALLBACK
+    async def _walk(self, call: Call) -> web.StreamResponse:
+        """Try the ladder's tiers in turn until one answers (see shoal.router.ladder)."""
+        decided = call.decision
+        assert decided is not None
+        snap = call.snap
+        walk = LadderWalk(
+            decided.ladder, snap.tiers, snap.config.fallback, self._breaker, self.retry_budget,
+            self._count_fallback, self._set_circuit_gauge,
+        )
+        rejected: Answer | None = None
+        while (tier := walk.next()) is not None:
+            attempt = Attempt(tier, decided.reason if tier.name == decided.tier else routing.FALLBACK, time.perf_counter())
+            call.attempts.append(attempt)
             try:
-                response = await self._attempt(request, snap, tier, raw, body, stream, reason, features, decided, key)
-            except Failure as failure:
-                if failure.trips_breaker:
-                    breaker.record_failure()
-                    self._set_circuit_gauge(tier, breaker)
-                else:
-                    breaker.release()
-                self.metrics.child(self.metrics.fallbacks, tier.name, failure.cause).inc()
-                last = failure
-                if failure.kind not in fallback.on:
-                    break
+                result = await self._attempt(call, attempt)
+            except UpstreamFailure as failure:
+                walk.failed(failure)
                 continue
             except BaseException:
-                breaker.release()
+                walk.abandoned()
                 raise
-            breaker.record_success()
-            self._set_circuit_gauge(tier, breaker)
-            return response
-        error = _final_error(last)
-        error.tier, error.reason = decided.tier, decided.reason
-        raise error
+            if isinstance(result, Answer) and result.status == 200 and self.hooks.verify and not call.hop:
+                verdict = await self._verify(call, result)
+                if verdict is not None:
+                    walk.failed(UpstreamFailure(REJECTED, tier.name, f"tier {tier.name}: answer rejected: {verdict}"))
+                    rejected = result
+                    continue
+            walk.succeeded()
+            if isinstance(result, Answer):
+                return await self._respond(call, result)
+            return result
+        if rejected is not None:
+            # Every tier's answer was rejected: the last one is still an answer.
+            return await self._respond(call, rejected)
+        raise walk.error(decided.tier, decided.reason)
+
+    def _count_fallback(self, tier: str, cause: str) -> None:
+        self.metrics.child(self.metrics.fallbacks, tier, cause).inc()
 
     def _breaker(self, tier: UpstreamTier) -> CircuitBreaker:
         breaker = self.breakers.get((tier.name, tier.url))
@@ -460,62 +513,66 @@ class Router:
     def _set_circuit_gauge(self, tier: UpstreamTier, breaker: CircuitBreaker) -> None:
         self.metrics.child(self.metrics.circuit_open, tier.name).set(0 if breaker.state == "closed" else 1)
 
-    async def _attempt(
-        self,
-        request: web.Request,
-        snap: Snapshot,
-        tier: UpstreamTier,
-        raw: bytes,
-        body: dict[str, Any],
-        stream: bool,
-        reason: str,
-        features: routing.Request | None,
-        decided: routing.Decision,
-        key: bytes | None,
-    ) -> web.StreamResponse:
-        assert self.upstreams is not None
-        payload = raw if body.get("model") == tier.model else json.dumps({**body, "model": tier.model}).encode()
-        out_headers = {"Content-Type": "application/json"}
+    def checkpoint_of(self, tier: UpstreamTier) -> str | None:
+        """The serving checkpoint of a tier as this sidecar knows it now."""
+        return tier.checkpoint
+
+    def _upstream_headers(self, call: Call, tier: UpstreamTier) -> dict[str, str]:
+        headers = dict(call.upstream_headers)
+        if tier.kind == "external":
+            auth = call.snap.auth.get(tier.name)
+            if auth is not None:
+                headers["Authorization"] = auth
+            return headers
+        client = call.request.headers
+        for name in IN_CLUSTER_HEADERS:
+            value = client.get(name)
+            if value is not None:
+                headers[name] = value
         if tier.kind == "service":
-            out_headers[HOP_HEADER] = "1"
-            out_headers[TIER_HEADER] = tier.name
-        auth = snap.auth.get(tier.name)
-        if auth is not None:
-            out_headers["Authorization"] = auth
-        request_id = request.headers.get("x-request-id")
-        if request_id is not None and len(request_id) <= 128 and request_id.isprintable():
-            out_headers["x-request-id"] = request_id
-        url = tier.url + request.path[3:]  # the part after /v1
-        first_byte = snap.config.fallback.first_byte_timeout_seconds
-        total = min(tier.timeout_seconds, snap.config.limits.request_timeout_seconds)
-        started = time.perf_counter()
+            headers[HOP_HEADER] = "1"
+            headers[TIER_HEADER] = tier.name
+        return headers
+
+    async def _attempt(self, call: Call, attempt: Attempt) -> Answer | web.StreamResponse:
+        """One try at one tier: an Answer read in full (200, or a 4xx the client must
+        see), a stream already relayed to the client, or an UpstreamFailure raised."""
+        assert self.upstreams is not None
+        tier = attempt.tier
+        config = call.snap.config
+        payload = with_model(call.raw, call.body, tier.model)
+        url = tier.url + call.path[3:]  # the part after /v1
+        first_byte = config.fallback.first_byte_timeout_seconds
+        total = min(tier.timeout_seconds, config.limits.request_timeout_seconds)
         try:
             async with asyncio.timeout(min(first_byte, total)):
-                upstream = await self.upstreams.request(url, payload, out_headers)
+                upstream = await self.upstreams.request(url, payload, self._upstream_headers(call, tier))
         except TimeoutError as exc:
-            raise Failure("timeout", "timeout", f"tier {tier.name}: no response within {min(first_byte, total):g}s") from exc
+            raise UpstreamFailure(TIMEOUT, tier.name, f"tier {tier.name}: no response within {min(first_byte, total):g}s") from exc
         except ConnectFailed as exc:
-            raise Failure("connect_error", "connectError", f"tier {tier.name}: cannot connect") from exc
+            raise UpstreamFailure(CONNECT_ERROR, tier.name, f"tier {tier.name}: cannot connect") from exc
         except UpstreamError as exc:
-            raise Failure("upstream_broke", "serverError", f"tier {tier.name}: connection broke before a response") from exc
+            raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: connection broke before a response") from exc
 
         try:
             status = upstream.status
             if status >= 500 or status == 429:
-                if upstream.headers.get(SATURATED_HEADER):
-                    raise Failure("rate_limited", "rateLimited", f"tier {tier.name} is saturated", trips_breaker=False)
-                if status == 429:
-                    raise Failure("rate_limited", "rateLimited", f"tier {tier.name} is rate limiting (429)")
-                raise Failure("server_error", "serverError", f"tier {tier.name} answered {status}")
-            tier_headers = {TIER_HEADER: tier.name, REASON_HEADER: reason}
+                saturated = bool(upstream.headers.get(SATURATED_HEADER))
+                if saturated:
+                    message = f"tier {tier.name} is saturated"
+                elif status == 429:
+                    message = f"tier {tier.name} is rate limiting (429)"
+                else:
+                    message = f"tier {tier.name} answered {status}"
+                raise UpstreamFailure(status_cause(status, saturated), tier.name, message, parse_retry_after(upstream.headers.get("retry-after")))
+            checkpoint = self._answered_checkpoint(tier, upstream.headers)
             if status != 200:
                 # The upstream refused the request itself (4xx): the client must fix it.
                 # Passed through as is, never retried elsewhere.
                 data = await _read_within(upstream, total)
-                self.metrics.child(self.metrics.requests, tier.name, reason, "client_error").inc()
-                return web.Response(status=status, body=data, headers={"Content-Type": upstream.content_type, **tier_headers})
-            if stream and upstream.content_type == "text/event-stream":
-                return await self._relay_stream(request, upstream, tier, tier_headers, reason, started, first_byte, total, features, decided)
+                return Answer(tier, attempt.reason, status, upstream.content_type, upstream.headers, data, checkpoint=checkpoint)
+            if call.stream and upstream.content_type == "text/event-stream":
+                return await self._relay_stream(call, attempt, upstream, checkpoint, first_byte, total)
             try:
                 if upstream.complete:
                     data = await upstream.read()  # already here: no timer needed
@@ -523,73 +580,125 @@ class Router:
                     async with asyncio.timeout(total):
                         data = await upstream.read()
             except TimeoutError as exc:
-                raise Failure("timeout", "timeout", f"tier {tier.name}: response not complete within {total:g}s") from exc
+                raise UpstreamFailure(TIMEOUT, tier.name, f"tier {tier.name}: response not complete within {total:g}s") from exc
             except UpstreamError as exc:
-                raise Failure("upstream_broke", "serverError", f"tier {tier.name}: connection broke mid-response") from exc
+                raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: connection broke mid-response") from exc
         finally:
             # A response not read to its end (a failure, or a client that left mid-stream)
             # closes its connection, which is what cancels the generation upstream.
             upstream.release()
+        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
+        return Answer(tier, attempt.reason, 200, upstream.content_type, upstream.headers, data, checkpoint=checkpoint)
 
-        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - started)
-        out = {"Content-Type": upstream.content_type, **tier_headers}
-        encoding = upstream.headers.get("content-encoding")
+    def _answered_checkpoint(self, tier: UpstreamTier, headers: dict[str, str]) -> str | None:
+        """Which checkpoint produced an answer: the peer says so in its response header;
+        this pod's engine serves this pod's checkpoint; external APIs do not say."""
+        if tier.kind == "service":
+            return headers.get(CHECKPOINT_HEADER) or self.checkpoint_of(tier)
+        if tier.kind == "local":
+            return self.checkpoint_of(tier)
+        return None
+
+    async def _verify(self, call: Call, answer: Answer) -> str | None:
+        for hook in self.hooks.verify:
+            try:
+                verdict = await hook(call, answer)
+            except Exception:  # a verifier's bug must not become the client's error
+                log.exception("verify hook failed; the answer is accepted")
+                continue
+            if verdict is not None:
+                return verdict
+        return None
+
+    async def _respond(self, call: Call, answer: Answer) -> web.StreamResponse:
+        """Send a tier's non-streamed answer to the client, count it, cache it."""
+        tier = answer.tier
+        out = {
+            "Content-Type": answer.content_type, TIER_HEADER: tier.name, REASON_HEADER: answer.reason,
+            REQUEST_ID_HEADER: self._response_id(call, answer.headers),
+        }
+        if answer.checkpoint is not None:
+            out[CHECKPOINT_HEADER] = answer.checkpoint
+        data = answer.body or b""
+        if answer.status != 200:
+            self.metrics.child(self.metrics.requests, tier.name, answer.reason, "client_error").inc()
+            retry_after = answer.headers.get("retry-after")
+            if retry_after is not None:
+                out["Retry-After"] = retry_after
+            return web.Response(status=answer.status, body=data, headers=out)
+        encoding = answer.headers.get("content-encoding")
         if encoding is not None and encoding != "identity":
             # Not asked for, but an upstream may still compress: pass it on untouched.
             out["Content-Encoding"] = encoding
-            self._account(tier, None, features, decided, reason)
-            return web.Response(body=data, headers=out)
-        usage = _usage_of(data)
-        self._account(tier, usage, features, decided, reason)
-        if key is not None and tier.name == decided.tier and upstream.content_type == "application/json":
-            self.cache.put(key, data, upstream.content_type)
-        return web.Response(body=data, headers=out)
+            self._account(call, tier, None, answer.reason)
+        else:
+            self._account(call, tier, _usage_of(data), answer.reason)
+            assert call.decision is not None
+            if call.cache_key is not None and tier.name == call.decision.tier and answer.content_type == "application/json":
+                self.cache.put(call.cache_key, data, answer.content_type)
+        response = web.Response(body=data, headers=out)
+        if self.hooks.complete and not call.hop:
+            await response.prepare(call.request)
+            await response.write_eof()
+            self._complete(call, answer)
+        return response
+
+    def _complete(self, call: Call, answer: Answer) -> None:
+        for hook in self.hooks.complete:
+            _run_hook(hook, call, answer)
+
+    def _response_id(self, call: Call, upstream_headers: dict[str, str]) -> str:
+        return call.request_id or _usable_id(upstream_headers.get(REQUEST_ID_HEADER)) or _new_id()
 
     async def _relay_stream(
-        self,
-        request: web.Request,
-        upstream: Response,
-        tier: UpstreamTier,
-        tier_headers: dict[str, str],
-        reason: str,
-        started: float,
-        first_byte: float,
-        total: float,
-        features: routing.Request | None,
-        decided: routing.Decision,
+        self, call: Call, attempt: Attempt, upstream: Response, checkpoint: str | None, first_byte: float, total: float
     ) -> web.StreamResponse:
         """Pass SSE through chunk by chunk. The client's response starts only once the
         upstream's first chunk is here, so a failure before it can still fall back."""
+        tier = attempt.tier
         try:
             async with asyncio.timeout(first_byte):
                 first = await upstream.readany()
         except TimeoutError as exc:
-            raise Failure("timeout", "timeout", f"tier {tier.name}: no first token within {first_byte:g}s") from exc
+            raise UpstreamFailure(TIMEOUT, tier.name, f"tier {tier.name}: no first token within {first_byte:g}s") from exc
         except UpstreamError as exc:
-            raise Failure("upstream_broke", "serverError", f"tier {tier.name}: stream broke before the first token") from exc
+            raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: stream broke before the first token") from exc
         if not first:
-            raise Failure("upstream_broke", "serverError", f"tier {tier.name}: empty stream")
-        self.metrics.child(self.metrics.ttft, tier.name).observe(time.perf_counter() - started)
+            raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: empty stream")
+        self.metrics.child(self.metrics.ttft, tier.name).observe(time.perf_counter() - attempt.started)
 
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **tier_headers})
-        await response.prepare(request)
+        out = {
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", TIER_HEADER: tier.name,
+            REASON_HEADER: attempt.reason, REQUEST_ID_HEADER: self._response_id(call, upstream.headers),
+        }
+        if checkpoint is not None:
+            out[CHECKPOINT_HEADER] = checkpoint
+        response = web.StreamResponse(headers=out)
+        await response.prepare(call.request)
         # From here on bytes have reached the client: whatever happens, no retry.
+        keep: list[bytes] | None = [first] if self.hooks.complete and not call.hop else None
+        kept = len(first)
         tail = first[-4096:]
         events = first.count(b"data:")
         outcome = "ok"
         try:
             await response.write(first)
-            deadline = asyncio.timeout(total)
-            async with deadline:
+            async with asyncio.timeout(total):
                 while chunk := await upstream.readany():
                     await response.write(chunk)
                     events += chunk.count(b"data:")
                     tail = (tail + chunk)[-4096:]
+                    if keep is not None:
+                        kept += len(chunk)
+                        if kept > STREAM_BODY_LIMIT:
+                            keep = None
+                        else:
+                            keep.append(chunk)
         except TimeoutError:
             outcome = "timeout"
             await _write_stream_error(response, UpstreamTimeout(f"tier {tier.name}: stream not complete within {total:g}s", "upstream_timeout"))
         except UpstreamError as exc:
-            if request.transport is None or request.transport.is_closing():
+            if call.request.transport is None or call.request.transport.is_closing():
                 raise asyncio.CancelledError from exc
             outcome = "upstream_error"
             log.warning("tier %s: stream broke mid-way (%s)", tier.name, type(exc).__name__)
@@ -598,29 +707,26 @@ class Router:
             # The client went away: closing the upstream response (in the caller's
             # finally) cancels the generation.
             raise asyncio.CancelledError from exc
-        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
         usage = _stream_usage(tail)
         if usage is None:
             # No usage event (the client did not ask for one): estimate one token per event.
-            usage = (features.prompt_tokens if features else 0, max(events - 2, 0))
-        self._account(tier, usage, features, decided, reason, outcome)
+            usage = (call.features.prompt_tokens if call.features else 0, max(events - 2, 0))
+        self._account(call, tier, usage, attempt.reason, outcome)
         try:
             await response.write_eof()
         except (ConnectionError, RuntimeError):
             pass
+        if self.hooks.complete and not call.hop and outcome == "ok":
+            body = b"".join(keep) if keep is not None else None
+            self._complete(call, Answer(tier, attempt.reason, 200, "text/event-stream", upstream.headers, body, streamed=True, checkpoint=checkpoint))
         return response
 
-    def _account(
-        self,
-        tier: UpstreamTier,
-        usage: tuple[int, int] | None,
-        features: routing.Request | None,
-        decided: routing.Decision,
-        reason: str,
-        outcome: str = "ok",
-    ) -> None:
+    def _account(self, call: Call, tier: UpstreamTier, usage: tuple[int, int] | None, reason: str, outcome: str = "ok") -> None:
         m = self.metrics
         m.child(m.requests, tier.name, reason, outcome).inc()
+        decided = call.decision
+        assert decided is not None
         if decided.reason == routing.HOP:
             # The sidecar that forwarded the request counts its tokens and cost.
             return
@@ -647,7 +753,9 @@ class Router:
 
 
 def parse_body(raw: bytes, kind: str) -> dict[str, Any]:
-    """Parse and check the fields the router relies on; 400 naming the field otherwise."""
+    """Parse and check the fields the router relies on; 400 naming the field otherwise.
+    Every optional field may be null, as the OpenAI API documents them as nullable and
+    its SDKs send them so (e.g. `"stream": null`)."""
     try:
         body = _loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -658,7 +766,8 @@ def parse_body(raw: bytes, kind: str) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("model must be a string", "invalid_type", "model")
-    if "stream" in body and not isinstance(body["stream"], bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise BadRequest("stream must be a boolean", "invalid_type", "stream")
     if kind == "chat":
         messages = body.get("messages")
@@ -685,7 +794,113 @@ def parse_body(raw: bytes, kind: str) -> dict[str, Any]:
 
 def cacheable(body: dict[str, Any]) -> bool:
     """Deterministic completions only: temperature explicitly 0 and a single choice."""
-    return body.get("temperature") == 0 and body.get("n", 1) == 1 and ("messages" in body or "prompt" in body)
+    n = body.get("n")
+    return body.get("temperature") == 0 and (n is None or n == 1) and ("messages" in body or "prompt" in body)
+
+
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
+
+
+def with_model(raw: bytes, body: dict[str, Any], model: str) -> bytes:
+    """The request bytes with the top-level `model` set to `model`, every other byte as
+    the client sent it (numbers, key order, escapes, whitespace): engines see exactly
+    the client's request. Falls back to re-serialising when the bytes resist."""
+    if body.get("model") == model:
+        return raw
+    encoded = json.dumps(model).encode()
+    if "model" not in body:
+        start = raw.find(b"{")
+        candidate = raw[: start + 1] + b'"model":' + encoded + (b"," if body else b"") + raw[start + 1 :]
+        if _checks(candidate, body, model):
+            return candidate
+    else:
+        for match in _MODEL_KEY.finditer(raw):
+            start = match.end()
+            end = _json_scalar_end(raw, start)
+            if end is None:
+                continue
+            candidate = raw[:start] + encoded + raw[end:]
+            # A nested "model" key (a tool's schema, say) leaves the top level unchanged,
+            # so the check below rejects it and the next match is tried.
+            if _checks(candidate, body, model):
+                return candidate
+    return json.dumps({**body, "model": model}).encode()
+
+
+def _json_scalar_end(raw: bytes, start: int) -> int | None:
+    """End of the JSON string or null starting at `start`, or None."""
+    if raw.startswith(b"null", start):
+        return start + 4
+    if raw[start : start + 1] != b'"':
+        return None
+    i = start + 1
+    while True:
+        i = raw.find(b'"', i)
+        if i < 0:
+            return None
+        backslashes = 0
+        j = i - 1
+        while raw[j] == 0x5C:  # backslash
+            backslashes += 1
+            j -= 1
+        if backslashes % 2 == 0:
+            return i + 1
+        i += 1
+
+
+def _checks(candidate: bytes, body: dict[str, Any], model: str) -> bool:
+    try:
+        parsed = _loads(candidate)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("model") == model and len(parsed) == len(body) + ("model" not in body)
+
+
+def _usable_id(value: str | None) -> str | None:
+    """A request id fit to echo and log: printable ASCII, at most 128 characters."""
+    if value is None or not value or len(value) > 128 or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
+def _new_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def _forwarded_headers(headers: Any, request_id: str | None) -> dict[str, str]:
+    """What every tier receives from the client's headers (see FORWARDED_HEADERS)."""
+    out = {"Content-Type": "application/json"}
+    if request_id is not None:
+        out[REQUEST_ID_HEADER] = request_id
+    for name in FORWARDED_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _error_response(error: RouterError, request_id: str | None, extra: dict[str, str] | None = None) -> web.Response:
+    headers = {REQUEST_ID_HEADER: request_id or _new_id()}
+    if isinstance(error, TooLarge):
+        headers["Connection"] = "close"
+    if error.tier is not None:
+        headers[TIER_HEADER] = error.tier
+    if error.reason is not None:
+        headers[REASON_HEADER] = error.reason
+    if extra:
+        headers.update(extra)
+    return error.response(headers)
+
+
+def _id_header(request: web.Request) -> dict[str, str]:
+    return {REQUEST_ID_HEADER: _usable_id(request.headers.get(REQUEST_ID_HEADER)) or _new_id()}
+
+
+def _run_hook(hook: Callable[..., None], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:  # a hook's bug must not become the client's error
+        log.exception("router hook %r failed", hook)
 
 
 def parse_engine_metrics(text: str) -> tuple[float, float]:
@@ -733,26 +948,6 @@ async def _write_stream_error(response: web.StreamResponse, error: RouterError) 
         await response.write(b"data: " + error.body() + b"\n\n")
     except (ConnectionError, RuntimeError):
         pass
-
-
-_OUTCOME = {
-    BadRequest: "client_error",
-    TooLarge: "client_error",
-    BudgetExceeded: "budget",
-    UpstreamBroke: "upstream_error",
-    NoHealthyUpstream: "no_upstream",
-    UpstreamTimeout: "timeout",
-}
-
-
-def _final_error(last: Failure | None) -> RouterError:
-    if last is None:
-        return NoHealthyUpstream("no upstream could be tried", "no_healthy_upstream")
-    if last.kind == "timeout":
-        return UpstreamTimeout(last.message, "upstream_timeout")
-    if last.cause in ("server_error", "upstream_broke"):
-        return UpstreamBroke(last.message, "upstream_error")
-    return NoHealthyUpstream(last.message, "no_healthy_upstream")
 
 
 # --- running it ----------------------------------------------------------------------------
