@@ -12,7 +12,7 @@ Policies (one tier, benchmarks/autoscale/tier.yaml, cold start 60-180 s per pod)
 - keda-waiting: KEDA on waiting requests, threshold 5 per replica, through the HPA;
 - keda-inflight: KEDA on waiting + running with threshold targetQueueDepth, the spec's
   scale-down window and step (what render/keda.py renders for autoscaling.engine keda);
-- shoal: plan.autoscale.decide with the tier's autoscaling spec.
+- shoal: plan.autoscale.decide_scale with the tier's autoscaling spec.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pytest
 
 from shoal.api.modeltier import AutoscalingSpec, PrometheusSource, ReplicasSpec
 from shoal.plan import autoscale as a
-from shoal.plan.autoscale import History, Observed, PodLoad, decide
+from shoal.plan.autoscale import History, Observed, PodLoad, decide_scale
 
 NOW = 1_000_000.0
 
@@ -92,6 +92,13 @@ CASES = [
     ("a_higher_recommendation_held_for_the_scale_up_window_scales_up",
      spec(scale_up_window_seconds=30), BOUNDS, Observed(2, pods((0, 14), (0, 14))),
      replace(SETTLED, scale_up_candidates=((NOW - 31, 2), (NOW - 10, 3))), (3, a.SCALE_UP, True, "MetricsFresh")),
+    ("replicas_desired_is_a_floor_an_idle_tier_does_not_go_below",
+     spec(), ReplicasSpec(min=1, max=10, desired=3), Observed(3, pods((0, 0), (0, 0), (0, 0))),
+     replace(SETTLED, scale_down_candidates=((NOW - 301, 3),)), (3, a.AT_MIN, True, "MetricsFresh")),
+    ("replicas_desired_does_not_cap_a_busy_tier",
+     spec(), ReplicasSpec(min=1, max=10, desired=2), Observed(2, pods((20, 10), (20, 10))), SETTLED, (6, a.PANIC, True, "MetricsFresh")),
+    ("a_tier_at_zero_wakes_to_replicas_desired",
+     spec(), ReplicasSpec(min=0, max=10, desired=2), Observed(0, ()), SETTLED, (2, a.AT_MIN, True, "MetricsFresh")),
     ("engine_none_keeps_replicas_desired",
      spec(engine="none"), ReplicasSpec(min=1, max=10, desired=4), Observed(2, pods((0, 0), (0, 0))), SETTLED, (4, a.DISABLED, False, "AutoscalingDisabled")),
     ("engine_keda_leaves_the_size_alone",
@@ -101,7 +108,7 @@ CASES = [
 
 @pytest.mark.parametrize("autoscaling,bounds,observed,history,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_decision_table(autoscaling, bounds, observed, history, expected):
-    decision = decide(autoscaling, bounds, observed, history, now=NOW)
+    decision = decide_scale(autoscaling, bounds, observed, history, now=NOW)
     assert (decision.desired_replicas, decision.reason, decision.scaling_active, decision.condition_reason) == expected
 
 
@@ -111,7 +118,7 @@ def test_missing_metrics_never_scale_down_over_many_periods():
     for step in range(200):
         now = NOW + 5 * step
         observed = Observed(5, (PodLoad("p0", None, None, None),) + pods(*[(0, 0)] * 4, at=now))
-        decision = decide(spec(), BOUNDS, observed, history, now=now)
+        decision = decide_scale(spec(), BOUNDS, observed, history, now=now)
         history = decision.history
         sizes.append(decision.desired_replicas)
     assert set(sizes) == {5}
@@ -126,7 +133,7 @@ def test_scale_down_follows_the_highest_recommendation_of_the_window():
         load = 40 if step < 60 else 5
         current = trail[-1] if trail else 4
         per_pod = load / current
-        decision = decide(spec(), BOUNDS, Observed(current, pods(*[(0, per_pod)] * current, at=now)), history, now=now)
+        decision = decide_scale(spec(), BOUNDS, Observed(current, pods(*[(0, per_pod)] * current, at=now)), history, now=now)
         history = decision.history
         trail.append(decision.desired_replicas)
     first_drop = trail.index(3)
@@ -137,9 +144,9 @@ def test_scale_down_follows_the_highest_recommendation_of_the_window():
 
 def test_panic_suspends_scale_down_for_a_whole_window_after_the_burst():
     history = SETTLED
-    burst = decide(spec(), BOUNDS, Observed(1, pods((30, 20))), history, now=NOW)
+    burst = decide_scale(spec(), BOUNDS, Observed(1, pods((30, 20))), history, now=NOW)
     assert (burst.desired_replicas, burst.reason, burst.history.panic_until) == (5, a.PANIC, NOW + 300)
-    calm = decide(spec(scale_down_window_seconds=0), BOUNDS, Observed(5, pods(*[(0, 1)] * 5, at=NOW + 299)), burst.history, now=NOW + 299)
+    calm = decide_scale(spec(scale_down_window_seconds=0), BOUNDS, Observed(5, pods(*[(0, 1)] * 5, at=NOW + 299)), burst.history, now=NOW + 299)
     assert (calm.desired_replicas, calm.reason) == (5, a.PANIC)
 
 
@@ -149,7 +156,7 @@ def test_the_window_history_stays_small_over_a_long_run():
         now = NOW + 5 * step
         load = 10 * (1 + (step * 7919) % 9)  # an irregular load between 10 and 90
         current = 5
-        decision = decide(spec(), ReplicasSpec(min=5, max=5), Observed(current, pods(*[(0, load / 5)] * 5, at=now)), history, now=now)
+        decision = decide_scale(spec(), ReplicasSpec(min=5, max=5), Observed(current, pods(*[(0, load / 5)] * 5, at=now)), history, now=now)
         history = decision.history
     assert len(history.scale_down_candidates) <= 61
     assert len(history.scale_up_candidates) == 1
@@ -157,65 +164,50 @@ def test_the_window_history_stays_small_over_a_long_run():
 
 def test_decisions_are_deterministic():
     observed = Observed(2, pods((5, 10), (0, 15)))
-    first = decide(spec(), BOUNDS, observed, SETTLED, now=NOW)
-    second = decide(spec(), BOUNDS, observed, SETTLED, now=NOW)
+    first = decide_scale(spec(), BOUNDS, observed, SETTLED, now=NOW)
+    second = decide_scale(spec(), BOUNDS, observed, SETTLED, now=NOW)
     assert first == second
 
 
-def test_history_round_trips_through_the_status_wire_format():
-    history = History(
-        scale_up_candidates=((NOW - 10.0, 2), (NOW, 3)),
-        scale_down_candidates=((NOW - 200.0, 6),),
-        panic_until=NOW + 300.0,
-        last_request_time=NOW - 1.5,
-        last_scale_time=None,
-    )
-    wire = history.to_wire()
-    assert wire["panicUntil"] == "1970-01-12T13:51:40Z"
-    assert "lastScaleTime" not in wire
-    assert History.from_wire(wire) == history
-    assert History.from_wire(None) == History()
-
-
 def test_scaling_changes_record_the_scale_time_and_holds_do_not():
-    up = decide(spec(), BOUNDS, Observed(2, pods((5, 10), (0, 15))), SETTLED, now=NOW)
-    hold = decide(spec(), BOUNDS, Observed(2, pods((0, 10), (0, 10))), SETTLED, now=NOW)
+    up = decide_scale(spec(), BOUNDS, Observed(2, pods((5, 10), (0, 15))), SETTLED, now=NOW)
+    hold = decide_scale(spec(), BOUNDS, Observed(2, pods((0, 10), (0, 10))), SETTLED, now=NOW)
     assert up.history.last_scale_time == NOW
     assert hold.history.last_scale_time == NOW - 3600
 
 
 def test_the_message_names_the_missing_pods():
     observed = Observed(2, (PodLoad("engine-a", None, None, None), PodLoad("engine-b", 1, 1, NOW - 100)))
-    decision = decide(spec(), BOUNDS, observed, SETTLED, now=NOW)
+    decision = decide_scale(spec(), BOUNDS, observed, SETTLED, now=NOW)
     assert decision.message == "Queue depth of engine-a, engine-b is missing or older than 15s; holding 2 replica(s)."
 
 
 def test_starting_replicas_count_as_capacity_until_they_are_ready():
     # 4 requested, 1 ready carrying 60: the 3 starting replicas will carry it (60 <= 2 x 4 x 10).
-    waiting = decide(spec(), BOUNDS, Observed(4, pods((30, 30))), SETTLED, now=NOW)
+    waiting = decide_scale(spec(), BOUNDS, Observed(4, pods((30, 30))), SETTLED, now=NOW)
     assert (waiting.desired_replicas, waiting.reason, waiting.recommended) == (4, a.AWAITING_CAPACITY, 6)
     # 90 exceeds 2 x 4 x 10 = 80: even the requested replicas will not be enough.
-    more = decide(spec(), BOUNDS, Observed(4, pods((60, 30))), SETTLED, now=NOW)
+    more = decide_scale(spec(), BOUNDS, Observed(4, pods((60, 30))), SETTLED, now=NOW)
     assert (more.desired_replicas, more.reason) == (9, a.PANIC)
 
 
 def test_an_empty_history_waits_a_whole_window_before_scaling_down():
     quiet = Observed(4, pods(*[(0, 1)] * 4))
-    first = decide(spec(), BOUNDS, quiet, History(), now=NOW)
+    first = decide_scale(spec(), BOUNDS, quiet, History(), now=NOW)
     assert (first.desired_replicas, first.reason) == (4, a.STABILIZING_DOWN)
-    later = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), first.history, now=NOW + 301)
+    later = decide_scale(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), first.history, now=NOW + 301)
     assert (later.desired_replicas, later.reason) == (3, a.SCALE_DOWN)
 
 
 def test_after_a_metrics_outage_scale_down_waits_a_whole_window_of_fresh_samples():
-    outage = decide(spec(), BOUNDS, Observed(4, (PodLoad("p0", None, None, None),)), SETTLED, now=NOW)
-    back = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 5)), outage.history, now=NOW + 5)
+    outage = decide_scale(spec(), BOUNDS, Observed(4, (PodLoad("p0", None, None, None),)), SETTLED, now=NOW)
+    back = decide_scale(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 5)), outage.history, now=NOW + 5)
     assert (back.desired_replicas, back.reason) == (4, a.STABILIZING_DOWN)
-    settled = decide(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), back.history, now=NOW + 301)
+    settled = decide_scale(spec(), BOUNDS, Observed(4, pods(*[(0, 1)] * 4, at=NOW + 301)), back.history, now=NOW + 301)
     assert (settled.desired_replicas, settled.reason) == (3, a.SCALE_DOWN)
 
 
 def test_recommendations_above_max_are_remembered_as_max():
-    decision = decide(spec(), BOUNDS, Observed(10, pods(*[(500, 100)] * 10)), SETTLED, now=NOW)
+    decision = decide_scale(spec(), BOUNDS, Observed(10, pods(*[(500, 100)] * 10)), SETTLED, now=NOW)
     assert (decision.desired_replicas, decision.reason, decision.recommended) == (10, a.AT_MAX, 600)
     assert decision.history.scale_down_candidates == ((NOW, 10),)

@@ -92,7 +92,7 @@ CASES = [
     ("after promotion: steady at B, the verdict stays recorded",
      tier(B, servingCheckpoint=B, lastEvaluation=recorded("Passed")),
      RolloutObservation(deployment_checkpoint=B, deployment_complete=True),
-     "Serving", B, None, (), B, None, "Passed", ("True", "NotRequired")),
+     "Serving", B, None, (), B, None, "Passed", ("True", "Passed")),
     ("exit 1: failed, B blocked, A keeps serving",
      tier(B, servingCheckpoint=A, candidateCheckpoint=B, lastEvaluation=running()),
      RolloutObservation(jobs=(job("Failed", exit_code=1, message=FAILED_MESSAGE, failed_reason="BackoffLimitExceeded"),),

@@ -221,13 +221,20 @@ def test_only_changed_fields_are_patched(small_tier_body, policy_body):
         ({"min": 1, "max": 4}, "shoal", 3, 3),
         ({"min": 1, "max": 4}, "shoal", 9, 4),
         ({"min": 1, "max": 4}, "none", 3, 1),
-        ({"min": 1, "max": 4, "desired": 2}, "shoal", 3, 2),
+        # replicas.desired (kubectl scale) is a floor for an autoscaled tier, not a size:
+        # the autoscaler's 3 stays, a size below the floor is raised to it.
+        ({"min": 1, "max": 4, "desired": 2}, "shoal", 3, 3),
+        ({"min": 1, "max": 4, "desired": 2}, "shoal", 1, 2),
+        ({"min": 1, "max": 4, "desired": 3}, "keda", 2, 3),
+        ({"min": 1, "max": 4, "desired": 2}, "none", 4, 2),
         ({"min": 0, "max": 2}, "shoal", 0, 0),
     ],
 )
 def test_replicas_to_apply(small_tier_body, replicas_spec, engine, current, expected):
     small_tier_body["spec"]["replicas"] = replicas_spec
     small_tier_body["spec"]["autoscaling"]["engine"] = engine
+    if engine == "keda":
+        small_tier_body["spec"]["autoscaling"]["prometheus"] = {"url": "http://prometheus:9090", "query": "sum(q)"}
     tier = ModelTier.from_body(small_tier_body)
     dep = None if current is None else {"spec": {"replicas": current}}
     assert desired_replicas(tier, dep) == expected

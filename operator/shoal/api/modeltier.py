@@ -335,10 +335,18 @@ class ReplicasSpec(ShoalModel):
         ge=0,
         le=1000,
         description=(
-            "Fixed replica count when autoscaling.engine is none. The scale subresource "
-            "(kubectl scale, an external autoscaler) writes this field."
+            "What `kubectl scale modeltier` (the scale subresource) sets. With autoscaling.engine "
+            "none it is the replica count. With the built-in autoscaler (queue-depth) or keda it "
+            "is a floor: the autoscaler never scales below it and may scale above it, up to "
+            "max, under load; remove it (or set it to min) to give the whole range back."
         ),
     )
+
+    @property
+    def floor(self) -> int:
+        """The fewest replicas an autoscaler may run: min, raised to desired when that is set
+        (what `kubectl scale modeltier` writes), so a manual scale is never undone."""
+        return max(self.min, self.desired or 0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicasSpec:

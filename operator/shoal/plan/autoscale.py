@@ -1,6 +1,6 @@
 """The autoscaling decision: queue depth in, desired replicas and a reason out.
 
-`decide()` is pure. The controller (every `autoscaling.metricsPeriodSeconds`) and the
+`decide_scale()` is pure. The controller (every `autoscaling.metricsPeriodSeconds`) and the
 simulator (`shoal sim`) call it with what they observed, the tier's autoscaling and
 replica bounds, the time, and the small `History` the previous call returned. The history
 is plain data so the controller can keep it in the ModelTier status and survive a restart
@@ -29,15 +29,17 @@ The policy, in the order the checks are made:
    metrics outage is followed by a whole window before any scale-down.
 7. With replicas.min 0, the last replica is removed only after scaleToZeroIdleSeconds
    without any load or request.
-8. The result is clamped to [replicas.min, replicas.max].
+8. The result is clamped to [floor, replicas.max], where the floor is replicas.min, raised
+   to replicas.desired when that is set. replicas.desired is what the CRD's scale
+   subresource (`kubectl scale modeltier`) writes: with the autoscaler in charge it is a
+   floor the autoscaler honours, so a manual scale and the autoscaler never undo each
+   other (scaling up above it on load is still allowed).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any
 
 from shoal.api.conditions import (
     REASON_AUTOSCALING_DISABLED,
@@ -63,7 +65,7 @@ WAKE_UP = "WakeUp"  # A request arrived for a tier at zero: it starts again.
 METRICS_MISSING = "MetricsMissing"  # A ready pod's queue depth is missing or stale: the size is held.
 NO_READY_PODS = "NoReadyPods"  # Replicas exist but none is ready to report load: the size is held.
 AT_MAX = "AtMax"  # More replicas are wanted than replicas.max allows.
-AT_MIN = "AtMin"  # Fewer replicas are wanted than replicas.min allows.
+AT_MIN = "AtMin"  # Fewer replicas are wanted than the floor (replicas.min, or replicas.desired when higher) allows.
 DISABLED = REASON_AUTOSCALING_DISABLED  # autoscaling.engine is none: replicas.desired (or min) is kept.
 DELEGATED = REASON_DELEGATED_TO_KEDA  # autoscaling.engine is keda: the current size is left to KEDA.
 
@@ -129,42 +131,9 @@ class History:
     last_request_time: float | None = None
     last_scale_time: float | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        """camelCase, RFC 3339 times, None omitted: the shape to store in the status."""
-        wire: dict[str, Any] = {
-            "scaleUpCandidates": [{"time": _rfc3339(t), "replicas": n} for t, n in self.scale_up_candidates],
-            "scaleDownCandidates": [{"time": _rfc3339(t), "replicas": n} for t, n in self.scale_down_candidates],
-        }
-        for key, value in (
-            ("panicUntil", self.panic_until),
-            ("lastRequestTime", self.last_request_time),
-            ("lastScaleTime", self.last_scale_time),
-        ):
-            if value is not None:
-                wire[key] = _rfc3339(value)
-        return wire
 
-    @classmethod
-    def from_wire(cls, wire: dict[str, Any] | None) -> History:
-        """The inverse of to_wire; an absent or empty status gives an empty history."""
-        if not wire:
-            return cls()
-
-        def when(key: str) -> float | None:
-            value = wire.get(key)
-            return None if value is None else _seconds(value)
-
-        return cls(
-            scale_up_candidates=tuple((_seconds(c["time"]), int(c["replicas"])) for c in wire.get("scaleUpCandidates", ())),
-            scale_down_candidates=tuple((_seconds(c["time"]), int(c["replicas"])) for c in wire.get("scaleDownCandidates", ())),
-            panic_until=when("panicUntil"),
-            last_request_time=when("lastRequestTime"),
-            last_scale_time=when("lastScaleTime"),
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
+@dataclass(frozen=True, kw_only=True)
+class ScaleDecision:
     """The outcome of one decision.
 
     desired_replicas: what the Deployment's scale should be now.
@@ -190,7 +159,7 @@ class Decision:
         return self.desired_replicas != current_replicas
 
 
-def decide(
+def decide_scale(
     autoscaling: AutoscalingSpec,
     replicas: ReplicasSpec,
     observed: Observed,
@@ -198,23 +167,39 @@ def decide(
     *,
     now: float,
     stale_after_seconds: float | None = None,
-) -> Decision:
-    """Decide the tier's size. Pure and deterministic: same inputs, same Decision.
+) -> ScaleDecision:
+    """Decide the tier's size. Pure and deterministic: same inputs, same ScaleDecision.
 
     `now` is seconds on any clock that only moves forward, the same clock as
     PodLoad.observed_at and the times in `history`. `stale_after_seconds` defaults to
     STALE_AFTER_PERIODS metrics periods.
     """
     current = observed.current_replicas
-    lo, hi = replicas.min, replicas.max
+    lo, hi = replicas.floor, replicas.max
 
     if autoscaling.engine == "none":
         desired = replicas.desired if replicas.desired is not None else lo
-        return _decision(desired, DISABLED, "autoscaling.engine is none; replicas are fixed by the spec.",
-                         False, REASON_AUTOSCALING_DISABLED, None, None, None, history, current, now)
+        return _decision(
+            desired=desired,
+            reason=DISABLED,
+            message="autoscaling.engine is none; replicas are fixed by the spec.",
+            active=False,
+            condition_reason=REASON_AUTOSCALING_DISABLED,
+            history=history,
+            current=current,
+            now=now,
+        )
     if autoscaling.engine == "keda":
-        return _decision(current, DELEGATED, "autoscaling.engine is keda; a KEDA ScaledObject scales this tier.",
-                         False, REASON_DELEGATED_TO_KEDA, None, None, None, history, current, now)
+        return _decision(
+            desired=current,
+            reason=DELEGATED,
+            message="autoscaling.engine is keda; a KEDA ScaledObject scales this tier.",
+            active=False,
+            condition_reason=REASON_DELEGATED_TO_KEDA,
+            history=history,
+            current=current,
+            now=now,
+        )
 
     demand_seen = observed.spilled_requests > 0
 
@@ -223,14 +208,31 @@ def decide(
         if demand_seen:
             history = replace(history, last_request_time=now)
             desired = _clamp(max(1, lo), lo, hi)
-            return _decision(desired, WAKE_UP,
-                             f"{observed.spilled_requests} request(s) arrived while the tier was at zero; starting {desired} replica(s).",
-                             True, REASON_METRICS_FRESH, None, None, None, history, current, now)
+            return _decision(
+                desired=desired,
+                reason=WAKE_UP,
+                message=f"{observed.spilled_requests} request(s) arrived while the tier was at zero; starting {desired} replica(s).",
+                history=history,
+                current=current,
+                now=now,
+            )
         if lo > 0:
-            return _decision(lo, AT_MIN, f"replicas.min is {lo}.", True, REASON_METRICS_FRESH,
-                             None, None, None, history, current, now)
-        return _decision(0, ASLEEP, "The tier is at zero and no request arrived; the router sends its traffic on.",
-                         True, REASON_METRICS_FRESH, None, None, None, history, current, now)
+            return _decision(
+                desired=lo,
+                reason=AT_MIN,
+                message=f"{_floor_words(replicas)}.",
+                history=history,
+                current=current,
+                now=now,
+            )
+        return _decision(
+            desired=0,
+            reason=ASLEEP,
+            message="The tier is at zero and no request arrived; the router sends its traffic on.",
+            history=history,
+            current=current,
+            now=now,
+        )
 
     # 2. Missing or stale metrics hold the size. A spilled request still counts as a
     # request, so a later scale to zero waits for it. The held size counts as a
@@ -242,16 +244,30 @@ def decide(
     held_history = replace(history, scale_down_candidates=_push(
         history.scale_down_candidates, now, held, autoscaling.scale_down_window_seconds, keep_min=False))
     if not observed.pods:
-        return _decision(held, NO_READY_PODS,
-                         f"{current} replica(s) requested but none is ready to report queue depth; holding the size.",
-                         False, REASON_METRICS_MISSING, None, None, None, held_history, current, now)
+        return _decision(
+            desired=held,
+            reason=NO_READY_PODS,
+            message=f"{current} replica(s) requested but none is ready to report queue depth; holding the size.",
+            active=False,
+            condition_reason=REASON_METRICS_MISSING,
+            history=held_history,
+            current=current,
+            now=now,
+        )
     stale_after = stale_after_seconds if stale_after_seconds is not None else STALE_AFTER_PERIODS * autoscaling.metrics_period_seconds
     missing = sorted(p.pod for p in observed.pods if not p.is_fresh(now, stale_after))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        return _decision(held, METRICS_MISSING,
-                         f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).",
-                         False, REASON_METRICS_MISSING, None, None, None, held_history, current, now)
+        return _decision(
+            desired=held,
+            reason=METRICS_MISSING,
+            message=f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).",
+            active=False,
+            condition_reason=REASON_METRICS_MISSING,
+            history=held_history,
+            current=current,
+            now=now,
+        )
 
     # 3. The recommendation from fresh load.
     waiting = sum(p.waiting or 0.0 for p in observed.pods)
@@ -329,16 +345,36 @@ def decide(
     if desired > hi:
         desired, reason, message = hi, AT_MAX, f"{load}; replicas.max is {hi}."
     elif desired < lo:
-        desired, reason, message = lo, AT_MIN, f"{load}; replicas.min is {lo}."
-    return _decision(desired, reason, message, True, REASON_METRICS_FRESH, recommended, total, waiting, history, current, now)
+        desired, reason, message = lo, AT_MIN, f"{load}; {_floor_words(replicas)}."
+    return _decision(
+        desired=desired,
+        reason=reason,
+        message=message,
+        recommended=recommended,
+        total=total,
+        waiting=waiting,
+        history=history,
+        current=current,
+        now=now,
+    )
 
 
-def _decision(desired: int, reason: str, message: str, active: bool, condition_reason: str,
-              recommended: int | None, total: float | None, waiting: float | None,
-              history: History, current: int, now: float) -> Decision:
+def _decision(*, desired: int, reason: str, message: str, history: History, current: int, now: float,
+              active: bool = True, condition_reason: str = REASON_METRICS_FRESH,
+              recommended: int | None = None, total: float | None = None, waiting: float | None = None) -> ScaleDecision:
     if desired != current:
         history = replace(history, last_scale_time=now)
-    return Decision(desired, reason, message, active, condition_reason, recommended, total, waiting, history)
+    return ScaleDecision(
+        desired_replicas=desired, reason=reason, message=message, scaling_active=active,
+        condition_reason=condition_reason, recommended=recommended, queue_depth=total, waiting=waiting,
+        history=history,
+    )
+
+
+def _floor_words(replicas: ReplicasSpec) -> str:
+    if replicas.desired is not None and replicas.desired > replicas.min:
+        return f"replicas.desired (the scale subresource) is {replicas.desired}"
+    return f"replicas.min is {replicas.min}"
 
 
 def _clamp(value: int, lo: int, hi: int) -> int:
@@ -356,11 +392,3 @@ def _push(candidates: tuple[tuple[float, int], ...], now: float, value: int, win
         kept.pop()
     kept.append((now, value))
     return tuple(kept)
-
-
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _seconds(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

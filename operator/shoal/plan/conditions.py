@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shoal.api.times import rfc3339
+
 ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated"]
 
 
@@ -30,10 +32,6 @@ class Cond:
     status: str
     reason: str
     message: str
-
-
-def rfc3339(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_conditions(

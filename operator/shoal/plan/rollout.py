@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from shoal.api import conditions as C
 from shoal.api.modeltier import EvaluationRecord, ModelTier
 from shoal.api.naming import CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
+from shoal.api.times import parse_rfc3339
 
 from .conditions import Cond, EventSpec
 
@@ -69,7 +70,7 @@ class RolloutObservation:
     deployment_complete: bool = False  # that template is fully rolled out and available
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RolloutPlan:
     step: Step
     # The checkpoint the Deployment must run. None: nothing may serve yet (the first
@@ -124,7 +125,7 @@ def eval_job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> Eva
 def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parse_rfc3339(value)
 
 
 def verdict_from_job(job: EvalJobObservation, timeout_seconds: int, now: datetime) -> EvaluationRecord | None:
@@ -212,12 +213,27 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -
             events.append(EventSpec("Normal", EVENT_PROMOTED, f"{desired} now serves traffic" + (f" (was {serving})." if serving else ".")))
             # The candidate serves now: its evaluation Job has done its work too.
             every_job = tuple(sorted(j.name for j in observed.jobs))
-            return RolloutPlan("Serving", desired, None, every_job, desired, None, record, evaluated, None, events)
-        return RolloutPlan("RollingOut", desired, None, stale_jobs, serving, desired, record, evaluated, None, events)
+            return RolloutPlan(
+                step="Serving", deploy_checkpoint=desired, create_job_for=None, delete_jobs=every_job,
+                serving_checkpoint=desired, candidate_checkpoint=None, last_evaluation=record, evaluated=evaluated,
+                progressing=None, events=events,
+            )
+        return RolloutPlan(
+            step="RollingOut", deploy_checkpoint=desired, create_job_for=None, delete_jobs=stale_jobs,
+            serving_checkpoint=serving, candidate_checkpoint=desired, last_evaluation=record, evaluated=evaluated,
+            progressing=None, events=events,
+        )
 
     # The spec asks for what already serves: nothing to evaluate or roll out.
+    # The verdict that let it serve stays reported (Passed), so the status a promotion wrote
+    # is also what the next pass computes: a fixed point, not a flip on the next event.
     if desired == serving:
-        return RolloutPlan("Serving", serving, None, stale_jobs, serving, None, last, _evaluated(None, desired, serving), None, events)
+        passed = last if last is not None and last.checkpoint == desired and last.verdict == "Passed" else None
+        return RolloutPlan(
+            step="Serving", deploy_checkpoint=serving, create_job_for=None, delete_jobs=stale_jobs,
+            serving_checkpoint=serving, candidate_checkpoint=None, last_evaluation=last,
+            evaluated=_evaluated(passed, desired, serving), progressing=None, events=events,
+        )
 
     # No gate for this checkpoint: roll it out directly.
     gated = evaluation is not None and (serving is not None or spec.rollout.first_checkpoint == "evaluate")
@@ -248,6 +264,14 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -
         return rolling_out(record, evaluated)
     if record.verdict == "Running":
         progressing = Cond(C.PROGRESSING, "True", C.REASON_EVALUATING, f"Evaluating {desired} before it serves traffic.")
-        return RolloutPlan("Evaluating", serving, create_job_for, stale_jobs, serving, desired, record, evaluated, progressing, events)
+        return RolloutPlan(
+            step="Evaluating", deploy_checkpoint=serving, create_job_for=create_job_for, delete_jobs=stale_jobs,
+            serving_checkpoint=serving, candidate_checkpoint=desired, last_evaluation=record, evaluated=evaluated,
+            progressing=progressing, events=events,
+        )
     progressing = Cond(C.PROGRESSING, "False", evaluated.reason, evaluated.message)
-    return RolloutPlan("Blocked", serving, None, stale_jobs, serving, desired, record, evaluated, progressing, events)
+    return RolloutPlan(
+        step="Blocked", deploy_checkpoint=serving, create_job_for=None, delete_jobs=stale_jobs,
+        serving_checkpoint=serving, candidate_checkpoint=desired, last_evaluation=record, evaluated=evaluated,
+        progressing=progressing, events=events,
+    )

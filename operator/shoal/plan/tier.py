@@ -189,18 +189,22 @@ def _rolling(deployment: dict[str, Any]) -> bool:
 
 
 def desired_replicas(tier: ModelTier, deployment: dict[str, Any] | None) -> int:
-    """Replica count to apply: never fight whoever scaled the Deployment within bounds."""
+    """The replica count to apply; one owner per mode, so nothing fights over it.
+
+    engine none: replicas.desired (the scale subresource), else min. With an autoscaler (the
+    built-in one or KEDA) the autoscaler owns the Deployment's size: the current size is
+    kept, only clamped into [floor, max] where the floor is min raised to replicas.desired
+    (a `kubectl scale` sets a floor the autoscaler honours, never a size it undoes).
+    """
     rep = tier.spec.replicas
-    if tier.spec.autoscaling.engine == "none" or rep.desired is not None:
-        if rep.desired is not None:
-            return rep.desired
-        return rep.min
+    if tier.spec.autoscaling.engine == "none":
+        return rep.desired if rep.desired is not None else rep.min
     if deployment is not None:
         current = deployment.get("spec", {}).get("replicas")
         if isinstance(current, int):
-            return max(rep.min, min(rep.max, current))
+            return max(rep.floor, min(rep.max, current))
     # A new tier starts warm with one replica (within bounds); the autoscaler takes over.
-    return max(rep.min, min(rep.max, 1))
+    return max(rep.floor, min(rep.max, 1))
 
 
 def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any] | None = None) -> TierPlan:

@@ -33,7 +33,9 @@ def render_scaled_object(tier: ModelTier, deployment_name: str | None = None) ->
     spec: dict[str, Any] = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name or tier.name},
         "pollingInterval": period,
-        "minReplicaCount": replicas.min,
+        # replicas.desired (kubectl scale) raises the floor, as it does for Shoal's own
+        # autoscaler, so KEDA and a manual scale never undo each other.
+        "minReplicaCount": replicas.floor,
         "maxReplicaCount": replicas.max,
         "advanced": {
             "horizontalPodAutoscalerConfig": {
@@ -64,7 +66,7 @@ def render_scaled_object(tier: ModelTier, deployment_name: str | None = None) ->
             }
         ],
     }
-    if replicas.min == 0:
+    if replicas.floor == 0:
         # Scale to zero only after the tier's idle period without load.
         spec["cooldownPeriod"] = autoscaling.scale_to_zero_idle_seconds
     return {

@@ -30,7 +30,7 @@ class TierView:
 
 
 class ShoalPolicy:
-    """plan.autoscale.decide, called exactly as the controller calls it."""
+    """plan.autoscale.decide_scale, called exactly as the controller calls it."""
 
     name = "shoal"
 
@@ -47,7 +47,7 @@ class ShoalPolicy:
             else autoscale.PodLoad(f"pod-{i}", float(p.waiting), float(p.running), now)
             for i, p in enumerate(view.ready_pods)
         )
-        decision = autoscale.decide(
+        decision = autoscale.decide_scale(
             self.autoscaling, self.replicas,
             autoscale.Observed(view.current_replicas, pods, view.spilled_requests),
             self.history, now=now,
