@@ -78,6 +78,8 @@ def test_rbac_grants_only_what_the_controller_uses(helm):
     assert grants[("", "pods")] == {"get", "list", "watch"}
     assert grants[("apps", "deployments")] == {"get", "list", "watch", "create", "patch"}
     assert grants[("shoal.dev", "modeltiers/status")] == {"get", "patch"}
+    # The operator writes only the status of its own kinds (no kopf annotations).
+    assert grants[("shoal.dev", "modeltiers")] == {"get", "list", "watch"}
     assert grants[("", "events")] == {"create"}
     # Only superseded evaluation Jobs are ever deleted.
     assert [key for key, verbs in grants.items() if "delete" in verbs] == [("batch", "jobs")]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from shoal.controller.autoscaler import status_patch
-from shoal.plan.autoscale import Decision, History
+from shoal.controller.autoscaler import autoscaler_status_patch
+from shoal.plan.autoscale import History, ScaleDecision
 
 NOW = 1_795_000_000.0  # 2026-11-18T11:06:40Z
 
 
 def decision(desired=2, reason="ScaleUp", active=True, cond_reason="MetricsFresh", queue=20.0):
-    return Decision(
+    return ScaleDecision(
         desired_replicas=desired,
         reason=reason,
         message=f"{reason} to {desired}",
@@ -23,7 +23,7 @@ def decision(desired=2, reason="ScaleUp", active=True, cond_reason="MetricsFresh
 
 
 def test_a_scale_decision_is_written_with_its_condition():
-    patch = status_patch({}, decision(), 7, NOW)
+    patch = autoscaler_status_patch({}, decision(), 7, NOW)
     assert patch["autoscaler"] == {
         "desiredReplicas": 2,
         "reason": "ScaleUp",
@@ -39,16 +39,16 @@ def test_a_scale_decision_is_written_with_its_condition():
 
 
 def test_same_decision_again_writes_nothing_even_if_the_queue_moved():
-    first = status_patch({}, decision(), 7, NOW)
+    first = autoscaler_status_patch({}, decision(), 7, NOW)
     stored = {"autoscaler": first["autoscaler"], "conditions": first["conditions"]}
-    assert status_patch(stored, decision(queue=21.5), 7, NOW + 5) is None
+    assert autoscaler_status_patch(stored, decision(queue=21.5), 7, NOW + 5) is None
 
 
 def test_missing_metrics_flip_scaling_active_and_keep_other_conditions():
     ready = {"type": "Ready", "status": "True", "reason": "Available", "message": "", "lastTransitionTime": "2026-11-18T08:00:00Z"}
-    first = status_patch({"conditions": [ready]}, decision(), 7, NOW)
+    first = autoscaler_status_patch({"conditions": [ready]}, decision(), 7, NOW)
     stored = {"autoscaler": first["autoscaler"], "conditions": first["conditions"]}
-    patch = status_patch(stored, decision(reason="MetricsMissing", active=False, cond_reason="MetricsMissing", queue=None), 7, NOW + 30)
+    patch = autoscaler_status_patch(stored, decision(reason="MetricsMissing", active=False, cond_reason="MetricsMissing", queue=None), 7, NOW + 30)
     types = [(c["type"], c["status"], c["reason"]) for c in patch["conditions"]]
     assert types == [("Ready", "True", "Available"), ("ScalingActive", "False", "MetricsMissing")]
     assert "queueDepth" not in patch["autoscaler"]

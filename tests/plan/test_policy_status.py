@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from shoal.api.routepolicy import RoutePolicy
-from shoal.plan.policy import PolicyObservation, policy_status, status_patch
+from shoal.plan.conditions import status_merge_patch
+from shoal.plan.policy import PolicyObservation, policy_status
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
@@ -50,7 +51,7 @@ def test_same_observation_twice_patches_nothing(policy_body):
     policy = RoutePolicy.from_body(policy_body)
     observed = PolicyObservation(model_tiers=frozenset({"small", "large"}), secrets={"frontier-api": frozenset({"api-key"})})
     first = policy_status(policy, observed, NOW, None)
-    assert status_patch(policy_status(policy, observed, NOW, first), first) is None
+    assert status_merge_patch(policy_status(policy, observed, NOW, first), first) is None
 
 
 def test_entry_service_follows_the_first_tier_with_ready_pods(policy_body):

@@ -168,7 +168,7 @@ def test_a_new_candidate_is_recorded_as_running_with_its_job_name_and_an_event()
     assert plan.last_evaluation == EvaluationRecord(checkpoint=B, verdict="Running", job_name=JOB_B, start_time=NOW)
     assert [(e.type, e.reason) for e in plan.events] == [("Normal", "Evaluating")]
     assert plan.progressing is not None and (plan.progressing.status, plan.progressing.reason) == ("True", "Evaluating")
-    assert plan.status_patch() == {
+    assert plan.status_fields() == {
         "servingCheckpoint": A,
         "candidateCheckpoint": B,
         "lastEvaluation": {

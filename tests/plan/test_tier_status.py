@@ -197,7 +197,7 @@ def test_unchanged_observations_produce_no_status_patch_and_no_events(small_tier
     observed = TierObservation(deployment=deployment(), route_policy=RoutePolicy.from_body(policy_body))
     first = plan_tier(tier, observed, NOW)
     second = plan_tier(tier, observed, NOW + timedelta(minutes=5), first.status)
-    assert second.status_patch(first.status) is None
+    assert second.status_merge_patch(first.status) is None
     assert second.events == []
     assert [e.reason for e in first.events] == ["Available", "RolloutComplete"]
 
@@ -207,7 +207,7 @@ def test_only_changed_fields_are_patched(small_tier_body, policy_body):
     policy = RoutePolicy.from_body(policy_body)
     first = plan_tier(tier, TierObservation(deployment=deployment(replicas=2, ready=1), route_policy=policy), NOW)
     second = plan_tier(tier, TierObservation(deployment=deployment(replicas=2, ready=2), route_policy=policy), NOW, first.status)
-    patch = second.status_patch(first.status)
+    patch = second.status_merge_patch(first.status)
     assert set(patch) == {"readyReplicas", "conditions"}
     assert patch["readyReplicas"] == 2
 

@@ -30,8 +30,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "shoal.namespacedRules" -}}
 - apiGroups: ["shoal.dev"]
   resources: ["modeltiers", "routepolicies"]
-  # patch: kopf records its progress in shoal.dev/ annotations.
-  verbs: ["get", "list", "watch", "patch"]
+  # Read through watches only; the operator writes nothing but their status.
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["shoal.dev"]
   resources: ["modeltiers/status", "routepolicies/status"]
   verbs: ["get", "patch"]
@@ -43,17 +43,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["deployments/scale"]
   verbs: ["get", "patch"]
 - apiGroups: [""]
+  # list/watch: the operator's in-memory view (its own children, and the key names of
+  # ConfigMaps a spec refers to).
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
-  # Read to check that referenced Secrets and keys exist; only key names are used,
-  # values are never logged or copied into status.
+  # Read by name to check that referenced Secrets and keys exist; only key names are
+  # used, values are never logged or copied into status. Deliberately not list/watch:
+  # that would hand the operator every Secret of the namespace.
   resources: ["secrets"]
   verbs: ["get"]
 - apiGroups: [""]

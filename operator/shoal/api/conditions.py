@@ -27,7 +27,6 @@ DRIFTING = "Drifting"  # The serving checkpoint agrees less with its reference t
 # --- reasons ----------------------------------------------------------------------------
 # Ready / Available / Progressing
 REASON_AVAILABLE = "Available"  # Every wanted replica is ready and up to date.
-REASON_PARTIALLY_AVAILABLE = "PartiallyAvailable"  # Some, not all, wanted replicas are ready.
 REASON_ROLLING_OUT = "RollingOut"  # Pods of the current spec are replacing older pods.
 REASON_ROLLOUT_COMPLETE = "RolloutComplete"  # Every pod runs the current spec.
 REASON_ROLLOUT_STALLED = "RolloutStalled"  # The Deployment exceeded its progress deadline.

@@ -1,36 +1,42 @@
-"""The autoscaler's pass for one ModelTier: read queue depth, decide (pure), scale.
+"""The autoscaler: one operator-wide loop that sizes every ModelTier on queue depth.
 
-Every `autoscaling.metricsPeriodSeconds` the pass scrapes each ready pod's router sidecar,
-calls `plan.autoscale.decide`, and changes the Deployment's scale subresource only when the
-decision differs from its current size, with an Event for each scale action.
+Each tier's pass runs when its `autoscaling.metricsPeriodSeconds` has come round: it reads
+the tier, its Deployment and its pods from the in-memory view (no API request), scrapes
+each ready pod's router sidecar, calls `plan.autoscale.decide_scale`, and changes the
+Deployment's scale subresource only when the decision differs from its current size, with
+an Event for each scale action (recorded first, so a kill between the two loses nothing:
+the Event's name makes a second recording of it a no-op).
 
-The decision's history (the recommendations of its windows) lives in this process and is
-written to the ModelTier status only together with a change the user should see (a new
-desired size, reason or ScalingActive condition). A steady tier is therefore never written
-to; after an operator restart the windows start empty, which can only delay a scale-down.
+One loop for all tiers rather than a timer per tier: a tier that is not due costs one
+comparison, and no task or API request exists per tier.
+
+The decision's history (the recommendations of its windows) lives in this process only
+and is written to the ModelTier status only together with a change the user should see (a
+new desired size, reason or ScalingActive condition). A steady tier is therefore never
+written to; after an operator restart the windows start empty, which can only delay a
+scale-down by one window, never cause one.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
-
-from shoal.api import conditions as C
 from pydantic import ValidationError
 
+from shoal.api import conditions as C
 from shoal.api.modeltier import ModelTier
-from shoal.api.routepolicy import RoutePolicy
-from shoal.api.naming import selector_string, tier_selector
+from shoal.api.times import rfc3339
 from shoal.kube.client import Kube
-from shoal.plan.autoscale import Decision, History, Observed, decide
+from shoal.kube.observe import route_policy
+from shoal.kube.view import View
+from shoal.plan.autoscale import History, Observed, ScaleDecision, decide_scale
 from shoal.plan.conditions import Cond, update_conditions
 
+from .clock import Clock, seconds
 from .metrics_source import PodTarget, query_prometheus, scrape_pods, scrape_spillovers, spread_total
 
 log = logging.getLogger("shoal.autoscaler")
@@ -45,14 +51,10 @@ def _ready(pod: dict[str, Any]) -> bool:
     return False
 
 
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass
 class TierMemory:
     history: History = field(default_factory=History)
-    last_run: float = 0.0
+    last_run: float = float("-inf")
     # Last spill-over counter seen per peer pod; the first reading of a pod is a baseline.
     spill_counters: dict[str, float] = field(default_factory=dict)
 
@@ -73,30 +75,49 @@ class TierMemory:
 
 
 class Autoscaler:
-    def __init__(self, kube: Kube, http: httpx.AsyncClient, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kube: Kube, view: View, http: httpx.AsyncClient, clock: Clock) -> None:
         self.kube = kube
+        self.view = view
         self.http = http
         self.clock = clock
         self._memory: dict[tuple[str, str], TierMemory] = {}
+        # Parsed specs by (namespace, name) -> (generation, tier): validating every tier's
+        # spec on every tick would cost more than the whole pass of a tier that is not due.
+        self._parsed: dict[tuple[str, str], tuple[Any, ModelTier]] = {}
 
     def forget(self, namespace: str, name: str) -> None:
         self._memory.pop((namespace, name), None)
+        self._parsed.pop((namespace, name), None)
 
-    def due(self, tier: ModelTier) -> bool:
-        memory = self._memory.get((tier.namespace, tier.name))
-        return memory is None or self.clock() - memory.last_run >= tier.spec.autoscaling.metrics_period_seconds
+    def due(self, namespace: str, name: str, body: dict[str, Any]) -> bool:
+        """Whether the tier's metrics period has come round (read off the raw spec)."""
+        memory = self._memory.get((namespace, name))
+        if memory is None:
+            return True
+        period = ((body.get("spec") or {}).get("autoscaling") or {}).get("metricsPeriodSeconds") or 5
+        return seconds(self.clock) - memory.last_run >= period
+
+    def parsed(self, body: dict[str, Any]) -> ModelTier | None:
+        meta = body["metadata"]
+        key = (meta.get("namespace") or "", meta["name"])
+        cached = self._parsed.get(key)
+        stamp = (meta.get("uid"), meta.get("generation"))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            tier = ModelTier.from_body(body)
+        except ValidationError:
+            return None  # the tier's reconcile reports it
+        self._parsed[key] = (stamp, tier)
+        return tier
 
     async def spilled(self, tier: ModelTier, memory: TierMemory) -> int:
         """Requests the other tiers' routers sent past this tier (it was asleep or full)
         since the last pass: the wake-up signal of a tier at zero."""
         if not tier.spec.router.route_policy:
             return 0
-        body = await self.kube.get("shoal.dev/v1alpha1", "RoutePolicy", tier.namespace, tier.spec.router.route_policy)
-        if body is None:
-            return 0
-        try:
-            policy = RoutePolicy.from_body(body)
-        except ValidationError:
+        policy = route_policy(self.view, tier.namespace, tier.spec.router.route_policy)
+        if policy is None:
             return 0
         mine = frozenset(t.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name == tier.name)
         peers = {t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name != tier.name}
@@ -104,55 +125,66 @@ class Autoscaler:
             return 0
         targets: list[PodTarget] = []
         for peer in sorted(peers):
-            for pod in await self.kube.list("v1", "Pod", tier.namespace, selector_string(tier_selector(peer))):
+            for pod in self.view.pods(tier.namespace, peer):
                 if _ready(pod) and pod.get("status", {}).get("podIP"):
                     targets.append(PodTarget(pod["metadata"]["name"], pod["status"]["podIP"], tier.spec.router.port))
         return memory.spilled_since(await scrape_spillovers(self.http, targets, mine))
 
     async def observe(self, tier: ModelTier, deployment: dict[str, Any], memory: TierMemory) -> Observed:
         current = int(deployment.get("spec", {}).get("replicas") or 0)
-        pods = await self.kube.list("v1", "Pod", tier.namespace, selector_string(tier_selector(tier.name)))
-        ready = [p for p in pods if _ready(p) and p.get("status", {}).get("podIP")]
+        ready = [p for p in self.view.pods(tier.namespace, tier.name) if _ready(p) and p.get("status", {}).get("podIP")]
         autoscaling = tier.spec.autoscaling
-        if autoscaling.metrics_source == "prometheus" and autoscaling.prometheus is not None:
+        if autoscaling.engine != "shoal":
+            loads: tuple[Any, ...] = ()  # the decision does not read load for none or keda
+        elif autoscaling.metrics_source == "prometheus" and autoscaling.prometheus is not None:
             total = await query_prometheus(self.http, autoscaling.prometheus.url, autoscaling.prometheus.query)
-            loads = spread_total(total, [p["metadata"]["name"] for p in ready], self.clock())
+            loads = spread_total(total, [p["metadata"]["name"] for p in ready], seconds(self.clock))
         else:
             targets = [PodTarget(p["metadata"]["name"], p["status"]["podIP"], tier.spec.router.port) for p in ready]
-            loads = await scrape_pods(self.http, targets, clock=self.clock)
+            loads = await scrape_pods(self.http, targets, clock=lambda: seconds(self.clock))
         # Spill-overs are only the wake-up signal of a sleeping tier; a running tier reports
         # its own load. Reading them only at zero keeps the common pass to one scrape.
-        spilled = await self.spilled(tier, memory) if current == 0 else 0
+        spilled = await self.spilled(tier, memory) if current == 0 and autoscaling.engine == "shoal" else 0
         if current > 0:
             memory.spill_counters.clear()
         return Observed(current_replicas=current, pods=loads, spilled_requests=spilled)
 
-    async def run(self, tier: ModelTier, body: dict[str, Any]) -> None:
-        """One autoscaling pass. The caller holds the tier's lock."""
+    async def run(self, body: dict[str, Any]) -> None:
+        """One autoscaling pass over the tier `body`. The caller holds the tier's lock."""
+        tier = self.parsed(body)
+        if tier is None:
+            return
         key = (tier.namespace, tier.name)
         memory = self._memory.setdefault(key, TierMemory())
-        memory.last_run = self.clock()
-        deployment = await self.kube.get("apps/v1", "Deployment", tier.namespace, tier.name)
+        memory.last_run = seconds(self.clock)
+        deployment = self.view.get("Deployment", tier.namespace, tier.name)
         if deployment is None:
             return
         observed = await self.observe(tier, deployment, memory)
-        decision = decide(tier.spec.autoscaling, tier.spec.replicas, observed, memory.history, now=self.clock())
+        now = seconds(self.clock)
+        decision = decide_scale(tier.spec.autoscaling, tier.spec.replicas, observed, memory.history, now=now)
         memory.history = decision.history
         if decision.changes(observed.current_replicas):
-            await self.kube.scale("apps/v1", "Deployment", tier.namespace, tier.name, decision.desired_replicas)
             verb = "up" if decision.desired_replicas > observed.current_replicas else "down"
             await self.kube.event(
                 body,
                 "Normal",
                 f"Scaled{verb.capitalize()}",
                 f"Scaled {verb} from {observed.current_replicas} to {decision.desired_replicas} replicas ({decision.reason}): {decision.message}",
+                now=self.clock.now(),
             )
-        patch = status_patch(body.get("status") or {}, decision, tier.generation, self.clock())
+            scale = await self.kube.scale("apps/v1", "Deployment", tier.namespace, tier.name, decision.desired_replicas)
+            # The view shows the new size at once, so a reconcile that runs before the
+            # watch delivers it does not put the old size back.
+            resized = {**deployment, "spec": {**deployment.get("spec", {}), "replicas": decision.desired_replicas}}
+            resized["metadata"] = {**deployment.get("metadata", {}), "resourceVersion": (scale.get("metadata") or {}).get("resourceVersion")}
+            self.view.remember(resized)
+        patch = autoscaler_status_patch(body.get("status") or {}, decision, tier.generation, now)
         if patch:
-            await self.kube.patch_status("shoal.dev/v1alpha1", "ModelTier", tier.namespace, tier.name, patch)
+            self.view.remember(await self.kube.patch_status("shoal.dev/v1alpha1", "ModelTier", tier.namespace, tier.name, patch))
 
 
-def status_patch(stored: dict[str, Any], decision: Decision, generation: int | None, now: float) -> dict[str, Any] | None:
+def autoscaler_status_patch(stored: dict[str, Any], decision: ScaleDecision, generation: int | None, now: float) -> dict[str, Any] | None:
     """The autoscaler's part of the status, when something a user would notice changed."""
     before = stored.get("autoscaler") or {}
     history = decision.history
@@ -175,9 +207,9 @@ def status_patch(stored: dict[str, Any], decision: Decision, generation: int | N
     if decision.waiting is not None:
         autoscaler["waiting"] = round(decision.waiting, 3)
     if history.last_scale_time is not None:
-        autoscaler["lastScaleTime"] = _rfc3339(history.last_scale_time)
+        autoscaler["lastScaleTime"] = rfc3339(history.last_scale_time)
     if history.last_request_time is not None:
-        autoscaler["lastRequestTime"] = _rfc3339(history.last_request_time)
+        autoscaler["lastRequestTime"] = rfc3339(history.last_request_time)
     conditions = update_conditions(
         stored.get("conditions"),
         [Cond(C.SCALING_ACTIVE, "True" if decision.scaling_active else "False", decision.condition_reason, decision.message)],

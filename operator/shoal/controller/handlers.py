@@ -1,7 +1,12 @@
-"""kopf handlers: thin, each one line of intent over `Reconcilers`.
+"""kopf wiring: indexes that fill the view, events that queue reconciles, one loop.
 
-Status is rebuilt from observations and written only when it changed; children are
-applied only when they differ from the cluster. At steady state nothing is written.
+kopf keeps one list-and-watch per kind. Its indexes (`@kopf.index`) hold what the
+reconciles read (kube/view.py), and kopf runs no other handler until every index has
+been filled from its initial list, so no reconcile ever sees half a world. Watch events
+only queue keys (controller/triggers.py); the work queue (controller/queue.py) runs each
+queued object's pass once at a time with one retry rule. One operator-wide loop drives
+the autoscaler and re-checks unresolved references; there is no per-object timer and no
+kopf progress annotation on the objects, so nothing is written at steady state.
 """
 
 from __future__ import annotations
@@ -12,172 +17,205 @@ from typing import Any
 
 import httpx
 import kopf
-from prometheus_client import CollectorRegistry
 
 from shoal.api.naming import MANAGED_BY, TIER_LABEL
 from shoal.kube.client import Kube, load_connection
-from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, Unavailable
+from shoal.kube.view import View, slim_config_map, slim_pod
 
 from .autoscaler import Autoscaler
-from .reconcilers import InvalidSpec, Reconcilers
+from .clock import SystemClock
+from .queue import WorkQueue
+from .reconcilers import Reconcilers
+from .settings import OperatorSettings
+from .triggers import Triggers
 
 MODELTIER = ("shoal.dev", "v1alpha1", "modeltiers")
 ROUTEPOLICY = ("shoal.dev", "v1alpha1", "routepolicies")
+DEPLOYMENTS = ("apps", "v1", "deployments")
+PODS = ("", "v1", "pods")
+JOBS = ("batch", "v1", "jobs")
+SERVICES = ("", "v1", "services")
+PDBS = ("policy", "v1", "poddisruptionbudgets")
+CONFIGMAPS = ("", "v1", "configmaps")
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY, TIER_LABEL: kopf.PRESENT}
+
+# The operator-wide loop: how often it looks for tiers whose metrics period has come
+# round, and how often it re-checks references that did not resolve (a Secret is not
+# watched, so its creation is noticed by looking again).
+TICK_SECONDS = 1.0
+RECHECK_SECONDS = 15.0
 
 log = logging.getLogger("shoal.controller")
 
-# Set by `shoal run` before kopf starts; handlers read it from kopf's memo.
-REGISTRY = CollectorRegistry()
-DEBOUNCE_SECONDS = 0.5
-AUTOSCALE_TICK_SECONDS = 1.0
-REFS_RECHECK_SECONDS = 15.0
+
+def _plain(body: Any) -> dict[str, Any]:
+    """kopf's body as a plain dict (its nested values already are)."""
+    return dict(body)
 
 
-class Debouncer:
-    """Coalesces bursts of child events into one refresh per object."""
-
-    def __init__(self, fn: Any, delay: float) -> None:
-        self._fn = fn
-        self._delay = delay
-        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
-
-    def request(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        if key not in self._pending:
-            self._pending[key] = asyncio.create_task(self._run(key))
-
-    async def _run(self, key: tuple[str, str]) -> None:
-        await asyncio.sleep(self._delay)
-        self._pending.pop(key, None)
-        try:
-            await self._fn(*key)
-        except (InvalidSpec, Invalid) as exc:
-            log.info("refresh of %s/%s: %s", key[0], key[1], exc)
-        except KubeError as exc:
-            log.warning("refresh of %s/%s failed, retrying: %s", key[0], key[1], exc)
-            await asyncio.sleep(5)
-            self.request(*key)
+def _key(body: Any) -> tuple[str, str]:
+    return (body["metadata"].get("namespace") or "", body["metadata"]["name"])
 
 
-def _translate(exc: Exception) -> Exception:
-    """Map our errors to kopf's retry semantics."""
-    if isinstance(exc, InvalidSpec):
-        return kopf.PermanentError(str(exc))
-    if isinstance(exc, Conflict):
-        return kopf.TemporaryError(f"conflict, re-reading: {exc}", delay=1)
-    if isinstance(exc, Forbidden):
-        return kopf.TemporaryError(f"forbidden (check the chart's RBAC): {exc}", delay=60)
-    if isinstance(exc, Unavailable):
-        return kopf.TemporaryError(f"API server unavailable: {exc}", delay=10)
-    return kopf.TemporaryError(str(exc), delay=15)
+# --- the view: kopf indexes --------------------------------------------------------------
+
+
+@kopf.index(*MODELTIER)
+def tiers(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(*MODELTIER)
+def tier_names(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body)[0]: body["metadata"]["name"]}
+
+
+@kopf.index(*ROUTEPOLICY)
+def policies(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(*ROUTEPOLICY)
+def policy_names(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body)[0]: body["metadata"]["name"]}
+
+
+@kopf.index(*DEPLOYMENTS, labels=OWNED)
+def deployments(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(*SERVICES, labels=MANAGED)
+def services(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(*PDBS, labels=OWNED)
+def pdbs(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): _plain(body)}
+
+
+@kopf.index(*CONFIGMAPS)
+def config_maps(body: Any, **_: Any) -> dict[Any, Any]:
+    return {_key(body): slim_config_map(_plain(body))}
+
+
+@kopf.index(*PODS, labels={**OWNED, "app.kubernetes.io/component": "inference"})
+def tier_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+    return {(_key(body)[0], labels[TIER_LABEL]): slim_pod(_plain(body))}
+
+
+@kopf.index(*PODS, labels={**OWNED, "job-name": kopf.PRESENT})
+def job_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+    return {(_key(body)[0], labels["job-name"]): slim_pod(_plain(body))}
+
+
+@kopf.index(*JOBS, labels=OWNED)
+def eval_jobs(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+    return {(_key(body)[0], labels[TIER_LABEL]): _plain(body)}
+
+
+# --- startup and the operator-wide loop ---------------------------------------------------
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Progress and diff-base in annotations of our own prefix; the CRD status schema is
-    # structural and would prune kopf's status fields.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="shoal.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="shoal.dev", key="last-handled-configuration"
-    )
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
     # Shoal records its own Events on condition transitions; kopf's per-handler chatter
     # would be a write on every pass.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    kube = Kube(load_connection(), registry=REGISTRY)
+    operator: OperatorSettings = memo.settings
+    kube = Kube(load_connection(), registry=memo.registry)
+    view = View(**{name: indexes[name] for name in (
+        "tiers", "tier_names", "policies", "policy_names", "deployments", "services", "pdbs",
+        "config_maps", "tier_pods", "job_pods", "eval_jobs")})
+    clock = SystemClock()
     # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client.
     memo.metrics_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0))
-    memo.reconcilers = Reconcilers(
-        kube,
-        autoscaler=Autoscaler(kube, memo.metrics_http),
-        on_peer_changed=lambda ns, policy: memo.policy_refresh.request(ns, policy),
+    queue: WorkQueue
+    reconcilers = Reconcilers(
+        kube, view, clock,
+        requeue=lambda key: queue.add(key),
+        autoscaler=Autoscaler(kube, view, memo.metrics_http, clock),
     )
-    memo.tier_refresh = Debouncer(memo.reconcilers.tier, DEBOUNCE_SECONDS)
-    memo.policy_refresh = Debouncer(lambda ns, n: _policy(memo, ns, n), DEBOUNCE_SECONDS)
+    queue = WorkQueue(reconcilers.reconcile, workers=operator.workers)
+    memo.view = view
+    memo.queue = queue
+    memo.reconcilers = reconcilers
+
+    def forget(namespace: str, name: str) -> None:
+        reconcilers.forget(namespace, name)
+        queue.forget(("ModelTier", namespace, name))
+
+    memo.triggers = Triggers(view, queue.add, forget)
+    queue.start()
+    memo.loop = asyncio.create_task(operator_loop(memo), name="shoal operator loop")
 
 
-async def _policy(memo: kopf.Memo, namespace: str, name: str) -> None:
-    await memo.reconcilers.policy(namespace, name, on_tiers=memo.tier_refresh.request)
+async def operator_loop(memo: Any) -> None:
+    """Every second: autoscaling passes of the tiers that are due; every RECHECK_SECONDS:
+    the unresolved references again."""
+    view: View = memo.view
+    reconcilers: Reconcilers = memo.reconcilers
+    autoscaler = reconcilers.autoscaler
+    assert autoscaler is not None
+    running: dict[tuple[str, str], asyncio.Task[None]] = {}
+    last_recheck = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        for key, store in list(view.tiers.items()):
+            body = next(iter(store), None)
+            if body is None or key in running or not autoscaler.due(key[0], key[1], body):
+                continue
+            running[key] = asyncio.create_task(_autoscale(reconcilers, key))
+            running[key].add_done_callback(lambda _t, k=key: running.pop(k, None))
+        if started - last_recheck >= RECHECK_SECONDS:
+            last_recheck = started
+            for namespace in list(view.tier_names) + list(view.policy_names):
+                memo.triggers.unresolved_in(namespace)
+            view.prune()
+        await asyncio.sleep(max(0.0, TICK_SECONDS - (loop.time() - started)))
 
 
-@kopf.on.resume(*MODELTIER)
-@kopf.on.create(*MODELTIER)
-@kopf.on.update(*MODELTIER, field="spec")
-async def reconcile_tier(name: str, namespace: str, spec: Any, memo: kopf.Memo, **_: Any) -> None:
+async def _autoscale(reconcilers: Reconcilers, key: tuple[str, str]) -> None:
     try:
-        await memo.reconcilers.tier(namespace, name)
-    except (InvalidSpec, KubeError) as exc:
-        raise _translate(exc) from exc
-    # Policies listing this tier re-resolve (a ModelTier they missed may now exist).
-    policy = ((spec or {}).get("router") or {}).get("routePolicy")
-    if policy:
-        memo.policy_refresh.request(namespace, policy)
-
-
-@kopf.timer(*MODELTIER, interval=AUTOSCALE_TICK_SECONDS, initial_delay=AUTOSCALE_TICK_SECONDS)
-async def autoscale_tier(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """Ticks every second; a pass runs when the tier's metricsPeriodSeconds has come round."""
-    try:
-        await memo.reconcilers.autoscale(namespace, name)
-    except KubeError as exc:
-        log.warning("autoscaling %s/%s: %s", namespace, name, exc)
-
-
-def _unresolved(status: Any) -> bool:
-    return any(
-        c.get("type") == "ResolvedRefs" and c.get("status") == "False" for c in (status or {}).get("conditions", []) or []
-    )
-
-
-@kopf.timer(*MODELTIER, interval=REFS_RECHECK_SECONDS, idle=REFS_RECHECK_SECONDS)
-async def recheck_tier_refs(name: str, namespace: str, status: Any, memo: kopf.Memo, **_: Any) -> None:
-    """A referenced Secret, ConfigMap or RoutePolicy may appear later: look again.
-
-    Only tiers whose references did not resolve are re-read; the others cost nothing.
-    """
-    if _unresolved(status):
-        memo.tier_refresh.request(namespace, name)
-
-
-@kopf.timer(*ROUTEPOLICY, interval=REFS_RECHECK_SECONDS, idle=REFS_RECHECK_SECONDS)
-async def recheck_policy_refs(name: str, namespace: str, status: Any, memo: kopf.Memo, **_: Any) -> None:
-    if _unresolved(status):
-        memo.policy_refresh.request(namespace, name)
+        await reconcilers.autoscale(*key)
+    except Exception as exc:  # noqa: BLE001 - the next period tries again; the loop must go on
+        log.warning("autoscaling %s/%s: %s", key[0], key[1], exc)
 
 
 @kopf.on.cleanup()
-async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    memo.loop.cancel()
+    await memo.queue.stop()
     await memo.metrics_http.aclose()
 
 
-@kopf.on.delete(*MODELTIER, optional=True)
-async def tier_deleted(name: str, namespace: str, spec: Any, memo: kopf.Memo, **_: Any) -> None:
-    """Children go with the tier (owner references); its policy re-resolves. No finalizer."""
-    memo.reconcilers.forget(namespace, name)
-    policy = ((spec or {}).get("router") or {}).get("routePolicy")
-    if policy:
-        memo.policy_refresh.request(namespace, policy)
+# --- watch events: queue what they concern --------------------------------------------------
 
 
-@kopf.on.resume(*ROUTEPOLICY)
-@kopf.on.create(*ROUTEPOLICY)
-@kopf.on.update(*ROUTEPOLICY, field="spec")
-async def reconcile_policy(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    try:
-        await _policy(memo, namespace, name)
-    except (InvalidSpec, KubeError) as exc:
-        raise _translate(exc) from exc
+@kopf.on.event(*MODELTIER)
+def tier_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.tier_event(type, _plain(body))
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-@kopf.on.event("", "v1", "pods", labels=OWNED)
-@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def child_changed(labels: dict[str, str], namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    """A Deployment, Pod or evaluation Job of a tier changed: reconcile that tier.
+@kopf.on.event(*ROUTEPOLICY)
+def policy_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.policy_event(type, _plain(body))
 
-    Reads, and writes only what differs: a new status, the promotion an evaluation's
-    verdict allows, a child put back.
-    """
-    memo.tier_refresh.request(namespace, labels[TIER_LABEL])
+
+@kopf.on.event(*DEPLOYMENTS, labels=OWNED)
+@kopf.on.event(*PODS, labels=OWNED)
+@kopf.on.event(*JOBS, labels=OWNED)
+@kopf.on.event(*SERVICES, labels=MANAGED)
+@kopf.on.event(*PDBS, labels=OWNED)
+def child_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.child_event(_plain(body))
+
+
+@kopf.on.event(*CONFIGMAPS)
+def config_map_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    memo.triggers.config_map_event(_plain(body))

@@ -1,17 +1,30 @@
-"""The reconcile passes, shared by kopf's handlers and the child-event refresher.
+"""The reconcile passes of a ModelTier and a RoutePolicy, over the in-memory view.
 
-Each pass reads like a sentence: validate, observe, plan (pure), execute, write the
-status only if it changed. A per-object lock keeps a spec reconcile and an event-driven
-refresh of the same object from interleaving.
+A pass reads like a sentence: take the object from the view, validate it, observe its
+world from the view, plan once (pure), apply what differs, record the plan's Events, then
+write the status if it changed. No request reads what the view holds; the writes'
+answers go back into the view, so the next pass sees them even before the watch does.
+
+Two choices that keep passes simple and cheap:
+
+- A pass that changed the Deployment writes no status and no Events: it reported on the
+  Deployment as it was before the change. It queues the tier again, and that pass reports
+  on the Deployment as it now is (and the Deployment's watch events bring more as the
+  rollout proceeds). Each pass plans exactly once.
+- Events are recorded before the status that makes them due. If the operator is killed in
+  between, the next pass still sees the old status, plans the same transition, and records
+  the same Event again; its name is derived from the object's version and the Event, so
+  the API server keeps one (see Kube.event). Nothing is lost, nothing doubled.
+
+A per-object lock keeps a reconcile and an autoscaling pass of the same tier from
+interleaving; the work queue already runs each key once at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -19,29 +32,29 @@ from pydantic import ValidationError
 from shoal.api import conditions as C
 from shoal.api.modeltier import ModelTier
 from shoal.api.routepolicy import RoutePolicy
-from shoal.kube import observe
+from shoal.api.times import rfc3339
 from shoal.kube.client import Kube
 from shoal.kube.diff import needs_apply
-from shoal.kube.errors import Invalid, NotFound
-from shoal.plan.conditions import Cond, merge_conditions
-from shoal.plan.policy import entry_model_tier, policy_status, status_patch
-from shoal.plan.tier import TierPlan, plan_tier
+from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, NamespaceTerminating, NotFound
+from shoal.kube.observe import SecretKeys, observe_policy, observe_tier, secret_names_of_policy, secret_names_of_tier
+from shoal.kube.view import View
+from shoal.plan.conditions import Cond, EventSpec, merge_conditions, status_merge_patch
+from shoal.plan.policy import entry_model_tier, policy_status
+from shoal.plan.tier import TierObservation, TierPlan, plan_tier
 from shoal.render.evaljob import EvalJobContext, render_eval_job
 from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
+from .clock import Clock
 from .desired import tier_manifests
+from .queue import GiveUp, RetryAfter
 
 log = logging.getLogger("shoal.controller")
 
 TIER = ("shoal.dev/v1alpha1", "ModelTier")
 POLICY = ("shoal.dev/v1alpha1", "RoutePolicy")
-Clock = Callable[[], datetime]
 T = TypeVar("T", ModelTier, RoutePolicy)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
 
 
 class InvalidSpec(Exception):
@@ -56,45 +69,98 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def retry_rule(exc: Exception) -> Exception:
+    """What the work queue does after a failed pass, decided once for every error."""
+    if isinstance(exc, (InvalidSpec, Invalid)):
+        return GiveUp(f"not retried until the object changes: {exc}")
+    if isinstance(exc, NamespaceTerminating):
+        return GiveUp(f"the namespace is being deleted: {exc}")
+    if isinstance(exc, Conflict):
+        return RetryAfter(f"conflict, re-reading: {exc}", delay=1)
+    if isinstance(exc, Forbidden):
+        return RetryAfter(f"forbidden (check the chart's RBAC): {exc}", delay=60)
+    return RetryAfter(f"API server error: {exc}")
+
+
 class Reconcilers:
     def __init__(
         self,
         kube: Kube,
+        view: View,
+        clock: Clock,
+        *,
+        requeue: Callable[[ObjectKey], None],
         autoscaler: Autoscaler | None = None,
-        clock: Clock = utcnow,
-        on_peer_changed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.kube = kube
-        self.autoscaler = autoscaler
-        # Called with (namespace, policy) when what other tiers know of this one changed:
-        # its serving checkpoint (their caches key its answers by it) or whether it has
-        # ready pods (asleep tiers are skipped; the entry Service follows the awake ones).
-        self.on_peer_changed = on_peer_changed
+        self.view = view
         self.clock = clock
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # Queues an object for another pass (after a pass that changed its Deployment).
+        self.requeue = requeue
+        self.autoscaler = autoscaler
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Namespaces the API server said are being deleted, with when it said so: objects
+        # created before that go with the namespace and are not reconciled again (each
+        # pod's deletion would otherwise bring another doomed attempt to re-create them).
+        self._terminating: dict[str, str] = {}
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept in memory for a deleted tier."""
-        self._locks.pop(("ModelTier", namespace, name), None)
+        self._locks.pop((namespace, name), None)
         if self.autoscaler is not None:
             self.autoscaler.forget(namespace, name)
 
-    def _lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((kind, namespace, name), asyncio.Lock())
+    async def reconcile(self, key: ObjectKey) -> None:
+        """The work queue's entry point: one pass, errors mapped to the queue's retry rule."""
+        kind, namespace, name = key
+        body = self.view.get(kind, namespace, name)
+        if body is not None and self._doomed(body):
+            return
+        try:
+            if kind == "ModelTier":
+                await self.tier(namespace, name)
+            else:
+                await self.policy(namespace, name)
+        except NamespaceTerminating as exc:
+            self._terminating[namespace] = rfc3339(self.clock.now())
+            raise retry_rule(exc) from exc
+        except (InvalidSpec, KubeError) as exc:
+            raise retry_rule(exc) from exc
 
-    async def _apply_all(self, manifests: list[dict[str, Any]], observed: dict[tuple[str, str], dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
-        """Apply what differs from the cluster; returns the resulting objects by kind."""
-        result: dict[str, dict[str, Any]] = {}
-        for manifest in manifests:
-            key = (manifest["kind"], manifest["metadata"]["name"])
-            current = observed.get(key)
-            if key not in observed:
-                current = await self.kube.get(manifest["apiVersion"], manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-            if needs_apply(current, manifest):
-                current = await self.kube.apply(manifest)
-            if current is not None:
-                result[manifest["kind"]] = current
-        return result
+    def _doomed(self, body: dict[str, Any]) -> bool:
+        """The object lives in a namespace being deleted and was created before that."""
+        meta = body["metadata"]
+        since = self._terminating.get(meta.get("namespace") or "")
+        return since is not None and (meta.get("creationTimestamp") or "") <= since
+
+    # --- shared ------------------------------------------------------------------------
+
+    async def _secret_keys(self, namespace: str, names: set[str]) -> SecretKeys:
+        """Key names (never values) of the named Secrets that exist: the one read a pass
+        makes, because the view does not watch Secrets (see kube/view.py)."""
+        found: SecretKeys = {}
+        for name in sorted(names):
+            body = await self.kube.get("v1", "Secret", namespace, name)
+            if body is not None:
+                found[name] = frozenset((body.get("data") or {}).keys())
+        return found
+
+    async def _apply(self, manifest: dict[str, Any]) -> bool:
+        """Apply `manifest` if it differs from the view; True when it was written."""
+        meta = manifest["metadata"]
+        kind = manifest["kind"]
+        if kind in ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget"):
+            current = self.view.get(kind, meta["namespace"], meta["name"])
+        else:
+            # Kinds the view does not watch (KEDA's ScaledObject: it may not be installed).
+            current = await self.kube.get(manifest["apiVersion"], kind, meta["namespace"], meta["name"])
+        if not needs_apply(current, manifest):
+            return False
+        self.view.remember(await self.kube.apply(manifest))
+        return True
 
     async def _parse(self, kind: tuple[str, str], model: type[T], body: dict[str, Any], what: str) -> T:
         """Validate a stored object; a spec the schema let through but the models refuse
@@ -113,106 +179,104 @@ class Reconcilers:
             previous.get("conditions"),
             [Cond(C.READY, "False", C.REASON_INVALID_SPEC, message)],
             meta.get("generation"),
-            self.clock(),
+            self.clock.now(),
         )
         wanted = {"observedGeneration": meta.get("generation"), "conditions": conds}
-        patch = status_patch(wanted, previous)
+        patch = status_merge_patch(wanted, previous)
         if patch:
-            await self.kube.patch_status(*kind, meta["namespace"], meta["name"], patch)
-            await self.kube.event({**body, "apiVersion": kind[0], "kind": kind[1]}, "Warning", C.REASON_INVALID_SPEC, message)
+            await self._record(body, kind, [EventSpec("Warning", C.REASON_INVALID_SPEC, message)])
+            self.view.remember(await self.kube.patch_status(*kind, meta["namespace"], meta["name"], patch))
+
+    async def _record(self, body: dict[str, Any], kind: tuple[str, str], events: list[EventSpec]) -> None:
+        involved = {**body, "apiVersion": kind[0], "kind": kind[1]}
+        for event in events:
+            await self.kube.event(involved, event.type, event.reason, event.message, now=self.clock.now())
 
     # --- ModelTier ---------------------------------------------------------------------
 
     async def tier(self, namespace: str, name: str) -> None:
         """Bring one ModelTier's children and status in line with its spec and the cluster."""
-        async with self._lock("ModelTier", namespace, name):
-            body = await self.kube.get(*TIER, namespace, name)
+        async with self._lock(namespace, name):
+            body = self.view.tier(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
             tier = await self._parse(TIER, ModelTier, body, "The spec cannot be served")
-
-            observed = await observe.observe_tier(self.kube, tier)
-            plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
-            # Applies are diff-gated (nothing is written when the cluster already matches), so
-            # every pass, whether a spec change or a child's event started it, also carries
-            # out what the plan decided since: a promotion after an evaluation passed, a
-            # child deleted by hand.
-            manifests = tier_manifests(tier, plan, observed)
-            try:
-                applied = await self._apply_all(manifests, {("Deployment", tier.name): observed.deployment})
-            except Invalid as exc:
-                message = f"The API server rejected an object rendered from this spec: {exc}"
-                await self._invalid(TIER, body, message)
-                raise InvalidSpec(message) from exc
-            except NotFound as exc:
-                # Applying an object whose kind the cluster does not serve (KEDA's
-                # ScaledObject without KEDA installed) cannot succeed by retrying.
-                message = f"The cluster does not serve a kind this spec needs (is KEDA installed for autoscaling.engine keda?): {exc}"
-                await self._invalid(TIER, body, message)
-                raise InvalidSpec(message) from exc
-            if "Deployment" in applied:
-                observed = dataclasses.replace(observed, deployment=applied["Deployment"])
-                plan = plan_tier(tier, observed, self.clock(), previous_status=body.get("status"))
-
-            await self._evaluation_jobs(tier, plan)
-            patch = plan.status_patch(body.get("status"))
+            observed = observe_tier(self.view, tier, await self._secret_keys(namespace, secret_names_of_tier(tier)))
+            plan = plan_tier(tier, observed, self.clock.now(), previous_status=body.get("status"))
+            # Applies are diff-gated (nothing is written when the cluster already matches),
+            # so every pass also carries out what the plan decided since: a promotion after
+            # an evaluation passed, a child deleted by hand.
+            deployment_changed = await self._apply_tier(tier, body, plan, observed)
+            await self._evaluation_jobs(tier, plan, observed)
+            if deployment_changed:
+                self.requeue(("ModelTier", namespace, name))
+                return
+            patch = plan.status_merge_patch(body.get("status"))
             if patch:
-                await self.kube.patch_status(*TIER, namespace, name, patch)
-                before = body.get("status") or {}
-                woke_or_slept = "readyReplicas" in patch and (bool(before.get("readyReplicas")) != bool(patch["readyReplicas"]))
-                if ("servingCheckpoint" in patch or woke_or_slept) and tier.spec.router.route_policy and self.on_peer_changed:
-                    self.on_peer_changed(namespace, tier.spec.router.route_policy)
-            for event in plan.events:
-                await self.kube.event(body, event.type, event.reason, event.message)
+                await self._record(body, TIER, plan.events)
+                self.view.remember(await self.kube.patch_status(*TIER, namespace, name, patch))
 
-    async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan) -> None:
+    async def _apply_tier(self, tier: ModelTier, body: dict[str, Any], plan: TierPlan, observed: TierObservation) -> bool:
+        """Apply the tier's children; True when the Deployment was written."""
+        deployment_changed = False
+        try:
+            for manifest in tier_manifests(tier, plan, observed):
+                if await self._apply(manifest) and manifest["kind"] == "Deployment":
+                    deployment_changed = True
+        except Invalid as exc:
+            message = f"The API server rejected an object rendered from this spec: {exc}"
+            await self._invalid(TIER, body, message)
+            raise InvalidSpec(message) from exc
+        except NotFound as exc:
+            # Applying an object whose kind the cluster does not serve (KEDA's
+            # ScaledObject without KEDA installed) cannot succeed by retrying.
+            message = f"The cluster does not serve a kind this spec needs (is KEDA installed for autoscaling.engine keda?): {exc}"
+            await self._invalid(TIER, body, message)
+            raise InvalidSpec(message) from exc
+        return deployment_changed
+
+    async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan, observed: TierObservation) -> None:
         """Delete superseded evaluation Jobs; create the candidate's (by name, so never twice)."""
+        existing = {job["metadata"]["name"] for job, _ in observed.eval_jobs}
         for job in plan.delete_jobs:
             await self.kube.delete("batch/v1", "Job", tier.namespace, job)
         if plan.create_job_for is not None:
             job = render_eval_job(tier, EvalJobContext(checkpoint=plan.create_job_for, serving_checkpoint=tier.status.serving_checkpoint))
-            existing = await self.kube.get("batch/v1", "Job", tier.namespace, job["metadata"]["name"])
-            if existing is None:
-                await self.kube.apply(job)
+            name = job["metadata"]["name"]
+            if name not in existing and not self.view.recently_written("Job", tier.namespace, name):
+                self.view.remember(await self.kube.apply(job))
 
     async def autoscale(self, namespace: str, name: str) -> None:
-        """One autoscaling pass for a tier, when its metrics period has come round."""
+        """One autoscaling pass for a tier whose metrics period has come round."""
         if self.autoscaler is None:
             return
-        async with self._lock("ModelTier", namespace, name):
-            body = await self.kube.get(*TIER, namespace, name)
+        async with self._lock(namespace, name):
+            body = self.view.tier(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
-                self.autoscaler.forget(namespace, name)
+                self.forget(namespace, name)
                 return
-            try:
-                tier = ModelTier.from_body(body)
-            except ValidationError:
-                return  # the spec reconcile reports it
-            if self.autoscaler.due(tier):
-                await self.autoscaler.run(tier, body)
+            await self.autoscaler.run(body)
 
     # --- RoutePolicy -------------------------------------------------------------------
 
-    async def policy(self, namespace: str, name: str, *, on_tiers: Callable[[str, str], None] | None = None) -> None:
-        async with self._lock("RoutePolicy", namespace, name):
-            body = await self.kube.get(*POLICY, namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            policy = await self._parse(POLICY, RoutePolicy, body, "The spec cannot be routed")
+    async def policy(self, namespace: str, name: str) -> None:
+        """The entry Service and the status of one RoutePolicy.
 
-            observed = await observe.observe_policy(self.kube, policy)
-            await self._apply_all([render_entry_service(policy, entry_model_tier(policy, observed))], {})
-            wanted = policy_status(policy, observed, self.clock(), body.get("status"))
-            patch = status_patch(wanted, body.get("status"))
-            if patch:
-                await self.kube.patch_status(*POLICY, namespace, name, patch)
-                before = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
-                ready = next(c for c in wanted["conditions"] if c["type"] == C.READY)
-                old = before.get(C.READY)
-                if old is None or old.get("status") != ready["status"] or old.get("reason") != ready["reason"]:
-                    await self.kube.event(body, "Normal" if ready["status"] == "True" else "Warning", ready["reason"], ready["message"])
-        # The sidecars of the tiers serving this policy get the new ladder (outside the
-        # policy's lock: each tier takes its own).
-        if on_tiers is not None:
-            for tier in await observe.tiers_using_policy(self.kube, namespace, name):
-                on_tiers(namespace, tier["metadata"]["name"])
+        The tiers' sidecar ConfigMaps are the tiers' own passes (queued by the controller
+        when the policy's spec changes), not this one's.
+        """
+        body = self.view.policy(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        policy = await self._parse(POLICY, RoutePolicy, body, "The spec cannot be routed")
+        observed = observe_policy(self.view, policy, await self._secret_keys(namespace, secret_names_of_policy(policy)))
+        await self._apply(render_entry_service(policy, entry_model_tier(policy, observed)))
+        wanted = policy_status(policy, observed, self.clock.now(), body.get("status"))
+        patch = status_merge_patch(wanted, body.get("status"))
+        if patch:
+            before = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
+            ready = next(c for c in wanted["conditions"] if c["type"] == C.READY)
+            old = before.get(C.READY)
+            if old is None or old.get("status") != ready["status"] or old.get("reason") != ready["reason"]:
+                await self._record(body, POLICY, [EventSpec("Normal" if ready["status"] == "True" else "Warning", ready["reason"], ready["message"])])
+            self.view.remember(await self.kube.patch_status(*POLICY, namespace, name, patch))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -21,13 +21,13 @@ class OperatorSettings:
     standalone: bool = True
     # host:port of the liveness endpoint (kopf's /healthz). Empty: none.
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
-    # Port of the Prometheus /metrics endpoint (writes counter, reconcile outcomes). 0: off.
+    # Port of the Prometheus /metrics endpoint (the API write and read counters). 0: off.
     metrics_port: int = 8080
     # json or text.
     log_format: str = "json"
-    # Seconds to coalesce a burst of child events (pods starting) into one status refresh.
-    refresh_debounce_seconds: float = 0.5
-    extra: dict[str, str] = field(default_factory=dict)
+    # Reconciles run at once (each object is reconciled by one at a time). Bursts of
+    # events are coalesced per object by the work queue, not by waiting.
+    workers: int = 16
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -42,14 +42,16 @@ class OperatorSettings:
             raise ValueError(f"SHOAL_LOG_FORMAT must be json or text, not {log_format!r}")
         try:
             metrics_port = int(get("metrics_port", str(cls.metrics_port)))
-            debounce = float(get("refresh_debounce_seconds", str(cls.refresh_debounce_seconds)))
+            workers = int(get("workers", str(cls.workers)))
         except ValueError as exc:
             raise ValueError(f"invalid operator setting: {exc}") from exc
+        if workers < 1:
+            raise ValueError(f"SHOAL_WORKERS must be at least 1, not {workers}")
         return cls(
             namespaces=namespaces,
             standalone=get("standalone", "true").lower() in ("1", "true", "yes"),
             liveness_endpoint=get("liveness_endpoint", cls.liveness_endpoint),
             metrics_port=metrics_port,
             log_format=log_format,
-            refresh_debounce_seconds=debounce,
+            workers=workers,
         )

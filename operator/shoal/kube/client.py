@@ -8,6 +8,7 @@ can be checked from the operator's own metrics as well as from the audit log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from prometheus_client import CollectorRegistry, Counter
 
-from .errors import Conflict, Forbidden, Invalid, KubeError, NotFound, Unavailable
+from shoal.api.times import rfc3339
+
+from .errors import Conflict, Forbidden, Invalid, KubeError, NamespaceTerminating, NotFound, Unavailable
 
 FIELD_MANAGER = "shoal"
 
@@ -104,11 +107,16 @@ def load_connection() -> Connection:
 
 
 def _translate(status: int, body: bytes, what: str) -> KubeError:
+    causes: list[Any] = []
     try:
-        detail = json.loads(body or b"{}").get("message", "")
+        parsed = json.loads(body or b"{}")
+        detail = parsed.get("message", "")
+        causes = (parsed.get("details") or {}).get("causes") or []
     except (ValueError, AttributeError):
         detail = body[:200].decode(errors="replace") if body else ""
     message = f"{what}: {detail or f'HTTP {status}'}"
+    if status == 403 and any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes):
+        return NamespaceTerminating(message, status)
     if status == 404:
         return NotFound(message, status)
     if status == 409:
@@ -123,16 +131,29 @@ def _translate(status: int, body: bytes, what: str) -> KubeError:
 class Kube:
     """Asynchronous access to the API server for the controller."""
 
-    def __init__(self, connection: Connection, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        registry: CollectorRegistry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._conn = connection
         self._http = httpx.AsyncClient(
             base_url=connection.host,
             verify=connection.ssl_context(),
             timeout=httpx.Timeout(30.0, connect=10.0),
+            transport=transport,
         )
         self.writes = Counter(
             "shoal_operator_api_writes",
             "Write requests (create, apply, patch, delete) the operator sent to the API server.",
+            ["verb", "resource"],
+            registry=registry,
+        )
+        # Reads outside the watches (the view): only the Secrets a spec names.
+        self.reads = Counter(
+            "shoal_operator_api_reads",
+            "Get and list requests the operator sent to the API server besides its watches.",
             ["verb", "resource"],
             registry=registry,
         )
@@ -165,6 +186,7 @@ class Kube:
 
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         res = resource(api_version, kind)
+        self.reads.labels(verb="get", resource=res.plural).inc()
         try:
             return await self._call("GET", res.path(namespace, name), what=f"get {kind} {namespace}/{name}")
         except NotFound:
@@ -172,6 +194,7 @@ class Kube:
 
     async def list(self, api_version: str, kind: str, namespace: str | None, selector: str | None = None) -> list[dict[str, Any]]:
         res = resource(api_version, kind)
+        self.reads.labels(verb="list", resource=res.plural).inc()
         query = {"labelSelector": selector} if selector else None
         result = await self._call("GET", res.path(namespace), query=query, what=f"list {kind} in {namespace}")
         return list(result.get("items", []))
@@ -230,14 +253,23 @@ class Kube:
             what=f"scale {kind} {namespace}/{name}",
         )
 
-    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        """Record a core/v1 Event about `involved` (a whole object, for its uid and version)."""
+    async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str, now: datetime | None = None) -> None:
+        """Record a core/v1 Event about `involved` (a whole object, for its uid and version).
+
+        The Event's name is derived from the object's uid and resourceVersion and the
+        Event's reason and message, so recording the same Event twice about the same
+        version of the object (a pass retried after the operator was killed before it
+        wrote the status) creates it once: the second create is a conflict, ignored.
+        """
         meta = involved["metadata"]
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(now or datetime.now(timezone.utc))
+        digest = hashlib.sha256(
+            "\0".join((str(meta.get("uid")), str(meta.get("resourceVersion")), type_, reason, message)).encode()
+        ).hexdigest()[:16]
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": involved["apiVersion"],
                 "kind": involved["kind"],
@@ -252,10 +284,13 @@ class Kube:
             "source": {"component": "shoal-operator"},
             "reportingComponent": "shoal.dev/operator",
             "reportingInstance": "shoal-operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
         res = resource("v1", "Event")
         self._count("create", res)
-        await self._call("POST", res.path(meta["namespace"]), body=body, what=f"record event on {meta['name']}")
+        try:
+            await self._call("POST", res.path(meta["namespace"]), body=body, what=f"record event on {meta['name']}")
+        except Conflict:
+            pass  # recorded before this pass was retried

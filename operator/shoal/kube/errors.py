@@ -31,5 +31,9 @@ class Forbidden(KubeError):
     """RBAC denies the request: the chart's permissions are missing a rule."""
 
 
+class NamespaceTerminating(KubeError):
+    """The namespace is being deleted: give up on the object, it goes with the namespace."""
+
+
 class Unavailable(KubeError):
     """The API server is unreachable, overloaded or timed out: retry later."""

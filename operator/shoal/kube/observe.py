@@ -1,42 +1,26 @@
-"""Gather what the controller needs to plan a ModelTier or RoutePolicy: reads only."""
+"""What a ModelTier or RoutePolicy reconcile sees, read from the in-memory view.
+
+No request leaves this module: the view is kept current by watches. The one exception,
+Secrets, which the view does not hold (see kube/view.py), arrive as an argument: the
+caller GETs the Secrets `secret_names_*` lists.
+"""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import evaluation_selector, selector_string, tier_selector
 from shoal.api.routepolicy import RoutePolicy
 from shoal.plan.policy import PolicyObservation
 from shoal.plan.tier import TierObservation, referenced_objects
 
-from .client import Kube
+from .view import View
 
-TIER_API = ("shoal.dev/v1alpha1", "ModelTier")
-POLICY_API = ("shoal.dev/v1alpha1", "RoutePolicy")
-
-
-async def secret_keys(kube: Kube, namespace: str, names: set[str]) -> dict[str, frozenset[str]]:
-    """Key names (never values) of the Secrets that exist among `names`."""
-    found: dict[str, frozenset[str]] = {}
-    for name in sorted(names):
-        body = await kube.get("v1", "Secret", namespace, name)
-        if body is not None:
-            found[name] = frozenset((body.get("data") or {}).keys())
-    return found
+SecretKeys = dict[str, frozenset[str]]
 
 
-async def config_map_keys(kube: Kube, namespace: str, names: set[str]) -> dict[str, frozenset[str]]:
-    found: dict[str, frozenset[str]] = {}
-    for name in sorted(names):
-        body = await kube.get("v1", "ConfigMap", namespace, name)
-        if body is not None:
-            found[name] = frozenset((body.get("data") or {}).keys()) | frozenset((body.get("binaryData") or {}).keys())
-    return found
-
-
-async def route_policy(kube: Kube, namespace: str, name: str) -> RoutePolicy | None:
-    body = await kube.get(*POLICY_API, namespace, name)
+def route_policy(view: View, namespace: str, name: str) -> RoutePolicy | None:
+    body = view.policy(namespace, name)
     if body is None:
         return None
     try:
@@ -46,10 +30,10 @@ async def route_policy(kube: Kube, namespace: str, name: str) -> RoutePolicy | N
         return None
 
 
-async def model_tiers(kube: Kube, namespace: str, names: list[str]) -> dict[str, ModelTier]:
+def model_tiers(view: View, namespace: str, names: list[str]) -> dict[str, ModelTier]:
     tiers: dict[str, ModelTier] = {}
     for name in names:
-        body = await kube.get(*TIER_API, namespace, name)
+        body = view.tier(namespace, name)
         if body is None:
             continue
         try:
@@ -59,53 +43,74 @@ async def model_tiers(kube: Kube, namespace: str, names: list[str]) -> dict[str,
     return tiers
 
 
-async def observe_tier(kube: Kube, tier: ModelTier) -> TierObservation:
+def secret_names_of_tier(tier: ModelTier) -> set[str]:
+    return referenced_objects(tier)[0]
+
+
+def secret_names_of_policy(policy: RoutePolicy) -> set[str]:
+    return {ref.name for ref in policy.spec.secret_refs()}
+
+
+def config_map_keys(view: View, namespace: str, names: set[str]) -> dict[str, frozenset[str]]:
+    found: dict[str, frozenset[str]] = {}
+    for name in sorted(names):
+        keys = view.config_map_keys(namespace, name)
+        if keys is not None:
+            found[name] = keys
+    return found
+
+
+def observe_tier(view: View, tier: ModelTier, secrets: SecretKeys) -> TierObservation:
     ns = tier.namespace
-    deployment = await kube.get("apps/v1", "Deployment", ns, tier.name)
-    pods = await kube.list("v1", "Pod", ns, selector_string(tier_selector(tier.name)))
     policy = None
     peers: dict[str, ModelTier] = {}
     if tier.spec.router.route_policy:
-        policy = await route_policy(kube, ns, tier.spec.router.route_policy)
+        policy = route_policy(view, ns, tier.spec.router.route_policy)
         if policy is not None:
-            names = [t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref]
-            peers = await model_tiers(kube, ns, names)
-    secret_names, config_map_names = referenced_objects(tier)
-    eval_jobs = []
-    if tier.spec.rollout.evaluation is not None or tier.status.candidate_checkpoint is not None:
-        for job in await kube.list("batch/v1", "Job", ns, selector_string(evaluation_selector(tier.name))):
-            job_pods = await kube.list("v1", "Pod", ns, f"job-name={job['metadata']['name']}")
-            eval_jobs.append((job, job_pods))
+            peers = model_tiers(view, ns, [t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref])
+    _, config_map_names = referenced_objects(tier)
     return TierObservation(
-        deployment=deployment,
-        pods=pods,
+        deployment=view.get("Deployment", ns, tier.name),
+        pods=view.pods(ns, tier.name),
         route_policy=policy,
         peers=peers,
-        secrets=await secret_keys(kube, ns, secret_names),
-        config_maps=await config_map_keys(kube, ns, config_map_names),
-        eval_jobs=eval_jobs,
+        secrets=secrets,
+        config_maps=config_map_keys(view, ns, config_map_names),
+        eval_jobs=view.evaluation_jobs(ns, tier.name)
+        if tier.spec.rollout.evaluation is not None or tier.status.candidate_checkpoint is not None
+        else [],
     )
 
 
-async def observe_policy(kube: Kube, policy: RoutePolicy) -> PolicyObservation:
+def observe_policy(view: View, policy: RoutePolicy, secrets: SecretKeys) -> PolicyObservation:
     ns = policy.namespace
-    tiers = await kube.list(*TIER_API, ns)
-    secret_names = {ref.name for ref in policy.spec.secret_refs()}
+    tiers = view.tiers_in(ns)
     cm_names = set()
     if policy.spec.classifier.config_map_ref:
         cm_names.add(policy.spec.classifier.config_map_ref.name)
     return PolicyObservation(
         model_tiers=frozenset(t["metadata"]["name"] for t in tiers),
         ready_replicas={t["metadata"]["name"]: int((t.get("status") or {}).get("readyReplicas") or 0) for t in tiers},
-        secrets=await secret_keys(kube, ns, secret_names),
-        config_maps=await config_map_keys(kube, ns, cm_names),
+        secrets=secrets,
+        config_maps=config_map_keys(view, ns, cm_names),
     )
 
 
-async def tiers_using_policy(kube: Kube, namespace: str, policy_name: str) -> list[dict]:
-    """ModelTiers whose sidecars serve `policy_name` (spec.router.routePolicy)."""
+def tiers_using_policy(view: View, namespace: str, policy_name: str) -> list[str]:
+    """Names of the ModelTiers whose sidecars serve `policy_name` (spec.router.routePolicy)."""
     return [
-        t
-        for t in await kube.list(*TIER_API, namespace)
+        t["metadata"]["name"]
+        for t in view.tiers_in(namespace)
         if ((t.get("spec") or {}).get("router") or {}).get("routePolicy") == policy_name
     ]
+
+
+def policies_naming_tier(view: View, namespace: str, tier_name: str) -> list[str]:
+    """Names of the RoutePolicies whose ladder refers to ModelTier `tier_name`."""
+    names = []
+    for body in view.policies_in(namespace):
+        for rung in (body.get("spec") or {}).get("tiers") or []:
+            if ((rung or {}).get("modelTierRef") or {}).get("name") == tier_name:
+                names.append(body["metadata"]["name"])
+                break
+    return names

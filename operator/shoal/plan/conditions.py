@@ -80,7 +80,7 @@ def update_conditions(
     return sorted(merged, key=lambda c: ORDER.index(c["type"]) if c.get("type") in ORDER else len(ORDER))
 
 
-def status_patch(
+def status_merge_patch(
     wanted: dict[str, Any], stored: dict[str, Any] | None, rebuilt: frozenset[str] = frozenset()
 ) -> dict[str, Any] | None:
     """The merge patch that turns `stored` into `wanted`, or None when nothing differs.

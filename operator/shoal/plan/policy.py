@@ -10,9 +10,9 @@ from shoal.api import conditions as C
 from shoal.api.naming import policy_endpoint
 from shoal.api.routepolicy import RoutePolicy
 
-from .conditions import Cond, merge_conditions, status_patch
+from .conditions import Cond, merge_conditions
 
-__all__ = ["PolicyObservation", "entry_model_tier", "policy_status", "status_patch", "unresolved"]
+__all__ = ["PolicyObservation", "entry_model_tier", "policy_status", "unresolved"]
 
 
 @dataclass(frozen=True)

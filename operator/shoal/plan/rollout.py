@@ -88,7 +88,7 @@ class RolloutPlan:
     progressing: Cond | None
     events: list[EventSpec] = field(default_factory=list)
 
-    def status_patch(self) -> dict[str, Any]:
+    def status_fields(self) -> dict[str, Any]:
         """The status fields this plan owns, in wire form (None clears a field)."""
         return {
             "servingCheckpoint": self.serving_checkpoint,

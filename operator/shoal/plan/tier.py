@@ -16,7 +16,7 @@ from shoal.api.modeltier import ModelTier
 from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoint, tier_selector
 
-from .conditions import Cond, EventSpec, find, flips, status_patch, update_conditions
+from .conditions import Cond, EventSpec, find, flips, status_merge_patch, update_conditions
 from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
 
 __all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
@@ -71,9 +71,9 @@ class TierPlan:
     create_job_for: str | None = None
     delete_jobs: tuple[str, ...] = ()
 
-    def status_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    def status_merge_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """The status fields that differ from what is stored, or None when nothing does."""
-        return status_patch(self.status, stored, _OBSERVED_FIELDS)
+        return status_merge_patch(self.status, stored, _OBSERVED_FIELDS)
 
 
 # Status fields rebuilt from observations on every pass. Others (the autoscaler's part)
@@ -337,7 +337,7 @@ def tier_status(
     wanted.append(rollout.evaluated)
     if rollout.progressing is not None:
         wanted = [c for c in wanted if c.type != C.PROGRESSING] + [rollout.progressing]
-    status.update(rollout.status_patch())
+    status.update(rollout.status_fields())
 
     conds = update_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
     status["conditions"] = conds

@@ -1,0 +1,110 @@
+"""Which objects a watch event puts back on the work queue.
+
+A pass reads its whole world from the view, so an event only has to name the objects
+whose world it is part of:
+
+- a ModelTier: itself, and the RoutePolicies that name it or that it names (their status
+  and entry Service follow its existence and readiness). When its spec changed (a new
+  generation), also the other tiers of its policy: their sidecar ConfigMaps describe it.
+  A change of its status alone (readiness, serving checkpoint) never re-renders another
+  tier's ConfigMap: sidecars learn live state from their peers directly.
+- a RoutePolicy: itself; when its spec changed, every tier that serves it.
+- a Deployment, Pod, Job, Service, PodDisruptionBudget or ConfigMap of Shoal's: its owner
+  (the shoal.dev/tier or shoal.dev/route-policy label).
+- anyone else's ConfigMap: the tiers and policies of its namespace whose references did
+  not resolve (one of them may name it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shoal.api.naming import POLICY_LABEL, TIER_LABEL
+from shoal.kube.observe import policies_naming_tier, tiers_using_policy
+from shoal.kube.view import View
+
+ObjectKey = tuple[str, str, str]
+
+
+def unresolved(body: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "ResolvedRefs" and c.get("status") == "False"
+        for c in (body.get("status") or {}).get("conditions", []) or []
+    )
+
+
+class Triggers:
+    def __init__(self, view: View, add: Callable[[ObjectKey], None], forget: Callable[[str, str], None]) -> None:
+        self.view = view
+        self.add = add
+        self.forget = forget
+        # Last generation seen per object, to tell a spec change from a status change.
+        self._generations: dict[ObjectKey, Any] = {}
+
+    def _spec_changed(self, key: ObjectKey, body: dict[str, Any], deleted: bool) -> bool:
+        if deleted:
+            self._generations.pop(key, None)
+            return True
+        generation = body.get("metadata", {}).get("generation")
+        before = self._generations.get(key)
+        self._generations[key] = generation
+        return before != generation
+
+    def tier_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace") or "", meta["name"]
+        key = ("ModelTier", namespace, name)
+        deleted = event_type == "DELETED"
+        spec_changed = self._spec_changed(key, body, deleted)
+        if deleted:
+            self.forget(namespace, name)
+        else:
+            self.add(key)
+        policy = ((body.get("spec") or {}).get("router") or {}).get("routePolicy")
+        policies = set(policies_naming_tier(self.view, namespace, name))
+        if policy:
+            policies.add(policy)
+        for policy_name in sorted(policies):
+            self.add(("RoutePolicy", namespace, policy_name))
+        if spec_changed and policy:
+            for peer in tiers_using_policy(self.view, namespace, policy):
+                if peer != name:
+                    self.add(("ModelTier", namespace, peer))
+
+    def policy_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace") or "", meta["name"]
+        key = ("RoutePolicy", namespace, name)
+        deleted = event_type == "DELETED"
+        spec_changed = self._spec_changed(key, body, deleted)
+        if not deleted:
+            self.add(key)
+        if spec_changed:
+            for tier in tiers_using_policy(self.view, namespace, name):
+                self.add(("ModelTier", namespace, tier))
+
+    def child_event(self, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace") or ""
+        labels = meta.get("labels") or {}
+        if labels.get(TIER_LABEL):
+            self.add(("ModelTier", namespace, labels[TIER_LABEL]))
+        elif labels.get(POLICY_LABEL):
+            self.add(("RoutePolicy", namespace, labels[POLICY_LABEL]))
+
+    def config_map_event(self, body: dict[str, Any]) -> None:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        if labels.get(TIER_LABEL) or labels.get(POLICY_LABEL):
+            self.child_event(body)
+            return
+        self.unresolved_in((body.get("metadata") or {}).get("namespace") or "")
+
+    def unresolved_in(self, namespace: str) -> None:
+        """Queue the tiers and policies of `namespace` whose references did not resolve."""
+        for tier in self.view.tiers_in(namespace):
+            if unresolved(tier):
+                self.add(("ModelTier", namespace, tier["metadata"]["name"]))
+        for policy in self.view.policies_in(namespace):
+            if unresolved(policy):
+                self.add(("RoutePolicy", namespace, policy["metadata"]["name"]))

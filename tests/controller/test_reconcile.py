@@ -1,0 +1,191 @@
+"""The reconcile orchestration over an in-memory view: what a pass writes, and when nothing.
+
+The view is plain dicts (tests/controller/fakes.py), the API server's write side a
+recorder; the plan/ and render/ code is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from shoal.controller.clock import FakeClock
+from shoal.controller.queue import GiveUp, RetryAfter
+from shoal.controller.reconcilers import Reconcilers, retry_rule
+from shoal.kube.errors import Conflict, Forbidden, NamespaceTerminating, Unavailable
+
+from .fakes import FakeKube, policy_body, put, tier_body, view_of
+
+
+class Harness:
+    def __init__(self, *objects: dict[str, Any], secrets: dict | None = None) -> None:
+        self.view = view_of(*objects)
+        self.kube = FakeKube(self.view, secrets)
+        self.clock = FakeClock()
+        self.requeued: list[tuple[str, str, str]] = []
+        self.reconcilers = Reconcilers(self.kube, self.view, self.clock, requeue=self.requeued.append)
+
+    def tier_pass(self, name: str = "small") -> None:
+        asyncio.run(self.reconcilers.tier("llm", name))
+
+    def policy_pass(self, name: str) -> None:
+        asyncio.run(self.reconcilers.policy("llm", name))
+
+    def settle(self, name: str = "small") -> None:
+        """Passes until one writes nothing, delivering the watch in between."""
+        for _ in range(5):
+            self.kube.calls.clear()
+            self.tier_pass(name)
+            self.kube.deliver()
+            if not self.kube.writes():
+                return
+        raise AssertionError(f"no steady state after 5 passes: {self.kube.calls}")
+
+    def make_deployment_ready(self, name: str = "small") -> None:
+        """What the Deployment controller and kubelets do: every replica ready."""
+        dep = self.view.get("Deployment", "llm", name)
+        assert dep is not None
+        replicas = dep["spec"]["replicas"]
+        dep = {**dep, "metadata": {**dep["metadata"], "resourceVersion": str(int(dep["metadata"]["resourceVersion"]) + 1000)}}
+        dep["status"] = {
+            "observedGeneration": dep["metadata"]["generation"], "replicas": replicas, "readyReplicas": replicas,
+            "availableReplicas": replicas, "updatedReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True"}, {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
+        }
+        put(self.view, dep)
+
+
+def test_a_new_tier_gets_its_children_in_one_pass_and_no_status_until_the_deployment_is_seen():
+    h = Harness(tier_body())
+    h.tier_pass()
+    assert h.kube.calls == [
+        ("apply", "ConfigMap", "small-router"),
+        ("apply", "Deployment", "small"),
+        ("apply", "Service", "small"),
+        ("apply", "PodDisruptionBudget", "small"),
+    ]
+    # The pass reported nothing about a Deployment it had not seen yet: it asked for
+    # another pass, which sees the Deployment (from the write's answer, before the watch).
+    assert h.requeued == [("ModelTier", "llm", "small")]
+    h.kube.calls.clear()
+    h.tier_pass()
+    assert h.kube.calls == [
+        ("event", "ModelTier", "small", "WaitingForPods"),
+        ("event", "ModelTier", "small", "RollingOut"),
+        ("patch-status", "ModelTier", "small", ("candidateCheckpoint", "conditions", "endpoint", "observedGeneration", "readyReplicas", "replicas", "selector", "updatedReplicas")),
+    ]
+
+
+def test_a_settled_tier_makes_no_request_at_all():
+    h = Harness(tier_body())
+    h.settle()
+    h.make_deployment_ready()
+    h.settle()
+    ready = next(c for c in h.view.tier("llm", "small")["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Available")
+    h.kube.calls.clear()
+    for _ in range(3):
+        h.tier_pass()
+    assert h.kube.calls == []  # no write, and no read either: everything came from the view
+    assert h.requeued == [("ModelTier", "llm", "small")]  # only the very first pass asked for another
+
+
+def test_events_are_recorded_before_the_status_that_makes_them_due_and_again_after_a_failed_status_write():
+    h = Harness(tier_body())
+    h.settle()
+    h.make_deployment_ready()
+    h.kube.calls.clear()
+    h.kube.events.clear()
+    h.kube.fail["patch_status"] = Unavailable("connection reset")
+    with pytest.raises(Unavailable):
+        h.tier_pass()
+    assert [c[0] for c in h.kube.calls] == ["event", "event", "event", "patch-status"]
+    first = list(h.kube.events)
+    # The retried pass plans from the same stored status: the same Events about the same
+    # version of the tier (so Kube.event's derived name makes the API server keep one).
+    h.kube.calls.clear()
+    h.kube.events.clear()
+    h.tier_pass()
+    assert [c[0] for c in h.kube.calls] == ["event", "event", "event", "patch-status"]
+    assert h.kube.events == first
+    # Promoted included: an operator killed right after a promotion still reports it.
+    assert [e["reason"] for e in first] == ["Promoted", "Available", "RolloutComplete"]
+
+
+def test_a_tier_naming_a_missing_secret_reads_it_by_name_and_says_so():
+    body = tier_body(model={"name": "m", "source": "hf://org/model", "credentialsSecretRef": {"name": "hf-token"}})
+    h = Harness(body)
+    h.settle()
+    assert ("get", "Secret", "hf-token") in h.kube.calls
+    refs = next(c for c in h.view.tier("llm", "small")["status"]["conditions"] if c["type"] == "ResolvedRefs")
+    assert (refs["status"], refs["reason"]) == ("False", "SecretNotFound")
+
+
+def test_a_spec_the_models_refuse_becomes_invalid_spec_once_and_is_not_retried():
+    body = tier_body()
+    body["spec"]["replicas"] = {"min": 3, "max": 2}  # past a schema that would have refused it
+    h = Harness(body)
+    with pytest.raises(Exception) as failed:
+        h.tier_pass()
+    assert isinstance(retry_rule(failed.value), GiveUp)
+    assert [c[:4] for c in h.kube.calls] == [("event", "ModelTier", "small", "InvalidSpec"), ("patch-status", "ModelTier", "small", ("conditions", "observedGeneration"))]
+    h.kube.deliver()
+    h.kube.calls.clear()
+    with pytest.raises(Exception):
+        h.tier_pass()
+    assert h.kube.calls == []  # the condition is already there: no second Event
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "delay"),
+    [
+        (Conflict("changed"), RetryAfter, 1),
+        (Forbidden("rbac"), RetryAfter, 60),
+        (Unavailable("down"), RetryAfter, None),
+        (NamespaceTerminating("going"), GiveUp, None),
+    ],
+)
+def test_each_error_maps_to_one_retry_rule(error, expected, delay):
+    rule = retry_rule(error)
+    assert isinstance(rule, expected)
+    if isinstance(rule, RetryAfter):
+        assert rule.delay == delay
+
+
+def test_a_terminating_namespace_stops_the_retries_and_the_passes_its_events_bring():
+    body = tier_body()
+    body["metadata"]["creationTimestamp"] = "2026-11-18T11:00:00Z"
+    h = Harness(body)
+    h.kube.fail["apply"] = NamespaceTerminating("unable to create new content in namespace llm because it is being terminated", 403)
+    with pytest.raises(GiveUp):
+        asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
+    h.kube.calls.clear()
+    # A pod of the tier is deleted with the namespace: its event queues the tier again.
+    asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
+    assert h.kube.calls == []
+    # A tier created later (the namespace was re-created) is reconciled as usual.
+    put(h.view, tier_body("fresh") | {"metadata": {**tier_body("fresh")["metadata"], "creationTimestamp": "2026-11-18T12:00:00Z"}})
+    asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "fresh")))
+    assert h.kube.calls[0] == ("apply", "ConfigMap", "fresh-router")
+
+
+def test_a_policy_pass_follows_the_first_ready_tier_and_writes_only_when_that_changes():
+    small = tier_body("small", router={"routePolicy": "ladder"})
+    large = tier_body("large", router={"routePolicy": "ladder"})
+    small["status"] = {"readyReplicas": 0}
+    large["status"] = {"readyReplicas": 1}
+    h = Harness(small, large, policy_body("ladder", ["small", "large"]))
+    h.policy_pass("ladder")
+    service = next(o for o in h.kube.written if o["kind"] == "Service")
+    assert service["spec"]["selector"]["shoal.dev/tier"] == "large"
+    assert [c[0] for c in h.kube.calls] == ["apply", "event", "patch-status"]
+    h.kube.deliver()
+    h.kube.calls.clear()
+    h.policy_pass("ladder")
+    assert h.kube.calls == []
+    # small wakes: only the entry Service moves; no tier is touched by the policy's pass.
+    put(h.view, {**small, "status": {"readyReplicas": 1}, "metadata": {**small["metadata"], "resourceVersion": "9"}})
+    h.policy_pass("ladder")
+    assert [c[:2] for c in h.kube.calls] == [("apply", "Service"), ("patch-status", "RoutePolicy")]

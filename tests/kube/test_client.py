@@ -1,0 +1,69 @@
+"""The API client's translation of answers, and Events that are recorded once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+from kubernetes import client as k8s_client
+from prometheus_client import CollectorRegistry
+
+from shoal.kube.client import Connection, Kube
+from shoal.kube.errors import NamespaceTerminating
+
+TIER = {
+    "apiVersion": "shoal.dev/v1alpha1",
+    "kind": "ModelTier",
+    "metadata": {"name": "small", "namespace": "llm", "uid": "u-1", "resourceVersion": "42"},
+}
+NOW = datetime(2026, 11, 18, 11, 6, 40, 123456, tzinfo=timezone.utc)
+
+
+def kube(handler) -> Kube:
+    cfg = k8s_client.Configuration()
+    cfg.host = "https://api.test"
+    return Kube(Connection("https://api.test", cfg), registry=CollectorRegistry(), transport=httpx.MockTransport(handler))
+
+
+def test_the_same_event_about_the_same_version_is_created_once():
+    names: set[str] = set()
+    bodies: list[dict] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body["metadata"]["name"] in names:
+            return httpx.Response(409, json={"kind": "Status", "reason": "AlreadyExists", "message": "exists"})
+        names.add(body["metadata"]["name"])
+        return httpx.Response(201, json=body)
+
+    k = kube(api)
+
+    async def record_twice_then_a_new_version():
+        await k.event(TIER, "Normal", "Promoted", "ckpt-2 now serves traffic.", now=NOW)
+        await k.event(TIER, "Normal", "Promoted", "ckpt-2 now serves traffic.", now=NOW)  # the retried pass
+        newer = {**TIER, "metadata": {**TIER["metadata"], "resourceVersion": "43"}}
+        await k.event(newer, "Normal", "Promoted", "ckpt-2 now serves traffic.", now=NOW)
+
+    asyncio.run(record_twice_then_a_new_version())
+    assert len(bodies) == 3
+    assert bodies[0]["metadata"]["name"] == bodies[1]["metadata"]["name"] != bodies[2]["metadata"]["name"]
+    assert bodies[0]["metadata"]["name"].startswith("small.")
+    assert len(names) == 2
+    # One RFC 3339 format everywhere: whole seconds, Z.
+    assert bodies[0]["firstTimestamp"] == "2026-11-18T11:06:40Z"
+
+
+def test_a_write_into_a_terminating_namespace_is_its_own_error():
+    def api(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={
+            "kind": "Status", "reason": "Forbidden", "code": 403,
+            "message": 'deployments.apps "small" is forbidden: unable to create new content in namespace llm because it is being terminated',
+            "details": {"name": "small", "kind": "deployments", "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]},
+        })
+
+    with pytest.raises(NamespaceTerminating, match="being terminated"):
+        asyncio.run(kube(api).apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "small", "namespace": "llm"}}))
