@@ -21,7 +21,7 @@ import yaml
 
 from shoal.testing.fake_engine import FakeEngineProcess, start_fake_engine
 
-from .helpers import condition, unique_name, wait_for
+from .helpers import Watch, condition, unique_name, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -273,3 +273,51 @@ def test_sleeping_tier_wakes_on_the_first_spilled_request_and_the_entry_service_
         events = kubectl("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={small},reason=ScaledUp")["items"]
         assert any("(WakeUp)" in e["message"] for e in events), [e["message"] for e in events]
         wait_for(lambda: entry_selects() == small, 90, "the entry Service back on the small tier once it is ready")
+
+
+def replica_changes(versions: list[dict[str, Any]], name: str) -> list[int]:
+    """The Deployment `name`'s spec.replicas after each change among the watched versions."""
+    sizes = [v["spec"]["replicas"] for v in versions if v["metadata"]["name"] == name]
+    return [b for a, b in zip(sizes, sizes[1:]) if b != a]
+
+
+def test_kubectl_scale_sets_a_floor_the_autoscaler_honours_and_the_size_when_autoscaling_is_off(kubectl, namespace, running_operator, tmp_path, tools):
+    """One owner per mode: no tug of war between `kubectl scale` and the autoscaler."""
+    idle, busy, fixed = unique_name("idle"), unique_name("busy"), unique_name("fixed")
+    manifests = [yaml.safe_load(tier_manifest(n, namespace, min_replicas=1, max_replicas=4)) for n in (idle, busy, fixed)]
+    manifests[2]["spec"]["autoscaling"]["engine"] = "none"
+    kubectl.run("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+    (tmp_path / "idle").mkdir()
+    (tmp_path / "busy").mkdir()
+    with PodSidecars(kubectl, namespace, idle, tmp_path / "idle") as idle_pods, \
+            PodSidecars(kubectl, namespace, busy, tmp_path / "busy") as busy_pods:
+        busy_pods.set_waiting(12)  # 12 waiting per pod: three times the target of 4
+        wait_for(lambda: len(idle_pods.pods) == 1, 120, "the idle tier's first sidecar")
+        wait_for(lambda: replicas(kubectl, namespace, busy) == 4, 120, "the busy tier at replicas.max (4)")
+        kubectl.run("scale", "modeltier", idle, "-n", namespace, "--replicas=3")
+        kubectl.run("scale", "modeltier", busy, "-n", namespace, "--replicas=2")
+        kubectl.run("scale", "modeltier", fixed, "-n", namespace, "--replicas=3")
+        # A floor above max is refused by the API server, naming the field.
+        with pytest.raises(Exception) as refused:
+            kubectl.run("scale", "modeltier", idle, "-n", namespace, "--replicas=9")
+        assert "replicas.desired must lie between replicas.min and replicas.max" in str(getattr(refused.value, "stderr", refused.value))
+        wait_for(lambda: replicas(kubectl, namespace, idle) == 3, 60, "the idle tier raised to its new floor (3)")
+        wait_for(lambda: replicas(kubectl, namespace, fixed) == 3, 60, "the fixed tier at 3")
+        wait_for(lambda: len(idle_pods.pods) == 3, 120, "three idle sidecars")
+        argv = [str(tools.kubectl), f"--kubeconfig={kubectl.kubeconfig}", "get", "deployments", "-n", namespace, "-o", "json", "--watch"]
+        with Watch(argv) as watch:
+            wait_for(lambda: len(watch.objects) >= 3, 30, "the watch's first objects")
+            start = len(watch.objects)
+            time.sleep(60)  # the measurement window itself: every change in it is counted
+            seen = list(watch.objects)[start:]
+        changes = {n: replica_changes(seen, n) for n in (idle, busy, fixed)}
+        assert changes == {idle: [], busy: [], fixed: []}, changes
+        assert (replicas(kubectl, namespace, idle), replicas(kubectl, namespace, busy), replicas(kubectl, namespace, fixed)) == (3, 4, 3)
+        status = tier(kubectl, namespace, idle)["status"]["autoscaler"]
+        assert (status["desiredReplicas"], status["reason"]) == (3, "AtMin")
+        assert "replicas.desired (the scale subresource) is 3" in status["message"]
+        assert tier(kubectl, namespace, busy)["status"]["autoscaler"]["desiredReplicas"] == 4
+        # The busy tier's load goes away: it shrinks to its floor (2), not to min (1).
+        busy_pods.set_waiting(0)
+        wait_for(lambda: replicas(kubectl, namespace, busy) == 2, 120, "the busy tier down to its floor (2)")
+        assert idle_pods.errors == [] or all("NotFound" in e for e in idle_pods.errors)
