@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -33,23 +34,31 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
 
 
 class RouterProcess:
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
+        # The log goes to a file, not a pipe nobody reads: a full pipe would block the
+        # router on its per-request log line.
+        self.log_path = config_path.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shoal.router.commands", "router", "--config", str(config_path),
              "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0.1"],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
             self.process.kill()
-            raise AssertionError(f"router did not start: {line!r} {self.process.stderr.read()!r}")  # type: ignore[union-attr]
+            raise AssertionError(f"router did not start: {line!r} {self.log_text()!r}")
         self.port = int(line.strip().rsplit(":", 1)[1])
         self.root = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root}/v1"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -94,6 +103,7 @@ class RouterProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -152,10 +162,10 @@ def ladder_config(engines: dict[str, FakeEngineProcess], tmp_path: Path, **overr
 def start_router(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RouterProcess]]:
     routers: list[RouterProcess] = []
 
-    def start(config: dict[str, Any]) -> RouterProcess:
+    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> RouterProcess:
         path = tmp_path / f"router-{len(routers)}.json"
         path.write_text(json.dumps(config))
-        router = RouterProcess(path)
+        router = RouterProcess(path, env)
         routers.append(router)
         # Generous: on a loaded machine importing and starting takes seconds.
         wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=60)

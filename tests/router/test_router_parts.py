@@ -248,3 +248,25 @@ def test_yaml_and_json_configs_load_to_the_same_model(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**config, "localTier": "nope"}))
     with pytest.raises(InvalidConfig, match="localTier 'nope' must name a tier of kind local"):
         load_config(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        # Nested "model" keys before the top-level one are left alone.
+        (b'{"tools": [{"parameters": {"model": "keep"}}], "model" : "x", "temperature": 1e-05}',
+         b'{"tools": [{"parameters": {"model": "keep"}}], "model" : "engine-m", "temperature": 1e-05}'),
+        # Escaped quotes inside the old value; unicode escapes elsewhere stay escaped.
+        (b'{"model":"a\\"b\\\\","messages":[{"role":"user","content":"caf\\u00e9"}]}',
+         b'{"model":"engine-m","messages":[{"role":"user","content":"caf\\u00e9"}]}'),
+        (b'{"model": null, "prompt": "p"}', b'{"model": "engine-m", "prompt": "p"}'),
+        (b' {"prompt": "p"}', b' {"model":"engine-m","prompt": "p"}'),
+        (b'{"model": "engine-m", "prompt": "p"}', b'{"model": "engine-m", "prompt": "p"}'),
+    ],
+)
+def test_with_model_sets_only_the_top_level_model_and_keeps_every_other_byte(raw, expected):
+    import json
+
+    from shoal.router.server import with_model
+
+    assert with_model(raw, json.loads(raw), "engine-m") == expected

@@ -10,7 +10,7 @@ Command line (stable; other tests and benchmarks rely on it):
 
     python -m shoal.testing.fake_engine --port 8000 [--name small] [--model fake-model]
         [--latency-ms 0] [--token-latency-ms 0] [--reply TEXT] [--fail-status 503]
-        [--fail-count N] [--drop] [--break-after-chunks N] [--max-running N] [--waiting N]
+        [--fail-count N] [--retry-after S] [--drop] [--break-after-chunks N] [--max-running N] [--waiting N]
 
 With `--port 0` a free port is chosen. Either way the first line on stdout is
 `listening on http://127.0.0.1:PORT`.
@@ -36,6 +36,7 @@ Behaviour fields (all optional):
     token_latency_ms     between streamed chunks.
     fail_status          answer with this HTTP status and an OpenAI error body ...
     fail_count           ... for the next N requests only (unset: every request).
+    retry_after          with fail_status: a Retry-After header of this many seconds.
     drop                 close the connection without answering.
     break_after_chunks   streaming: close the connection after N content chunks.
     max_running          requests served at once; more wait in a queue (reported as waiting).
@@ -67,6 +68,7 @@ class Behaviour:
     token_latency_ms: float = 0.0
     fail_status: int | None = None
     fail_count: int | None = None
+    retry_after: int | None = None
     drop: bool = False
     break_after_chunks: int | None = None
     max_running: int | None = None
@@ -230,7 +232,10 @@ class FakeEngine:
             if b.fail_count is not None:
                 self.behaviour = replace(self.behaviour, fail_count=b.fail_count - 1)
             self.failed += 1
-            return _error(b.fail_status, f"fake engine {b.name} fails with {b.fail_status}")
+            failure = _error(b.fail_status, f"fake engine {b.name} fails with {b.fail_status}")
+            if b.retry_after is not None:
+                failure.headers["Retry-After"] = str(b.retry_after)
+            return failure
         if b.drop:
             self.failed += 1
             request.transport.close()  # type: ignore[union-attr]
@@ -413,6 +418,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Behaviour]:
     parser.add_argument("--token-latency-ms", type=float, default=0.0)
     parser.add_argument("--fail-status", type=int, default=None)
     parser.add_argument("--fail-count", type=int, default=None)
+    parser.add_argument("--retry-after", type=int, default=None)
     parser.add_argument("--drop", action="store_true")
     parser.add_argument("--break-after-chunks", type=int, default=None)
     parser.add_argument("--max-running", type=int, default=None)
