@@ -137,3 +137,26 @@ def test_the_threshold_grows_with_the_log_of_the_sampling_volume():
     assert drift.threshold_for(172_800) == pytest.approx(12.0)
     assert drift.threshold_for(8_640) == pytest.approx(12.0 + math.log(8_640 / 172_800))
     assert drift.threshold_for(172_800, false_alarms_per_30_days=0.1) == pytest.approx(12.0 + math.log(10))
+
+
+def test_the_operator_step_counts_only_new_samples_and_restarts_on_a_new_checkpoint():
+    settings = drift.DriftSettings(warmup_samples=100)
+    memory = drift.step(None, settings, "ckpt-1", {"a": drift.PodCounts(40, 10)})
+    assert (memory.state.phase, memory.state.warmup_total) == ("Calibrating", 50)
+    memory = drift.step(memory, settings, "ckpt-1", {"a": drift.PodCounts(80, 20), "b": drift.PodCounts(5, 0)})
+    assert (memory.state.phase, memory.state.baseline_samples) == ("Watching", 105)
+    # A promotion: a new test, and the counters seen at that moment are the new zero.
+    memory = drift.step(memory, settings, "ckpt-2", {"a": drift.PodCounts(90, 20), "b": drift.PodCounts(5, 0)})
+    assert (memory.checkpoint, memory.state.phase, memory.state.warmup_total) == ("ckpt-2", "Calibrating", 0)
+    memory = drift.step(memory, settings, "ckpt-2", {"a": drift.PodCounts(93, 21), "b": drift.PodCounts(5, 0)})
+    assert memory.state.warmup_total == 4
+
+
+def test_settings_for_a_rung_come_from_the_policys_shadow_spec():
+    from shoal.api.shadow import ShadowSpec
+
+    spec = ShadowSpec.model_validate({
+        "tiers": [{"tier": "small", "reference": "large", "baselineAgreement": 0.9}],
+        "detection": {"method": "sprt", "minDropPercent": 5, "warmupSamples": 500},
+    })
+    assert drift.settings_for(spec, "small") == drift.DriftSettings(method="sprt", min_drop=0.05, baseline=0.9, warmup_samples=500)

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from shoal.api.conditions import REASON_AGREEMENT_DROPPED, REASON_AGREEMENT_STABLE, REASON_CALIBRATING
+from shoal.api.shadow import ShadowSpec
 
 Method = Literal["cusum", "sprt", "wilson"]
 Phase = Literal["Calibrating", "Watching", "Drifting"]
@@ -309,3 +310,42 @@ def increments(previous: dict[str, PodCounts], current: dict[str, PodCounts]) ->
             agreed += now.agreed - before.agreed
             disagreed += now.disagreed - before.disagreed
     return int(round(agreed)), int(round(disagreed))
+
+
+# --- the operator's step: scraped counters in, next memory and verdict out -------------------
+
+@dataclass(frozen=True)
+class DriftMemory:
+    """What the operator keeps per tier between checks (in memory: a restarted operator
+    starts a new test on the counters it finds, which only delays a detection)."""
+
+    checkpoint: str | None
+    state: DriftState
+    counts: dict[str, PodCounts]  # the last counters read, by pod
+
+
+def settings_for(shadow: ShadowSpec, rung: str) -> DriftSettings:
+    """The detector's settings for one shadowed rung of a policy's `spec.shadow`."""
+    pair = shadow.for_tier(rung)
+    detection = shadow.detection
+    return DriftSettings(
+        method=detection.method,
+        min_drop=detection.min_drop_percent / 100.0,
+        baseline=pair.baseline_agreement if pair is not None else None,
+        warmup_samples=detection.warmup_samples,
+    )
+
+
+def step(memory: DriftMemory | None, settings: DriftSettings, checkpoint: str | None,
+         scraped: dict[str, PodCounts]) -> DriftMemory:
+    """One check: feed the samples graded since the last one to the test.
+
+    A new serving checkpoint starts a new test (its agreement is a new baseline), counting
+    only samples graded after the change was seen.
+    """
+    if memory is None:
+        return DriftMemory(checkpoint, observe(reset(settings), settings, *increments({}, scraped)), dict(scraped))
+    if memory.checkpoint != checkpoint:
+        return DriftMemory(checkpoint, reset(settings), dict(scraped))
+    agreed, disagreed = increments(memory.counts, scraped)
+    return DriftMemory(checkpoint, observe(memory.state, settings, agreed, disagreed), dict(scraped))
