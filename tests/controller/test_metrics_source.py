@@ -127,3 +127,47 @@ def test_a_prometheus_answer_without_exactly_one_series_is_missing():
 def test_a_prometheus_total_is_spread_over_the_ready_pods():
     assert spread_total(30.0, ["a", "b", "c"], 5.0) == (PodLoad("a", 0.0, 10.0, 5.0), PodLoad("b", 0.0, 10.0, 5.0), PodLoad("c", 0.0, 10.0, 5.0))
     assert spread_total(None, ["a"], 5.0) == (PodLoad("a", None, None, None),)
+
+
+def _sidecar_text() -> str:
+    """The exposition a router sidecar serves, from the router's own shadow metrics."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shoal.router.shadow import ShadowMetrics
+
+    registry = CollectorRegistry()
+    metrics = ShadowMetrics(registry)
+    metrics.samples.labels("small", "agree").inc(40)
+    metrics.samples.labels("small", "disagree").inc(7)
+    metrics.samples.labels("small", "reference_error").inc(3)
+    metrics.samples.labels("large", "agree").inc(100)
+    metrics.skip("small", "budget")
+    return generate_latest(registry).decode()
+
+
+def test_shadow_counts_are_read_for_the_tiers_rungs_only_and_without_reference_errors():
+    from shoal.controller.metrics_source import parse_shadow_counts
+    from shoal.plan.drift import PodCounts
+
+    assert parse_shadow_counts(_sidecar_text(), frozenset({"small"})) == PodCounts(40.0, 7.0)
+    assert parse_shadow_counts(_sidecar_text(), frozenset({"small", "large"})) == PodCounts(140.0, 7.0)
+    assert parse_shadow_counts(METRICS, frozenset({"small"})) == PodCounts(0.0, 0.0)
+
+
+def test_a_pod_whose_shadow_counts_cannot_be_read_is_left_out():
+    from shoal.controller.metrics_source import scrape_shadow_counts
+    from shoal.plan.drift import PodCounts
+
+    text = _sidecar_text()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "10.0.0.2":
+            return httpx.Response(500)
+        return httpx.Response(200, text=text)
+
+    async def go():
+        async with sidecars(handler) as client:
+            pods = [PodTarget("a", "10.0.0.1", 8080), PodTarget("b", "10.0.0.2", 8080)]
+            return await scrape_shadow_counts(client, pods, frozenset({"small"}))
+
+    assert run(go()) == {"a": PodCounts(40.0, 7.0)}

@@ -22,6 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.plan.autoscale import PodLoad
+from shoal.plan.drift import PodCounts
 
 WAITING = "shoal_engine_requests_waiting"
 RUNNING = "shoal_engine_requests_running"
@@ -152,3 +153,47 @@ def spread_total(total: float | None, ready_pods: Sequence[str], observed_at: fl
         return tuple(PodLoad(name, None, None, None) for name in ready_pods)
     share = total / len(ready_pods) if ready_pods else 0.0
     return tuple(PodLoad(name, 0.0, share, observed_at) for name in ready_pods)
+
+
+SHADOW_SAMPLES = "shoal_shadow_samples"
+
+
+def parse_shadow_counts(text: str, tiers: frozenset[str]) -> PodCounts:
+    """One sidecar's graded shadow samples of the rungs `tiers` (a ModelTier's names in its
+    policy): (agreed, disagreed), cumulative. Reference errors and ungradable samples are
+    not agreement data and are left out. Raises ValueError when the text is not exposition."""
+    agreed = disagreed = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != SHADOW_SAMPLES:
+            continue
+        for sample in family.samples:
+            if sample.name != SHADOW_SAMPLES + "_total" or sample.labels.get("tier") not in tiers:
+                continue
+            if sample.labels.get("outcome") == "agree":
+                agreed += float(sample.value)
+            elif sample.labels.get("outcome") == "disagree":
+                disagreed += float(sample.value)
+    return PodCounts(agreed, disagreed)
+
+
+async def scrape_shadow_counts(
+    client: httpx.AsyncClient,
+    pods: Sequence[PodTarget],
+    tiers: frozenset[str],
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, PodCounts]:
+    """Per pod (of every tier of the policy: the sidecar that routed a request counts its
+    sample, whichever tier it runs in), its shadow counts for the rungs `tiers`. A pod
+    whose read failed is left out, so its counts are neither lost nor counted twice: the
+    next successful read brings the increment since the last one."""
+
+    async def one(pod: PodTarget) -> tuple[str, PodCounts | None]:
+        try:
+            response = await client.get(pod.url, timeout=timeout_seconds)
+            response.raise_for_status()
+            return pod.name, parse_shadow_counts(response.text, tiers)
+        except (httpx.HTTPError, ValueError):
+            return pod.name, None
+
+    return {name: counts for name, counts in await asyncio.gather(*(one(p) for p in pods)) if counts is not None}
