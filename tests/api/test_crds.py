@@ -84,7 +84,7 @@ def test_modeltier_crd_has_subresources_printer_columns_and_names():
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Model", "Checkpoint", "Replicas", "Reason", "Age"]
+    assert columns == ["Ready", "Model", "Checkpoint", "Replicas", "Drifting", "Reason", "Age"]
     assert crd["spec"]["names"]["shortNames"] == ["mt", "tier"]
     assert crd["spec"]["names"]["categories"] == ["shoal"]
 

@@ -216,6 +216,10 @@ def modeltier_crd() -> dict[str, Any]:
             {"name": "Model", "type": "string", "jsonPath": ".spec.model.name", "description": "Served model name."},
             {"name": "Checkpoint", "type": "string", "jsonPath": ".status.servingCheckpoint", "description": "Checkpoint serving traffic."},
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Ready replicas."},
+            {
+                "name": "Drifting", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Drifting")].status',
+                "description": "Whether the tier agrees less with its shadow reference than at promotion (empty without shadow evaluation).",
+            },
             _REASON_COLUMN,
             _AGE_COLUMN,
         ],
