@@ -81,7 +81,7 @@ async def started(fleet: Fleet, config: ShadowSpec, registry: CollectorRegistry 
     registry = registry if registry is not None else CollectorRegistry()
     sampler = shadow.ShadowSampler(config, fleet.tiers, {"frontier": "Bearer sk-shadow"}, shadow.ShadowMetrics(registry),
                                    rng=random.Random(1), **kwargs)
-    await sampler.start()
+    sampler.start()
     return sampler
 
 

@@ -66,6 +66,7 @@ from .failures import CONNECT_ERROR, REJECTED, TIMEOUT, UPSTREAM_BROKE, Upstream
 from .ladder import LadderWalk
 from .metrics import RouterMetrics
 from .resilience import CircuitBreaker, HourlySpend, RetryBudget
+from .shadow import ShadowMetrics, ShadowSampler
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
 
 log = logging.getLogger("shoal.router")
@@ -203,6 +204,11 @@ class Router:
         # Extension points on the request path (shoal.router.call): empty unless used.
         self.hooks = Hooks()
         self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers
+        # Shadow evaluation (shoal.router.shadow): joins through the `complete` hook, so it
+        # only ever sees a request once the client has the whole answer.
+        self.shadow: ShadowSampler | None = None
+        self._shadow_metrics: ShadowMetrics | None = None
+        self._stopping: asyncio.Task[None] | None = None  # a sampler stopped by a reload
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -231,11 +237,14 @@ class Router:
         self.upstreams = UpstreamPool(max_idle_per_origin=server.max_upstream_connections, idle_seconds=30.0, connect_timeout=10.0)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
+        self._configure_shadow(self.snapshot)
 
     async def _on_cleanup(self, app: web.Application) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.shadow is not None:
+            await self.shadow.stop()
         if self._session is not None:
             await self._session.close()
         if self.upstreams is not None:
@@ -265,6 +274,7 @@ class Router:
             breaker.open_seconds = config.fallback.circuit_breaker.open_seconds
         self.snapshot = snapshot
         self._refresh_states()
+        self._configure_shadow(snapshot)
         self.metrics.child(self.metrics.reloads, "ok").inc()
         log.info("configuration reloaded")
         return True
@@ -646,6 +656,34 @@ class Router:
     def _complete(self, call: Call, answer: Answer) -> None:
         for hook in self.hooks.complete:
             _run_hook(hook, call, answer)
+
+    # --- shadow evaluation -----------------------------------------------------------------
+
+    def _configure_shadow(self, snap: Snapshot) -> None:
+        """Start, update or stop the shadow sampler for a (new) config. Runs in the event loop."""
+        spec = snap.config.shadow
+        # The hook is there only while shadow evaluation is on: without it, a non-streamed
+        # answer takes the router's usual path, with nothing to run after it.
+        if spec is None:
+            if self.shadow is not None:
+                self.hooks.complete.remove(self._shadow_complete)
+                sampler, self.shadow = self.shadow, None
+                self._stopping = asyncio.get_running_loop().create_task(sampler.stop())
+            return
+        if self._shadow_metrics is None:
+            self._shadow_metrics = ShadowMetrics(self.registry)
+        if self.shadow is None:
+            self.shadow = ShadowSampler(spec, snap.tiers, snap.auth, self._shadow_metrics, labels_dir=snap.config.labels_dir)
+            self.shadow.start()
+            self.hooks.complete.append(self._shadow_complete)
+        else:
+            self.shadow.update(spec, snap.tiers, snap.auth)
+
+    def _shadow_complete(self, call: Call, answer: Answer) -> None:
+        sampler = self.shadow
+        if sampler is None or answer.status != 200 or answer.body is None:
+            return
+        sampler.offer(answer.tier.name, call.path, call.body, call.request.headers, answer.body, answer.content_type)
 
     def _response_id(self, call: Call, upstream_headers: dict[str, str]) -> str:
         return call.request_id or _usable_id(upstream_headers.get(REQUEST_ID_HEADER)) or _new_id()

@@ -337,7 +337,8 @@ class ShadowSampler:
         self.update(spec, tiers, auth)
 
     def update(self, spec: ShadowSpec, tiers: Mapping[str, UpstreamTier], auth: Mapping[str, str]) -> None:
-        """A new configuration; the queue and workers keep running (resized on next start)."""
+        """A new configuration. Samples, budget and labels carry over; the queue and the
+        workers keep the sizes they were started with until the router restarts."""
         self.spec = spec
         self.tiers = dict(tiers)
         self.auth = dict(auth)
@@ -351,7 +352,8 @@ class ShadowSampler:
 
     # --- lifecycle ---
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Start the workers (call from within the running event loop)."""
         self._queue = asyncio.Queue(maxsize=self.spec.max_queue)
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self.spec.max_concurrency)]
 
@@ -399,6 +401,11 @@ class ShadowSampler:
         if self.spend.total() >= self.spec.max_usd_per_hour:
             return self._skip(tier, "budget")
         return Ticket(tier=tier, path=path, body=dict(body))
+
+    def offer(self, tier: str, path: str, body: Mapping[str, Any], headers: Mapping[str, str], data: bytes, content_type: str) -> None:
+        """`select` and `submit` in one call, for a request whose answer is already complete
+        (the router's `complete` hook): tier is the tier that answered."""
+        self.submit(self.select(tier, path, body, headers), tier, data, content_type)
 
     def _skip(self, tier: str, reason: str) -> None:
         self.metrics.skip(tier, reason)
