@@ -160,3 +160,12 @@ def test_settings_for_a_rung_come_from_the_policys_shadow_spec():
         "detection": {"method": "sprt", "minDropPercent": 5, "warmupSamples": 500},
     })
     assert drift.settings_for(spec, "small") == drift.DriftSettings(method="sprt", min_drop=0.05, baseline=0.9, warmup_samples=500)
+
+
+def test_a_pod_that_could_not_be_read_keeps_its_counters_so_its_samples_count_once():
+    settings = drift.DriftSettings(warmup_samples=1000)
+    memory = drift.step(None, settings, "c", {"a": drift.PodCounts(10, 0), "b": drift.PodCounts(20, 0)})
+    memory = drift.step(memory, settings, "c", {"a": drift.PodCounts(11, 0)}, unreadable=frozenset({"b"}))
+    assert memory.state.warmup_total == 31
+    memory = drift.step(memory, settings, "c", {"a": drift.PodCounts(11, 0), "b": drift.PodCounts(25, 0)})
+    assert memory.state.warmup_total == 36

@@ -24,6 +24,7 @@ from shoal.kube.view import View, slim_config_map, slim_pod
 
 from .autoscaler import Autoscaler
 from .clock import SystemClock
+from .drift import DriftWatch
 from .queue import WorkQueue
 from .reconcilers import Reconcilers
 from .settings import OperatorSettings
@@ -139,6 +140,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
         kube, view, clock,
         requeue=lambda key: queue.add(key),
         autoscaler=Autoscaler(kube, view, memo.metrics_http, clock),
+        drift=DriftWatch(kube, view, memo.metrics_http, clock, memo.registry),
     )
     queue = WorkQueue(reconcilers.reconcile, workers=operator.workers)
     memo.view = view

@@ -45,6 +45,7 @@ from shoal.render.evaljob import EvalJobContext, render_eval_job
 from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
+from .drift import DriftWatch
 from .clock import Clock
 from .desired import tier_manifests
 from .queue import GiveUp, RetryAfter
@@ -91,6 +92,7 @@ class Reconcilers:
         *,
         requeue: Callable[[ObjectKey], None],
         autoscaler: Autoscaler | None = None,
+        drift: DriftWatch | None = None,
     ) -> None:
         self.kube = kube
         self.view = view
@@ -98,6 +100,7 @@ class Reconcilers:
         # Queues an object for another pass (after a pass that changed its Deployment).
         self.requeue = requeue
         self.autoscaler = autoscaler
+        self.drift = drift
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # Namespaces the API server said are being deleted, with when it said so: objects
         # created before that go with the namespace and are not reconciled again (each
@@ -112,6 +115,8 @@ class Reconcilers:
         self._locks.pop((namespace, name), None)
         if self.autoscaler is not None:
             self.autoscaler.forget(namespace, name)
+        if self.drift is not None:
+            self.drift.forget(namespace, name)
 
     async def reconcile(self, key: ObjectKey) -> None:
         """The work queue's entry point: one pass, errors mapped to the queue's retry rule."""
@@ -256,6 +261,13 @@ class Reconcilers:
                 self.forget(namespace, name)
                 return
             await self.autoscaler.run(body)
+            if self.drift is not None and self.drift.due(namespace, name):
+                # After the autoscaler's pass: the view has its status write, so the
+                # conditions written here are built on it.
+                body = self.view.tier(namespace, name)
+                tier = self.autoscaler.parsed(body) if body is not None else None
+                if body is not None and tier is not None:
+                    await self.drift.run(tier, body)
 
     # --- RoutePolicy -------------------------------------------------------------------
 

@@ -337,12 +337,16 @@ def settings_for(shadow: ShadowSpec, rung: str) -> DriftSettings:
 
 
 def step(memory: DriftMemory | None, settings: DriftSettings, checkpoint: str | None,
-         scraped: dict[str, PodCounts]) -> DriftMemory:
+         scraped: dict[str, PodCounts], unreadable: frozenset[str] = frozenset()) -> DriftMemory:
     """One check: feed the samples graded since the last one to the test.
 
-    A new serving checkpoint starts a new test (its agreement is a new baseline), counting
-    only samples graded after the change was seen.
+    `unreadable`: pods that exist but whose counters could not be read this time; their
+    last counters are kept, so their samples count once when they answer again. A new
+    serving checkpoint starts a new test (its agreement is a new baseline), counting only
+    samples graded after the change was seen.
     """
+    if memory is not None:
+        scraped = {**{p: c for p, c in memory.counts.items() if p in unreadable}, **scraped}
     if memory is None:
         return DriftMemory(checkpoint, observe(reset(settings), settings, *increments({}, scraped)), dict(scraped))
     if memory.checkpoint != checkpoint:
