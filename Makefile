@@ -4,9 +4,11 @@ PYTHON ?= python3
 .PHONY: up test down crds
 
 ## Install Shoal and start it on a local control plane (real kube-apiserver, scheduler,
-## controller-manager, etcd and kwok GPU nodes built from Go modules on first use).
+## controller-manager, etcd and kwok GPU nodes built from Go modules on first use), with
+## real router sidecars and engines behind the pods (SmolLM2-135M on CPU for the small tier).
 up:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	PYTHON=$(PYTHON) bash scripts/install-small-model.sh
 	$(PYTHON) -m shoal.cli dev up
 
 ## Install the test dependencies and run every test (unit, integration and e2e).

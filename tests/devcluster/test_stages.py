@@ -44,3 +44,12 @@ def test_shoals_stages_follow_kwoks_and_select_on_the_same_annotation():
 def test_defaults_without_pod_complete_are_refused():
     with pytest.raises(ValueError, match="pod-complete"):
         kwok_config("kind: Stage\nmetadata: {name: pod-ready}\n")
+
+
+def test_with_evaluation_pods_held_pod_complete_also_leaves_shoals_evaluation_pods_alone():
+    documents = list(yaml.safe_load_all(kwok_config(DEFAULTS, extra=[], hold_evaluation_pods=True)))
+    complete = next(d for d in documents if d["metadata"]["name"] == "pod-complete")
+    assert complete["spec"]["selector"]["matchExpressions"][-1] == {
+        "key": '.metadata.labels["app.kubernetes.io/component"]', "operator": "NotIn", "values": ["evaluation"]}
+    held = list(yaml.safe_load_all(kwok_config(DEFAULTS, extra=[])))
+    assert len(next(d for d in held if d["metadata"]["name"] == "pod-complete")["spec"]["selector"]["matchExpressions"]) == 3

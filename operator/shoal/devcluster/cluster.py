@@ -68,6 +68,9 @@ OPERATOR_USER = "system:serviceaccount:shoal-system:shoal"
 # Start order; stopped in reverse. The operator is started later by `shoal dev up`.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 OPERATOR = "operator"
+# `shoal dev up`'s processes behind the simulated pods (fleet.py); pods/<ns>.<pod>.<role>.
+FLEET = "fleet"
+POD_PROCESSES = "pods"
 
 T = TypeVar("T")
 
@@ -206,7 +209,7 @@ class ControlPlane:
     # -- lifecycle ---------------------------------------------------------------------
 
     def running_components(self) -> list[str]:
-        return [c for c in (*COMPONENTS, OPERATOR) if processes.is_running(self.state, c)]
+        return [c for c in (*COMPONENTS, OPERATOR, FLEET) if processes.is_running(self.state, c)]
 
     def start(
         self,
@@ -215,10 +218,15 @@ class ControlPlane:
         nodes: list[NodeGroup],
         progress: Progress = stderr_progress,
         timeout_s: float = 180.0,
+        *,
+        hold_evaluation_pods: bool = False,
     ) -> dict[str, Any]:
         """Start every component from an empty state directory and wait until the cluster
         is usable: all components healthy, every node Ready, the ``default``
         ServiceAccount present. Returns the recorded cluster info (with timings).
+
+        ``hold_evaluation_pods``: kwok leaves evaluation Job pods Running instead of
+        completing them (the fleet of `shoal dev up` runs their program and finishes them).
 
         On any failure everything started so far is stopped again. Ports are picked free
         just before use; if another process takes one in between, the start is retried
@@ -227,7 +235,8 @@ class ControlPlane:
         attempts = 3
         for attempt in range(1, attempts + 1):
             try:
-                return self._start_once(binaries, tools, nodes, progress, timeout_s)
+                return self._start_once(binaries, tools, nodes, progress, timeout_s,
+                                        hold_evaluation_pods)
             except ComponentFailed as error:
                 if "address already in use" not in str(error) or attempt == attempts:
                     raise
@@ -235,7 +244,8 @@ class ControlPlane:
         raise AssertionError("unreachable")
 
     def _start_once(self, binaries: Binaries, tools: Tools, nodes: list[NodeGroup],
-                    progress: Progress, timeout_s: float) -> dict[str, Any]:
+                    progress: Progress, timeout_s: float,
+                    hold_evaluation_pods: bool = False) -> dict[str, Any]:
         if self.running_components():
             raise ClusterError(
                 f"cluster {self.name!r} is already running ({', '.join(self.running_components())}); "
@@ -256,7 +266,7 @@ class ControlPlane:
             self._start_etcd(binaries, ports, progress, timeout_s)
             self._start_apiserver(binaries, ports, server, progress, timeout_s)
             self._start_controllers(binaries, ports, progress, timeout_s)
-            self._start_kwok(binaries, ports, pod_cidr)
+            self._start_kwok(binaries, ports, pod_cidr, hold_evaluation_pods)
             kubectl = self.kubectl(tools)
             progress(f"creating {sum(g.count for g in nodes)} simulated nodes")
             manifests = node_manifests(nodes)
@@ -290,7 +300,7 @@ class ControlPlane:
     def _check_wipeable(self) -> None:
         """Refuse to delete a directory that is not (or not only) a cluster's state."""
         ours = {"cluster.json", "kubeconfig", "kubeconfigs", "pki", "etcd", "audit", "logs",
-                "pids", "kwok.yaml"}
+                "pids", "kwok.yaml", "pods", "fleet.json", "fleet.tmp"}
         entries = {p.name for p in self.state.iterdir()}
         if entries - ours:
             raise ClusterError(
@@ -301,10 +311,14 @@ class ControlPlane:
     def stop(self, progress: Progress = stderr_progress) -> list[str]:
         """Stop the operator and every component (reverse start order); nothing orphaned."""
         stopped = []
-        for component in (OPERATOR, *reversed(COMPONENTS)):
+        for component in (FLEET, OPERATOR, *reversed(COMPONENTS)):
             if processes.stop(self.state, component):
                 stopped.append(component)
                 progress(f"stopped {component}")
+            if component == FLEET:
+                # The fleet stops its pods' processes; these are what it left if it died.
+                for name in stop_pod_processes(self.state):
+                    stopped.append(name)
         return stopped
 
     # -- components --------------------------------------------------------------------
@@ -437,13 +451,15 @@ class ControlPlane:
         self._wait_healthy("kube-scheduler", f"https://127.0.0.1:{ports.scheduler}/healthz",
                            timeout_s, insecure)
 
-    def _start_kwok(self, binaries: Binaries, ports: Ports, pod_cidr: str) -> None:
+    def _start_kwok(self, binaries: Binaries, ports: Ports, pod_cidr: str,
+                    hold_evaluation_pods: bool = False) -> None:
         # kwok has no built-in behaviour: its Stages (nodes heartbeat, bound pods become
         # Ready, Job pods complete) come from the configuration built beside the binary,
         # plus Shoal's own (stages/).
         # Passing it explicitly also keeps a ~/.kwok/kwok.yaml from changing anything.
         config = self.state / "kwok.yaml"
-        config.write_text(kwok_config(binaries.kwok_stages.read_text()))
+        config.write_text(kwok_config(binaries.kwok_stages.read_text(),
+                                      hold_evaluation_pods=hold_evaluation_pods))
         processes.start(self.state, "kwok", [
             str(binaries.kwok),
             f"--config={config}",
@@ -528,6 +544,17 @@ class ControlPlane:
                 continue
             events.append(event)
         return events
+
+
+def stop_pod_processes(state: Path) -> list[str]:
+    """Stop every process recorded for a simulated pod under ``state``."""
+    stopped = []
+    folder = state / "pids" / POD_PROCESSES
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        name = f"{POD_PROCESSES}/{record.stem}"
+        if processes.stop(state, name, grace_s=5.0):
+            stopped.append(name)
+    return stopped
 
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})

