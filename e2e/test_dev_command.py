@@ -132,7 +132,8 @@ def _pods(state, tier: str) -> list[dict]:
 
 
 def _chat(url: str, content: str, tier: str | None = None) -> tuple[int, dict, dict]:
-    body = {"model": "support", "messages": [{"role": "user", "content": content}],
+    # No `model`: the policy routes the request (a tier's name would pin that tier).
+    body = {"messages": [{"role": "user", "content": content}],
             "max_tokens": 30, "temperature": 0}
     headers = {"Content-Type": "application/json", **({"x-shoal-tier": tier} if tier else {})}
     request = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(), headers=headers)

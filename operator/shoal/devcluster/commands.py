@@ -138,7 +138,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                       if s["kind"] == "RoutePolicy"), None)
         if entry is not None:
             _say(f"try: curl {entry['url']}/chat/completions -H 'Content-Type: application/json' "
-                 f"-d '{{\"model\": \"{entry['owner']}\", \"messages\": "
+                 f"-d '{{\"messages\": "
                  f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'")
         if args.detach:
             _say("running detached; stop it with `shoal dev down"
