@@ -166,3 +166,27 @@ def test_the_autoscaling_pass_runs_the_drift_check_once_per_drift_period():
     assert not watch.due("llm", "small")
     watch.clock.advance(30)
     assert watch.due("llm", "small")
+
+
+def test_a_promotion_starts_a_new_test_even_when_the_parsed_spec_is_unchanged():
+    from shoal.controller.autoscaler import Autoscaler
+    from shoal.controller.reconcilers import Reconcilers
+
+    view, kube, sidecars, _, check = harness({"tiers": [{"tier": "small", "reference": "large"}], "detection": {"warmupSamples": 100}})
+    watch = check.watch
+    # Through the autoscaling pass, which parses a tier once per generation.
+    reconcilers = Reconcilers(kube, view, watch.clock, requeue=lambda key: None,
+                              autoscaler=Autoscaler(kube, view, watch.http, watch.clock), drift=watch)
+    sidecars.counts = {"10.0.0.1": (150, 10)}
+    asyncio.run(reconcilers.autoscale("llm", "small"))
+    kube.deliver()
+    assert watch.state("llm", "small").phase == "Watching"
+    # The operator records a new serving checkpoint: a status change, the same generation.
+    body = view.tier("llm", "small")
+    put(view, {**body, "status": {**body.get("status", {}), "servingCheckpoint": "s3://b/ckpt-2"},
+               "metadata": {**body["metadata"], "resourceVersion": "300"}})
+    watch.clock.advance(30)
+    sidecars.counts = {"10.0.0.1": (160, 10)}
+    asyncio.run(reconcilers.autoscale("llm", "small"))
+    state = watch.state("llm", "small")
+    assert (state.phase, state.warmup_total) == ("Calibrating", 0)

@@ -125,7 +125,9 @@ class DriftWatch:
         targets, not_ready = self._targets(policy, tier.namespace)
         scraped = await scrape_shadow_counts(self.http, targets, frozenset(rungs))
         unreadable = frozenset(t.name for t in targets if t.name not in scraped) | not_ready
-        checkpoint = tier.status.serving_checkpoint or tier.spec.model.served_uri()
+        # From the body, not the parsed tier: the parse is cached per generation, and a
+        # promotion changes only the status.
+        checkpoint = stored.get("servingCheckpoint") or tier.spec.model.served_uri()
         memory = self._memory[key] = plan.step(self._memory.get(key), settings, checkpoint, scraped, unreadable)
         verdict = plan.verdict(memory.state, settings, sampling_rate=pair.sample_percent / 100.0 if pair else None)
         self.drifting.labels(*key).set(1 if verdict.status == "True" else 0)
