@@ -87,6 +87,7 @@ class Operator:
         self.cluster = cluster
         self.kubectl = kubectl
         self.kubeconfig = kubeconfig
+        self.metrics_url: str | None = None  # the operator's /metrics, once started here
 
     @property
     def pid(self) -> int | None:
@@ -96,6 +97,7 @@ class Operator:
         """Start `shoal run` and wait until kopf's liveness endpoint answers."""
         started = install.start_operator(self.cluster, self.kubeconfig)
         install.wait_operator_live(self.cluster, started)
+        self.metrics_url = started.metrics_url
         return started.pid
 
     def kill(self) -> None:
