@@ -207,12 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugin_registrars() -> list[Any]:
-    from shoal.devcluster import commands as dev
     from shoal.evaluate import commands as evaluate
     from shoal.router import commands as router
     from shoal.sim import commands as sim
 
+    try:
+        from shoal.devcluster import commands as dev
+    except ImportError as error:
+        # The images install shoal without the `dev` extra (cryptography for the local
+        # cluster's certificates): `shoal router`, `run` and `eval` must still start there.
+        return [_dev_unavailable(error), router.register, evaluate.register, sim.register]
     return [dev.register, router.register, evaluate.register, sim.register]
+
+
+def _dev_unavailable(error: ImportError) -> Any:
+    def register(sub: Any) -> None:
+        dev = sub.add_parser("dev", help="a local Kubernetes control plane (needs shoal[dev])")
+        dev.add_argument("rest", nargs=argparse.REMAINDER)
+        dev.set_defaults(func=lambda _args: fail(
+            f"`shoal dev` needs the dev extra (pip install 'shoal[dev]'): {error}"))
+
+    return register
 
 
 def main(argv: list[str] | None = None) -> int:
