@@ -201,7 +201,10 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     front.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-    runner = web.AppRunner(front.app(), access_log=None)
+    # A request whose client went away (the router's first-byte timeout, a cancelled
+    # client) leaves the queue, as vLLM aborts it: otherwise abandoned requests would
+    # hold the slot and inflate the queue the autoscaler reads.
+    runner = web.AppRunner(front.app(), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
