@@ -1,4 +1,4 @@
-"""`shoal router` (the sidecar) and `shoal router train` (the classifier).
+"""`shoal router` (the sidecar), `shoal router train` and `shoal router classify` (its model).
 
 The `shoal` CLI wires these in with `shoal.router.commands.register(subparsers)`.
 """
@@ -31,13 +31,37 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train the routing classifier from labelled JSON lines",
-        description='Train from JSON lines of {"prompt": ..., "tier": ...} (tier: the smallest tier that answered well).',
+        description=(
+            'Train from JSON lines of {"prompt": ..., "tier": ...} (tier: the smallest tier that answered well) '
+            'or {"prompt": ..., "outcomes": {"TIER": true|false, ...}, "response": ...} (which tiers answered well; '
+            "response, optional: the smallest tier's answer, which also trains a verifier for a cascade). "
+            "Outcome lines train a v2 model (the expected gain of each step up the ladder); tier lines alone train "
+            "the v1 classifier unless --model v2."
+        ),
     )
     train.add_argument("--data", type=Path, required=True, help="labelled JSONL file")
     train.add_argument("--out", type=Path, required=True, help="where to write the model (JSON)")
     train.add_argument("--tiers", help="comma-separated tier order, smallest first (default: order of first appearance)")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--model", choices=["auto", "v1", "v2"], default="auto", help="auto (default): v2 when any line has outcomes")
+    train.add_argument("--epochs", type=int, default=None, help="passes over the data (default: v1 30, v2 4)")
+    train.add_argument("--target-shares", help="v2: TIER=SHARE,... thresholds set from the calibration sample, e.g. small=0.8")
     train.set_defaults(func=run_train)
+    classify = sub.add_parser(
+        "classify",
+        help="route JSON lines offline with a trained model",
+        description=(
+            'Read JSON lines of {"prompt": ..., "id": ..., "response": ...} (id and response optional; response: the '
+            'smallest tier\'s answer, judged by a v2 model\'s verifier) and write one line per input: '
+            '{"id", "tier", "scores": {TIER: probability that the request needs this tier}}. '
+            "v2 scores: the smallest tier 1.0, every other tier the chance that the tier below fails where it "
+            "answers well; v1 scores: the class probabilities. A missing id is the line number."
+        ),
+    )
+    classify.add_argument("--model", type=Path, required=True, help="model written by shoal router train")
+    classify.add_argument("--data", type=Path, required=True, help="JSONL file of prompts")
+    classify.add_argument("--out", type=Path, default=None, help="output file (default: standard output)")
+    classify.add_argument("--target-shares", help="v2: TIER=SHARE,... overrides the model's thresholds")
+    classify.set_defaults(func=run_classify)
     return router
 
 
@@ -64,16 +88,69 @@ def run_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_shares(text: str | None) -> dict[str, float]:
+    """TIER=SHARE,... -> {TIER: SHARE}; each share in [0, 1]."""
+    if not text:
+        return {}
+    shares = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if not sep or not name or not 0 <= share <= 1:
+            raise ValueError(f"--target-shares: expected TIER=SHARE with SHARE in 0..1, got {part!r}")
+        shares[name] = share
+    if sum(shares.values()) > 1 + 1e-9:
+        raise ValueError("--target-shares: the shares add up to more than 1")
+    return shares
+
+
+def _has_outcome_lines(path: Path) -> bool:
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and "outcomes" in item:
+            return True
+    return False
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from .classifier import read_labelled, train
+    from .classifier import read_examples, read_labelled, train, train_difficulty
 
     try:
-        examples = read_labelled(args.data)
         tiers = args.tiers.split(",") if args.tiers else None
-        model = train(examples, classes=tiers, epochs=args.epochs)
+        shares = parse_shares(args.target_shares)
+        version = args.model
+        if version == "auto":
+            version = "v2" if _has_outcome_lines(args.data) else "v1"
+        if version == "v2":
+            examples, order = read_examples(args.data, tiers)
+            model2 = train_difficulty(examples, order, epochs=args.epochs or 4)
+            if shares:
+                model2 = model2.with_target_shares(shares)
+        else:
+            if shares:
+                raise ValueError("--target-shares needs a v2 model (outcome lines or --model v2)")
+            labelled = read_labelled(args.data)
+            model = train(labelled, classes=tiers, epochs=args.epochs or 30)
     except (OSError, ValueError) as exc:
         print(f"shoal router train: {exc}", file=sys.stderr)
         return 1
+    if version == "v2":
+        args.out.write_text(json.dumps(model2.to_json(), separators=(",", ":")))
+        known = [e for e in examples if e.outcomes.get(order[0]) is not None]
+        kept = sum(model2.tier_for(e.prompt) == order[0] for e in known)
+        print(
+            f"trained a v2 model on {len(examples)} examples ({sum(e.response is not None for e in examples)} with responses); "
+            f"tiers {', '.join(order)}; thresholds {', '.join(f'{s.lower}->{s.upper} {s.threshold:.4f}' for s in model2.steps)}; "
+            f"{kept} of {len(known)} training prompts stay on {order[0]}; wrote {args.out}"
+        )
+        return 0
+    examples = labelled
     args.out.write_text(json.dumps(model.to_json(), separators=(",", ":")))
     correct = sum(model.predict(p).tier == t for p, t in examples)
     counts = Counter(t for _, t in examples)
@@ -81,6 +158,63 @@ def run_train(args: argparse.Namespace) -> int:
         f"trained on {len(examples)} examples ({', '.join(f'{t}: {counts[t]}' for t in model.classes)}); "
         f"training accuracy {correct / len(examples):.3f}; wrote {args.out}"
     )
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from .classifier import DifficultyModel, load_model
+
+    def fail(message: str) -> int:
+        print(f"shoal router classify: {message}", file=sys.stderr)
+        return 1
+
+    try:
+        model = load_model(args.model)
+    except OSError as exc:
+        return fail(f"cannot read {args.model}: {exc.strerror or exc}")
+    except (ValueError, KeyError, TypeError) as exc:
+        return fail(f"{args.model} is not a model written by shoal router train ({exc})")
+    try:
+        shares = parse_shares(args.target_shares)
+        if shares:
+            if not isinstance(model, DifficultyModel):
+                raise ValueError("--target-shares needs a v2 model")
+            model = model.with_target_shares(shares)
+        lines = args.data.read_text().splitlines()
+    except OSError as exc:
+        return fail(f"cannot read {args.data}: {exc.strerror or exc}")
+    except ValueError as exc:
+        return fail(str(exc))
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            return fail(f"{args.data}:{number}: not JSON")
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            return fail(f"{args.data}:{number}: expected an object with a string \"prompt\"")
+        response = item.get("response")
+        if response is not None and not isinstance(response, str):
+            return fail(f"{args.data}:{number}: \"response\" must be a string")
+        prompt = item["prompt"]
+        if isinstance(model, DifficultyModel):
+            tier = model.tier_for(prompt, response)
+            scores = model.scores(prompt, response)
+        else:
+            probabilities = model.probabilities(prompt)
+            tier = model.predict(prompt).tier
+            scores = dict(zip(model.classes, probabilities))
+        out.append(json.dumps({"id": item.get("id", number), "tier": tier, "scores": {k: round(v, 6) for k, v in scores.items()}}))
+    text = "\n".join(out) + ("\n" if out else "")
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            return fail(f"cannot write {args.out}: {exc.strerror or exc}")
     return 0
 
 

@@ -1,0 +1,312 @@
+"""Verifiers of a cascade: answer with a small tier, check the answer, escalate on doubt.
+
+Every verifier is a pure function of the answer (and what the request asked for) to a
+`Verdict`: accept, or reject with a reason from a closed set (the reasons are metric
+label values). A cascade rejects when any configured verifier rejects.
+
+- json-schema   the answer parses as JSON and fits the schema (the subset of JSON Schema
+                that `response_format: json_schema` requests use: type, properties,
+                required, additionalProperties, items, enum, const, minItems, maxItems,
+                minimum, maximum, minLength, maxLength).
+- regex         the answer matches a regular expression (for example a final-answer line).
+- logprobs      the engine's token log-probabilities: minimum or mean below a threshold.
+- refusal       refusal or uncertainty phrases ("I cannot", "I'm not sure", ...).
+- arithmetic    every calculation a step-by-step answer writes down (`<<6*3=18>>`,
+                `6 * 3 = 18`) is right.
+- trained       a model trained on (prompt, answer, outcome) triples scores the chance that
+                escalating helps (`shoal.router.classifier`, trained with "response").
+
+`answer_signals` turns an answer into the small set of discrete signals the trained
+verifier also sees as features.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ACCEPT = "accepted"
+JSON_SCHEMA = "json-schema"
+REGEX = "regex"
+LOGPROBS = "logprobs"
+REFUSAL = "refusal"
+ARITHMETIC = "arithmetic"
+TRAINED = "trained"
+REASONS = frozenset({ACCEPT, JSON_SCHEMA, REGEX, LOGPROBS, REFUSAL, ARITHMETIC, TRAINED})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str = ACCEPT
+    detail: str = ""
+
+
+OK = Verdict(True)
+
+
+# --- JSON schema --------------------------------------------------------------------------
+
+_TYPES: dict[str, Any] = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def schema_errors(value: Any, schema: Mapping[str, Any], path: str = "$") -> list[str]:
+    """What in `value` breaks `schema` (empty: it fits). A subset of JSON Schema, see above."""
+    errors: list[str] = []
+    kind = schema.get("type")
+    if kind is not None:
+        kinds = kind if isinstance(kind, list) else [kind]
+        if not any(_is_type(value, k) for k in kinds):
+            return [f"{path}: expected {'/'.join(kinds)}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: not one of the allowed values")
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: not the constant value")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{path}: missing {name!r}")
+        for name, item in value.items():
+            if name in properties:
+                errors.extend(schema_errors(item, properties[name], f"{path}.{name}"))
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{path}: unexpected {name!r}")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{path}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{path}: more than {schema['maxItems']} items")
+        if isinstance(schema.get("items"), Mapping):
+            for i, item in enumerate(value):
+                errors.extend(schema_errors(item, schema["items"], f"{path}[{i}]"))
+    if isinstance(value, str):
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            errors.append(f"{path}: shorter than {schema['minLength']}")
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{path}: longer than {schema['maxLength']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{path}: below {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: above {schema['maximum']}")
+    return errors
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    expected = _TYPES.get(kind)
+    return expected is not None and isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+
+
+def verify_json_schema(answer: str, schema: Mapping[str, Any]) -> Verdict:
+    try:
+        value = json.loads(answer)
+    except ValueError:
+        return Verdict(False, JSON_SCHEMA, "the answer is not JSON")
+    errors = schema_errors(value, schema)
+    return Verdict(False, JSON_SCHEMA, errors[0]) if errors else OK
+
+
+# --- regular expression -------------------------------------------------------------------
+
+
+def verify_regex(answer: str, pattern: re.Pattern[str]) -> Verdict:
+    return OK if pattern.search(answer) else Verdict(False, REGEX, f"no match for {pattern.pattern!r}")
+
+
+# --- token log-probabilities --------------------------------------------------------------
+
+
+def verify_logprobs(logprobs: Sequence[float], min_logprob: float | None = None, mean_logprob: float | None = None) -> Verdict:
+    """Reject when the least likely token or the mean token log-probability is below its
+    threshold. No log-probabilities (the engine sent none): accept, since there is nothing
+    to judge by; the cascade counts such answers separately."""
+    if not logprobs:
+        return OK
+    if min_logprob is not None and min(logprobs) < min_logprob:
+        return Verdict(False, LOGPROBS, f"a token's log-probability {min(logprobs):.2f} is below {min_logprob}")
+    if mean_logprob is not None:
+        mean = sum(logprobs) / len(logprobs)
+        if mean < mean_logprob:
+            return Verdict(False, LOGPROBS, f"mean log-probability {mean:.2f} is below {mean_logprob}")
+    return OK
+
+
+def chat_logprobs(response: Mapping[str, Any]) -> list[float]:
+    """Token log-probabilities of the first choice of an OpenAI-style chat or completions
+    response (`logprobs.content[].logprob`, or `logprobs.token_logprobs` of completions)."""
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        return []
+    logprobs = choices[0].get("logprobs")
+    if not isinstance(logprobs, Mapping):
+        return []
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        return [float(t["logprob"]) for t in content if isinstance(t, Mapping) and isinstance(t.get("logprob"), (int, float))]
+    tokens = logprobs.get("token_logprobs")
+    if isinstance(tokens, list):
+        return [float(t) for t in tokens if isinstance(t, (int, float))]
+    return []
+
+
+# --- refusal and uncertainty --------------------------------------------------------------
+
+REFUSAL_PHRASES = (
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i'm unable",
+    "i am unable",
+    "i'm not able",
+    "i am not able",
+    "i'm not sure",
+    "i am not sure",
+    "i don't know",
+    "i do not know",
+    "not enough information",
+    "cannot be determined",
+    "can't be determined",
+    "it is unclear",
+    "it's unclear",
+    "as an ai",
+    "i apologize",
+    "i'm sorry",
+)
+
+
+def refusal_phrase(answer: str) -> str | None:
+    lowered = answer.lower().replace("\u2019", "'")
+    for phrase in REFUSAL_PHRASES:
+        if phrase in lowered:
+            return phrase
+    return None
+
+
+def verify_refusal(answer: str) -> Verdict:
+    phrase = refusal_phrase(answer)
+    return Verdict(False, REFUSAL, f"the answer says {phrase!r}") if phrase else OK
+
+
+# --- arithmetic consistency ---------------------------------------------------------------
+
+_ANNOTATION = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
+# "12 * 3 = 36", "4.5 + 2 = 6.5", "1,200 / 4 = 300": a plain calculation written out.
+_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+_INLINE = re.compile(rf"((?:{_NUMBER}\s*[-+*/x×÷]\s*)+{_NUMBER})\s*=\s*\$?({_NUMBER})(?![\d.]*\s*[-+*/x×÷]\s*\d)")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(expression: str) -> float | None:
+    """The value of + - * / arithmetic on numbers, or None for anything else."""
+    cleaned = expression.replace(",", "").replace("×", "*").replace("÷", "/").replace("x", "*").replace("$", "")
+    if len(cleaned) > 200:
+        return None
+    try:
+        tree = ast.parse(cleaned.strip(), mode="eval")
+    except SyntaxError:
+        return None
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return float(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        raise ValueError("not arithmetic")
+
+    try:
+        return walk(tree.body)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", "").replace("$", "").strip())
+    except ValueError:
+        return None
+
+
+def arithmetic_checks(answer: str) -> tuple[int, int]:
+    """(calculations checked, calculations wrong) in a step-by-step answer. An answer with
+    calculator annotations (`<<6*3=18>>`) is checked on those alone, since its prose
+    repeats them ("6 * 3 = <<6*3=18>>18")."""
+    checked = wrong = 0
+    for expression, result in _ANNOTATION.findall(answer) or _INLINE.findall(answer):
+        value, stated = _evaluate(expression), _number(result)
+        if value is None or stated is None:
+            continue
+        checked += 1
+        if not math.isclose(value, stated, rel_tol=1e-2, abs_tol=1e-2):
+            wrong += 1
+    return checked, wrong
+
+
+def verify_arithmetic(answer: str) -> Verdict:
+    checked, wrong = arithmetic_checks(answer)
+    return Verdict(False, ARITHMETIC, f"{wrong} of {checked} calculations are wrong") if wrong else OK
+
+
+# --- signals for the trained verifier -----------------------------------------------------
+
+_FINAL = re.compile(r"####\s*\$?(-?[\d,]*\.?\d+)")
+_HEDGES = ("assum", "approximately", "roughly", "however", "but ", "wait", "actually", "hint", "note:", "if we")
+
+
+def final_answer(answer: str) -> str | None:
+    """The number after the last `####` (GSM8K's final-answer mark), if any."""
+    found = _FINAL.findall(answer)
+    return found[-1].replace(",", "") if found else None
+
+
+_ANY_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "").rstrip(".") for n in _ANY_NUMBER.findall(text)}
+
+
+def answer_signals(answer: str, prompt: str = "") -> dict[str, str]:
+    """Discrete signals of an answer to a prompt (values are short strings, used as
+    features). Two of them look at both: how many of the prompt's numbers the answer never
+    uses (a step-by-step answer that ignores a given quantity is wrong more often: on the
+    GSM8K data about half of the time, against a third), and whether the final answer is
+    the result of the last calculation."""
+    checked, wrong = arithmetic_checks(answer)
+    final = final_answer(answer)
+    lowered = answer.lower()
+    results = [r.replace(",", "").replace("$", "").strip() for _, r in _ANNOTATION.findall(answer)]
+    signals = {
+        "unused": str(min(len(_numbers(prompt) - _numbers(answer)), 3)) if prompt else "-",
+        "final_is_last": str(final is not None and bool(results) and _number(results[-1]) == _number(final)),
+        "checked": str(min(checked, 8)),
+        "wrong": str(min(wrong, 3)),
+        "final": "none" if final is None else ("int" if re.fullmatch(r"-?\d+", final) else "frac"),
+        "negative": str(final is not None and final.startswith("-")),
+        "refusal": str(refusal_phrase(answer) is not None),
+        "lines": str(min(answer.count("\n"), 16) // 2),
+        "chars": str(int(math.log2(1 + len(answer)))),
+    }
+    for hedge in _HEDGES:
+        if hedge in lowered:
+            signals["hedge:" + hedge.strip()] = "1"
+    return signals
