@@ -132,6 +132,40 @@ class EnvVar(ShoalModel):
         return self
 
 
+# Ranks vLLM accepts for --max-lora-rank.
+LoraRank = Literal[1, 8, 16, 32, 64, 128, 256, 320, 512]
+MAX_ADAPTERS = 64
+
+
+class LoraSpec(ShoalModel):
+    """How the engine holds LoRA adapters. Used only when spec.adapters is not empty."""
+
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "Adapters that can run in one batch on the GPU (--max-loras). Requests for more "
+            "distinct adapters at once wait for a slot. Each slot reserves GPU memory for an "
+            "adapter of maxLoraRank."
+        ),
+    )
+    max_lora_rank: LoraRank = Field(
+        default=16,
+        description="Largest LoRA rank (r) of any adapter this tier serves (--max-lora-rank). An adapter of higher rank fails to load.",
+    )
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description=(
+            "Adapters kept in host memory, ready to swap onto the GPU without reading them "
+            "from disk again (--max-cpu-loras, at least maxLoras). Unset: vLLM's default "
+            "(maxLoras). Set it to the number of adapters when they all see traffic."
+        ),
+    )
+
+
 class EngineSpec(ShoalModel):
     image: str = Field(
         default=DEFAULT_ENGINE_IMAGE,
@@ -197,11 +231,15 @@ class EngineSpec(ShoalModel):
             "kubelet restarts it. Large models on slow storage need tens of minutes."
         ),
     )
+    lora: LoraSpec = Field(
+        default_factory=LoraSpec,
+        description="LoRA settings of the engine, used when spec.adapters lists any adapter.",
+    )
 
     @field_validator("extra_args")
     @classmethod
     def _no_reserved_args(cls, args: list[str]) -> list[str]:
-        reserved = {"--port", "--host", "--served-model-name", "--model"}
+        reserved = {"--port", "--host", "--served-model-name", "--model", "--enable-lora", "--lora-modules"}
         for arg in args:
             flag = arg.split("=", 1)[0]
             if flag in reserved:
@@ -629,6 +667,50 @@ class RouterSpec(ShoalModel):
     port: int = Field(default=8080, ge=1024, le=65535, description="Port of the router sidecar; the Service targets it.")
 
 
+class AdapterRolloutSpec(ShoalModel):
+    evaluation: EvaluationSpec | None = Field(
+        default=None,
+        description=(
+            "Evaluation a new source of this adapter must pass before it serves traffic. "
+            "Unset: the tier's spec.rollout.evaluation."
+        ),
+    )
+
+
+class AdapterCostSpec(ShoalModel):
+    cost_center: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+        description="Who the adapter's tokens and cost are attributed to (a team or product), reported beside the adapter's name.",
+    )
+
+
+class AdapterSpec(ShoalModel):
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:]*$",
+        description=(
+            "The model name clients send in the `model` field to get this adapter's answers "
+            "(vLLM's lora_name). Must differ from spec.model.name and from every other adapter."
+        ),
+    )
+    source: str = Field(
+        max_length=1024,
+        pattern=MODEL_URI_PATTERN,
+        description=(
+            "Where the LoRA adapter (adapter_config.json + adapter weights, as peft saves them) "
+            "comes from. Changing it never restarts the tier's pods: the router sidecar loads the "
+            "new version into the running engines. " + _URI_DESCRIPTION
+        ),
+    )
+    rollout: AdapterRolloutSpec = Field(
+        default_factory=AdapterRolloutSpec, description="How a new source of this adapter reaches traffic."
+    )
+    cost: AdapterCostSpec = Field(default_factory=AdapterCostSpec, description="Cost attribution of this adapter's requests.")
+
+
 class ModelTierSpec(ShoalModel):
     model_config = ShoalModel.model_config | {
         "json_schema_extra": validations(
@@ -637,6 +719,21 @@ class ModelTierSpec(ShoalModel):
                 "self.resources.gpu.count % self.engine.tensorParallelSize == 0",
                 "resources.gpu.count must be a multiple of engine.tensorParallelSize",
                 field_path=".engine.tensorParallelSize",
+            ),
+            cel(
+                "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))",
+                "adapter names must be unique",
+                field_path=".adapters",
+            ),
+            cel(
+                "!has(self.adapters) || self.adapters.all(a, a.name != self.model.name)",
+                "an adapter's name must differ from spec.model.name (the base model's served name)",
+                field_path=".adapters",
+            ),
+            cel(
+                "!has(self.engine.lora.maxCpuLoras) || self.engine.lora.maxCpuLoras >= self.engine.lora.maxLoras",
+                "engine.lora.maxCpuLoras must be at least engine.lora.maxLoras",
+                field_path=".engine.lora.maxCpuLoras",
             ),
         )
     }
@@ -650,6 +747,31 @@ class ModelTierSpec(ShoalModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How a new checkpoint reaches traffic.")
     cost: CostSpec = Field(default_factory=CostSpec, description="Prices used for per-request cost accounting.")
     router: RouterSpec = Field(default_factory=RouterSpec, description="The Shoal router sidecar in every pod.")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS,
+        description=(
+            "LoRA adapters served by the same engines beside the base model, each under its own "
+            "model name. Adding, removing or changing an adapter's source never restarts the pods "
+            "(going from none to some, or back, does: the engine starts with LoRA enabled)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _adapters_are_distinct(self) -> ModelTierSpec:
+        names = [a.name for a in self.adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"adapter names must be unique: {', '.join(duplicates)} appears more than once")
+        if self.model.name in names:
+            raise ValueError(f"adapter {self.model.name!r}: an adapter's name must differ from spec.model.name (the base model's served name)")
+        lora = self.engine.lora
+        if lora.max_cpu_loras is not None and lora.max_cpu_loras < lora.max_loras:
+            raise ValueError(f"engine.lora.maxCpuLoras ({lora.max_cpu_loras}) must be at least engine.lora.maxLoras ({lora.max_loras})")
+        return self
+
+    def adapter(self, name: str) -> AdapterSpec | None:
+        return next((a for a in self.adapters if a.name == name), None)
 
     @model_validator(mode="after")
     def _gpus_fit_tensor_parallel(self) -> ModelTierSpec:

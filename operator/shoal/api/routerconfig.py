@@ -60,10 +60,31 @@ class UpstreamTier(ShoalModel):
     timeout_seconds: float = Field(default=600.0, gt=0, description="Longest a whole request to this upstream may take.")
     max_queue_depth: int | None = Field(default=None, ge=0, description="Spill to the next tier above this many waiting requests.")
     scaled_to_zero: bool = Field(default=False, description="The tier has no replicas now: spill over instead of waiting for it.")
+    adapters: dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "LoRA adapters this tier's engines serve: model name -> serving source. A request "
+            "naming one selects this tier and is sent with its model unchanged; the source is "
+            "part of the cache key."
+        ),
+    )
 
     @property
     def in_cluster(self) -> bool:
         return self.kind != "external"
+
+
+class AdapterConfig(ShoalModel):
+    """One LoRA adapter the local engine should have loaded (see router/adapters.py)."""
+
+    name: str = Field(min_length=1, max_length=128, description="Model name the adapter is served as (vLLM's lora_name).")
+    source: str = Field(min_length=1, max_length=1024, description="The adapter's serving source URI, as in the ModelTier.")
+    path: str | None = Field(
+        default=None,
+        description="What the engine loads (lora_path): a directory in the engine container or a Hub repository. None: not loadable at run time.",
+    )
+    unsupported_reason: str | None = Field(default=None, description="Why path is None, as a sentence.")
+    cost_center: str | None = Field(default=None, description="Who the adapter's tokens and cost are attributed to.")
 
 
 class ClassifierConfig(ShoalModel):
@@ -101,6 +122,10 @@ class RouterConfig(ShoalModel):
     budgets: BudgetSpec = Field(default_factory=BudgetSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    adapters: list[AdapterConfig] | None = Field(
+        default=None,
+        description="LoRA adapters the local engine should have loaded. Reloaded in place: a change never restarts the pod.",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
     shadow: ShadowSpec | None = Field(default=None, description="The policy's shadow evaluation (router/shadow.py); None: off.")
     labels_dir: str | None = Field(

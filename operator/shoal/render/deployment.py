@@ -116,8 +116,56 @@ def engine_args(tier: ModelTier, checkpoint: str) -> list[str]:
     if engine.quantization is not None:
         args += ["--quantization", engine.quantization]
     args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    args += lora_args(tier)
     args += list(engine.extra_args)
     return args
+
+
+def lora_args(tier: ModelTier) -> list[str]:
+    """The engine's LoRA flags: present when the tier lists adapters, and independent of
+    which adapters (their names and sources live in the router's ConfigMap), so adding,
+    removing or re-pointing an adapter never changes the pod template. The adapters
+    themselves are loaded at run time by the sidecar (router/adapters.py)."""
+    if not tier.spec.adapters:
+        return []
+    lora = tier.spec.engine.lora
+    args = ["--enable-lora", "--max-loras", str(lora.max_loras), "--max-lora-rank", str(lora.max_lora_rank)]
+    if lora.max_cpu_loras is not None:
+        args += ["--max-cpu-loras", str(lora.max_cpu_loras)]
+    return args
+
+
+def adapter_location(source: str) -> tuple[str | None, str | None]:
+    """What the engine is asked to load for an adapter source: (lora_path, None), or
+    (None, why not) for a source vLLM cannot load at run time.
+
+    pvc://CLAIM/PATH is read from the claim's read-only mount in the engine container;
+    hf://ORG/REPO is downloaded by vLLM itself. vLLM's run-time loader takes no revision
+    and no object-store URI, so hf://...@REV, s3:// and gs:// are refused with a reason
+    rather than loaded unpinned or not at all.
+    """
+    parsed = urlparse(source)
+    if parsed.scheme == "pvc":
+        path = parsed.path.lstrip("/")
+        mount = f"{PVC_MOUNT_ROOT}/{parsed.netloc}"
+        return (f"{mount}/{path}" if path else mount), None
+    if parsed.scheme == "hf":
+        repo = parsed.netloc + parsed.path
+        if "@" in repo:
+            return None, "vLLM loads Hub adapters at run time without a revision; use an unpinned hf:// source or copy the adapter to a pvc:// claim"
+        return repo, None
+    return None, f"vLLM cannot load {parsed.scheme}:// adapters at run time; copy the adapter to a pvc:// claim"
+
+
+def adapter_claims(tier: ModelTier) -> list[str]:
+    """PersistentVolumeClaims holding pvc:// adapters, each mounted read-only once. A new
+    claim changes the pod template (a restart); a new path on a mounted claim does not."""
+    claims: list[str] = []
+    for adapter in tier.spec.adapters:
+        parsed = urlparse(adapter.source)
+        if parsed.scheme == "pvc" and parsed.netloc not in claims:
+            claims.append(parsed.netloc)
+    return sorted(claims)
 
 
 def _restricted_container_security(read_only_root: bool) -> dict[str, Any]:
@@ -146,7 +194,12 @@ def engine_runtime_env() -> list[dict[str, Any]]:
 
 
 def _engine_env(tier: ModelTier) -> list[dict[str, Any]]:
-    return engine_runtime_env() + [e.to_wire() for e in tier.spec.engine.env]
+    env = engine_runtime_env()
+    if tier.spec.adapters:
+        # Lets the sidecar load and unload adapters over the engine's loopback API
+        # (/v1/load_lora_adapter), so an adapter change never restarts the engine.
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    return env + [e.to_wire() for e in tier.spec.engine.env]
 
 
 def _engine_container(tier: ModelTier, checkpoint: str) -> dict[str, Any]:
@@ -192,6 +245,11 @@ def _engine_container(tier: ModelTier, checkpoint: str) -> dict[str, Any]:
     _, _, pvc = model_location(checkpoint)
     if pvc is not None:
         container["volumeMounts"].append({"name": pvc["volume"]["name"], "mountPath": pvc["mountPath"], "readOnly": True})
+    mounted = {m["name"] for m in container["volumeMounts"]}
+    for claim in adapter_claims(tier):
+        _, _, volume = model_location(f"pvc://{claim}")
+        if volume is not None and volume["volume"]["name"] not in mounted:
+            container["volumeMounts"].append({"name": volume["volume"]["name"], "mountPath": volume["mountPath"], "readOnly": True})
     return container
 
 
@@ -246,6 +304,10 @@ def _volumes(tier: ModelTier, ctx: DeploymentContext) -> list[dict[str, Any]]:
     _, _, pvc = model_location(checkpoint)
     if pvc is not None:
         volumes.append(pvc["volume"])
+    for claim in adapter_claims(tier):
+        _, _, volume = model_location(f"pvc://{claim}")
+        if volume is not None and all(v["name"] != volume["volume"]["name"] for v in volumes):
+            volumes.append(volume["volume"])
     for mount in secret_mounts:
         volumes.append(
             {

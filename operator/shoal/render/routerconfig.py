@@ -26,6 +26,8 @@ from shoal.api.routepolicy import RoutePolicy, TierRef
 from shoal.api.routerconfig import CLASSIFIER_DIR, LABELS_DIR, RouterConfig, secret_file_path
 from shoal.api.shadow import ShadowSpec
 
+from .deployment import adapter_location
+
 
 def self_hosted_usd_per_token(tier: ModelTier) -> float:
     """Estimated USD per generated token of a self-hosted tier (0 without GPUs or a price)."""
@@ -83,6 +85,8 @@ def render_router_config(
         "tiers": rungs,
         "engine": {"metricsUrl": f"http://127.0.0.1:{tier.spec.engine.port}/metrics"},
     }
+    if tier.spec.adapters:
+        config["adapters"] = [_adapter(tier, a.name) for a in tier.spec.adapters]
     if policy is not None:
         spec = policy.spec
         rung_names = {r["name"] for r in rungs}
@@ -121,6 +125,26 @@ def _shadow(shadow: ShadowSpec | None, rung_names: set[str]) -> dict[str, Any] |
     return wire
 
 
+def serving_adapters(tier: ModelTier) -> dict[str, str]:
+    """Adapter name -> the source it serves now."""
+    return {a.name: a.source for a in tier.spec.adapters}
+
+
+def _adapter(tier: ModelTier, name: str) -> dict[str, Any]:
+    spec = tier.spec.adapter(name)
+    assert spec is not None
+    source = serving_adapters(tier)[name]
+    path, reason = adapter_location(source)
+    entry: dict[str, Any] = {"name": name, "source": source}
+    if path is not None:
+        entry["path"] = path
+    if reason is not None:
+        entry["unsupportedReason"] = reason
+    if spec.cost.cost_center is not None:
+        entry["costCenter"] = spec.cost.cost_center
+    return entry
+
+
 def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
     rung: dict[str, Any] = {
         "name": ref.name if ref else tier.name,
@@ -130,7 +154,7 @@ def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
         "checkpoint": serving_checkpoint(tier),
         "outputUSDPerToken": self_hosted_usd_per_token(tier),
     }
-    return _with_ref(rung, ref)
+    return _with_adapters(_with_ref(rung, ref), tier)
 
 
 def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
@@ -144,7 +168,7 @@ def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
         # No ready pod (asleep, or woken but still loading): spill over instead of waiting.
         "scaledToZero": (target.status.ready_replicas or 0) == 0 and target.spec.replicas.min == 0,
     }
-    return _with_ref(rung, ref)
+    return _with_adapters(_with_ref(rung, ref), target)
 
 
 def _external(ref: TierRef) -> dict[str, Any]:
@@ -162,6 +186,15 @@ def _external(ref: TierRef) -> dict[str, Any]:
     if ext.api_key_secret_ref is not None:
         rung["apiKeyFile"] = secret_file_path(ext.api_key_secret_ref.name, ext.api_key_secret_ref.key)
     return _with_ref(rung, ref)
+
+
+def _with_adapters(rung: dict[str, Any], tier: ModelTier) -> dict[str, Any]:
+    """A tier's adapters are model names that select its rung (aliases) and are sent to
+    its engine unchanged (adapters, with the serving source for the cache key)."""
+    if tier.spec.adapters:
+        rung["adapters"] = serving_adapters(tier)
+        rung["aliases"] = list(dict.fromkeys([*rung.get("aliases", []), *(a.name for a in tier.spec.adapters)]))
+    return rung
 
 
 def _with_ref(rung: dict[str, Any], ref: TierRef | None) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from shoal.api.routerconfig import RouterConfig, UpstreamTier
 
 from . import decision as routing
+from .adapters import AdapterSync
 from .cache import ResponseCache, cache_key
 from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
 from .classifier import Classifier
@@ -201,6 +202,9 @@ class Router:
         self._session: aiohttp.ClientSession | None = None  # engine scrapes only
         self.upstreams: UpstreamPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # LoRA adapters of the local engine, loaded at run time (router/adapters.py).
+        self.adapters = AdapterSync(self.snapshot.local.url, self.registry, clock=clock)
+        self.adapters.set_desired(config.adapters or [])
         # Extension points on the request path (shoal.router.call): empty unless used.
         self.hooks = Hooks()
         self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers
@@ -221,6 +225,7 @@ class Router:
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
+        app.router.add_get("/adapters", self.handle_adapters)
         # A known path with another method is 405, anything else 404, both as OpenAI
         # error JSON. Routes match in order, so these come last and cost the served
         # paths nothing.
@@ -238,6 +243,8 @@ class Router:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
         self._configure_shadow(self.snapshot)
+        if self.snapshot.config.adapters:
+            self._tasks.append(asyncio.create_task(self.adapters.run()))
 
     async def _on_cleanup(self, app: web.Application) -> None:
         for task in self._tasks:
@@ -273,6 +280,9 @@ class Router:
             breaker.failures = config.fallback.circuit_breaker.consecutive_failures
             breaker.open_seconds = config.fallback.circuit_breaker.open_seconds
         self.snapshot = snapshot
+        self.adapters.set_desired(config.adapters or [])
+        if config.adapters and not self.adapters.running and self._tasks:
+            self._tasks.append(asyncio.create_task(self.adapters.run()))
         self._refresh_states()
         self._configure_shadow(snapshot)
         self.metrics.child(self.metrics.reloads, "ok").inc()
@@ -331,7 +341,13 @@ class Router:
             return web.Response(status=503, text="draining")
         if not self.engine_seen:
             return web.Response(status=503, text="local engine not answering")
+        loaded, why = self.adapters.ready()
+        if not loaded:
+            return web.Response(status=503, text=why)
         return web.Response(text="ready")
+
+    async def handle_adapters(self, request: web.Request) -> web.Response:
+        return web.json_response({"adapters": self.adapters.report()})
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
         self.metrics.cache_entries.set(len(self.cache))
@@ -445,7 +461,8 @@ class Router:
 
         if snap.config.cache.mode == "exactMatch" and not call.stream and cacheable(body):
             tier = snap.tiers[decided.tier]
-            checkpoint = self.checkpoint_of(tier)
+            # An adapter's answers change with its serving source, not the base checkpoint.
+            checkpoint = (tier.adapters or {}).get(call.features.model or "") or self.checkpoint_of(tier)
             call.cache_key = cache_key(request.path, tier.name, checkpoint, raw)
             hit = self.cache.get(call.cache_key)
             if hit is not None:
@@ -550,7 +567,10 @@ class Router:
         assert self.upstreams is not None
         tier = attempt.tier
         config = call.snap.config
-        payload = with_model(call.raw, call.body, tier.model)
+        # A request for one of the tier's LoRA adapters keeps its model name: it is what
+        # the engine serves the adapter as.
+        requested = call.body.get("model")
+        payload = call.raw if requested in (tier.adapters or {}) else with_model(call.raw, call.body, tier.model)
         url = tier.url + call.path[3:]  # the part after /v1
         first_byte = config.fallback.first_byte_timeout_seconds
         total = min(tier.timeout_seconds, config.limits.request_timeout_seconds)
