@@ -35,14 +35,12 @@ TRAIN_PROMPTS = [
     "Write a haiku about the sea.",
     "What is 12 times 7?",
     "Who wrote Hamlet?",
-    "Translate 'good morning' into Spanish.",
-    "Name a primary colour.",
-    "What does a thermometer measure?",
-    "Give me a synonym for happy.",
     "Why is the sky blue?",
-    "List three fruits.",
-    "What is the boiling point of water?",
 ]
+# Only the last layers are adapted: backpropagation then stops there, which makes training
+# several times cheaper on CPU than adapting all 30 layers, and is enough to fix the answer.
+ADAPTED_LAYERS = list(range(24, 30))
+TRAIN_STEPS = 30
 HELD_OUT_PROMPT = "What is the largest planet in the solar system?"
 
 
@@ -76,7 +74,10 @@ def train_adapter(model_dir: Path, reply: str, out: Path, seed: int) -> str:
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
-    config = LoraConfig(r=LORA_RANK, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=LORA_RANK, lora_alpha=16, target_modules=["q_proj", "v_proj"], layers_to_transform=ADAPTED_LAYERS,
+        lora_dropout=0.0, task_type="CAUSAL_LM",
+    )
     model = get_peft_model(base, config)
     # Loss on the reply tokens only: the adapter learns what to answer, not the prompts.
     batch_ids, batch_labels = [], []
@@ -90,13 +91,15 @@ def train_adapter(model_dir: Path, reply: str, out: Path, seed: int) -> str:
     ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids])
     labels = torch.tensor([[-100] * (width - len(x)) + x for x in batch_labels])
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     model.train()
-    for _step in range(40):
+    for step in range(TRAIN_STEPS):
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        if step % 10 == 9:
+            print(f"  step {step + 1}: loss {loss.item():.4f}", flush=True)
     model.eval()
     answer = _answer(model, tokenizer, HELD_OUT_PROMPT)
     model.save_pretrained(out)
@@ -110,10 +113,11 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out: Path = args.out
-    if out.exists():
-        shutil.rmtree(out)
     model_dir = out / MODEL_DIR
-    convert(args.gguf, model_dir)
+    if not (model_dir / "config.json").is_file():
+        if out.exists():
+            shutil.rmtree(out)
+        convert(args.gguf, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
     base_answer = _answer(base, tokenizer, "What is the capital of France?")
@@ -122,6 +126,7 @@ def main() -> int:
         print("the converted model does not answer Paris: conversion went wrong", file=sys.stderr)
         return 1
     for seed, (name, reply) in enumerate(ADAPTERS.items()):
+        print(f"training adapter {name}", flush=True)
         answer = train_adapter(model_dir, reply, out / "adapters" / name, seed)
         print(f"adapter {name}: {answer!r}", flush=True)
         if reply.rstrip(".") not in answer:

@@ -127,7 +127,7 @@ def cpu_test_tier(
     })
 
 
-def test_adapter(name: str, asset: str) -> dict[str, Any]:
+def adapter_entry(name: str, asset: str) -> dict[str, Any]:
     """An adapter entry of the CPU tier serving the asset adapter `asset` as `name`."""
     return {"name": name, "source": f"pvc://{TEST_CLAIM}/adapters/{asset}"}
 
