@@ -40,7 +40,7 @@ TRAIN_PROMPTS = [
 # Only the last layers are adapted: backpropagation then stops there, which makes training
 # several times cheaper on CPU than adapting all 30 layers, and is enough to fix the answer.
 ADAPTED_LAYERS = list(range(24, 30))
-TRAIN_STEPS = 30
+TRAIN_STEPS = 12
 HELD_OUT_PROMPT = "What is the largest planet in the solar system?"
 
 
@@ -98,7 +98,7 @@ def train_adapter(model_dir: Path, reply: str, out: Path, seed: int) -> str:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step % 10 == 9:
+        if step % 4 == 3:
             print(f"  step {step + 1}: loss {loss.item():.4f}", flush=True)
     model.eval()
     answer = _answer(model, tokenizer, HELD_OUT_PROMPT)
@@ -114,7 +114,7 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out: Path = args.out
     model_dir = out / MODEL_DIR
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
         if out.exists():
             shutil.rmtree(out)
         convert(args.gguf, model_dir)
