@@ -60,16 +60,24 @@ def test_pod_is_ready_only_once_its_serving_adapters_are_loaded_and_each_answers
     assert router.metric("shoal_adapter_load_failures_total", {"adapter": "bravo"}) >= 1.0
 
     # The ConfigMap is fixed: the sidecar retries with the new source and the pod turns ready.
-    fixed = tier_with(vllm_engine, [adapter_entry("alpha", "alpha"), adapter_entry("bravo", "bravo")])
+    fixed = tier_with(vllm_engine, [{**adapter_entry("alpha", "alpha"), "cost": {"costCenter": "team-a"}}, adapter_entry("bravo", "bravo")])
     router.write_config(router_config(fixed, vllm_engine))
     wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=90)
     loaded = engine_models(vllm_engine)
     assert loaded["alpha"] == f"{vllm_engine.assets}/adapters/alpha"
     assert loaded["bravo"] == f"{vllm_engine.assets}/adapters/bravo"
 
-    assert answer(router, "alpha").startswith("ALPHA")
+    status, _, body = ask(router, "alpha")
+    assert status == 200 and body["choices"][0]["message"]["content"].startswith("ALPHA")
     assert answer(router, "bravo").startswith("BRAVO")
     assert "Paris" in answer(router, "smollm2")
+    # Tokens are attributed to the adapter and its cost center; the base model's are not.
+    labels = {"tier": "cpu", "adapter": "alpha", "cost_center": "team-a"}
+    # (Counted just after the response is written: waited for, not assumed.)
+    wait_for(lambda: router.metric("shoal_adapter_requests_total", {"adapter": "bravo", "cost_center": ""}) == 1.0, "bravo counted")
+    assert router.metric("shoal_adapter_requests_total", labels) == 1.0
+    assert router.metric("shoal_adapter_tokens_total", {**labels, "kind": "completion"}) == body["usage"]["completion_tokens"]
+    assert router.metric("shoal_adapter_requests_total", {"adapter": "smollm2"}) is None
     assert {m["id"] for m in json.loads(router.get("/v1/models")[1])["data"]} == {"cpu", "alpha", "bravo"}
 
 

@@ -87,6 +87,7 @@ def test_router_config_lists_adapters_with_engine_paths_and_the_local_rung_serve
     local = config["tiers"][0]
     assert local["adapters"] == {"support-refunds": "pvc://adapters/refunds/v3", "support-triage": "hf://acme/triage-lora"}
     assert local["aliases"] == ["support-refunds", "support-triage"]
+    assert local["adapterCostCenters"] == {"support-refunds": "billing"}
 
 
 def test_changing_an_adapter_source_changes_the_config_map_but_never_the_pod_template(small_tier_body):

@@ -68,6 +68,9 @@ class UpstreamTier(ShoalModel):
             "part of the cache key."
         ),
     )
+    adapter_cost_centers: dict[str, str] | None = Field(
+        default=None, description="Adapter name -> who its tokens and cost are attributed to (spec.adapters[].cost.costCenter)."
+    )
 
     @property
     def in_cluster(self) -> bool:

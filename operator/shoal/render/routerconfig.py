@@ -193,6 +193,9 @@ def _with_adapters(rung: dict[str, Any], tier: ModelTier) -> dict[str, Any]:
     its engine unchanged (adapters, with the serving source for the cache key)."""
     if tier.spec.adapters:
         rung["adapters"] = serving_adapters(tier)
+        centers = {a.name: a.cost.cost_center for a in tier.spec.adapters if a.cost.cost_center}
+        if centers:
+            rung["adapterCostCenters"] = centers
         rung["aliases"] = list(dict.fromkeys([*rung.get("aliases", []), *(a.name for a in tier.spec.adapters)]))
     return rung
 

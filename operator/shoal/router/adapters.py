@@ -36,6 +36,7 @@ retried in a loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +47,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shoal.api.routerconfig import AdapterConfig
+
+from .call import Answer, Call
 
 log = logging.getLogger("shoal.router.adapters")
 
@@ -280,3 +283,53 @@ class AdapterSync:
             if status.state in ("Pending", "Failed"):
                 delay = min(delay, max(0.05, status.retry_at - now) if status.retry_at else 0.2)
         return delay
+
+
+class AdapterAccounting:
+    """Tokens, requests and estimated cost per adapter, with the adapter's cost center.
+
+    Runs as a `complete` hook (router/call.py) of the sidecar that took the request from
+    the client (hops are counted where they started). Labels are bounded: an adapter name
+    is one of at most 64 per tier, a cost center one per adapter. A request counts for an
+    adapter when its `model` is one of the answering rung's adapters.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["tier", "adapter", "cost_center"]
+        self.requests = Counter("shoal_adapter_requests", "Requests answered by a LoRA adapter.", labels, registry=registry)
+        self.tokens = Counter(
+            "shoal_adapter_tokens", "Tokens processed by a LoRA adapter, by kind (prompt or completion).",
+            [*labels, "kind"], registry=registry,
+        )
+        self.cost = Counter("shoal_adapter_cost_usd", "Estimated cost of the requests a LoRA adapter served, in US dollars.", labels, registry=registry)
+
+    def complete(self, call: Call, answer: Answer) -> None:
+        tier = answer.tier
+        model = call.body.get("model")
+        if not tier.adapters or model not in tier.adapters or answer.status != 200:
+            return
+        labels = (tier.name, model, (tier.adapter_cost_centers or {}).get(model, ""))
+        self.requests.labels(*labels).inc()
+        usage = usage_of(answer.body) if answer.body is not None else None
+        if usage is None:
+            return
+        prompt, completion = usage
+        self.tokens.labels(*labels, "prompt").inc(prompt)
+        self.tokens.labels(*labels, "completion").inc(completion)
+        cost = prompt * tier.input_usd_per_token + completion * tier.output_usd_per_token
+        if cost:
+            self.cost.labels(*labels).inc(cost)
+
+
+def usage_of(body: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of a JSON answer, or of the last SSE event carrying usage."""
+    candidates = [body] if not body.lstrip().startswith(b"data:") else [
+        line[5:].strip() for line in reversed(body.split(b"\n")) if line.startswith(b"data:") and b'"usage"' in line
+    ]
+    for candidate in candidates:
+        try:
+            usage = json.loads(candidate).get("usage")
+            return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return None

@@ -47,7 +47,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from shoal.api.routerconfig import RouterConfig, UpstreamTier
 
 from . import decision as routing
-from .adapters import AdapterSync
+from .adapters import AdapterAccounting, AdapterSync
 from .cache import ResponseCache, cache_key
 from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
 from .classifier import Classifier
@@ -207,6 +207,8 @@ class Router:
         self.adapters.set_desired(config.adapters or [])
         # Extension points on the request path (shoal.router.call): empty unless used.
         self.hooks = Hooks()
+        self.adapter_accounting = AdapterAccounting(self.registry)
+        self._account_adapters(config)
         self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers
         # Shadow evaluation (shoal.router.shadow): joins through the `complete` hook, so it
         # only ever sees a request once the client has the whole answer.
@@ -281,6 +283,7 @@ class Router:
             breaker.open_seconds = config.fallback.circuit_breaker.open_seconds
         self.snapshot = snapshot
         self.adapters.set_desired(config.adapters or [])
+        self._account_adapters(config)
         if config.adapters and not self.adapters.running and self._tasks:
             self._tasks.append(asyncio.create_task(self.adapters.run()))
         self._refresh_states()
@@ -345,6 +348,13 @@ class Router:
         if not loaded:
             return web.Response(status=503, text=why)
         return web.Response(text="ready")
+
+    def _account_adapters(self, config: RouterConfig) -> None:
+        """Count per-adapter tokens and cost once any rung serves adapters (a hook costs
+        every request something, so it is only added when it has work)."""
+        hook = self.adapter_accounting.complete
+        if any(t.adapters for t in config.tiers) and hook not in self.hooks.complete:
+            self.hooks.complete.append(hook)
 
     async def handle_adapters(self, request: web.Request) -> web.Response:
         return web.json_response({"adapters": self.adapters.report()})
