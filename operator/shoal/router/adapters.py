@@ -19,8 +19,9 @@ Per adapter, each pass (the pure `plan_sync`):
   - a failed load or unload waits out a backoff (1 s doubling to 60 s) before it is tried
     again, so a broken source never floods the engine.
 
-Readiness: a new pod reports ready only once every adapter of its serving set is loaded,
-so the Service never sends it a request for an adapter it lacks. After that first time a
+Readiness: a new pod reports ready only once every adapter of its serving set is loaded
+(except those no engine can load, below), so the Service never sends it a request for an
+adapter it lacks. After that first time a
 failing adapter no longer takes the pod out of the Service (every pod would fail the same
 way at once, and the base model and the other adapters still serve): its state is in the
 metrics (`shoal_adapter_loaded`, `shoal_adapter_load_failures_total`) and in
@@ -29,8 +30,8 @@ metrics (`shoal_adapter_loaded`, `shoal_adapter_load_failures_total`) and in
 Sources: pvc://CLAIM/PATH is read from the claim's read-only mount in the engine container
 (the renderer mounts every claim the tier's adapters name); hf://ORG/REPO is handed to vLLM,
 which downloads it from the Hub. hf:// with a pinned @REVISION, s3:// and gs:// cannot be
-loaded at run time by vLLM: such an adapter is reported Failed with the reason, never
-retried in a loop.
+loaded at run time by vLLM: such an adapter is reported Unsupported with the reason, never
+tried, and does not hold readiness back.
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ class AdapterSync:
         """Whether the pod may report ready, and if not, why (a sentence)."""
         if self.ever_ready:
             return True, ""
-        missing = [s for s in self.statuses.values() if s.state != "Loaded"]
+        # An adapter no engine can load at run time (Unsupported) never holds readiness back:
+        # waiting for it would keep every new pod out of service for good.
+        missing = [s for s in self.statuses.values() if s.state not in ("Loaded", "Unsupported")]
         if not missing:
             self.ever_ready = True
             return True, ""
