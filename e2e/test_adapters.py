@@ -55,3 +55,35 @@ def test_repointing_an_adapter_updates_the_sidecar_config_and_restarts_no_pod(ku
     after = kubectl("get", "deployment", "lora", "-n", namespace)
     assert after["metadata"]["generation"] == deployment["metadata"]["generation"]
     assert {p["metadata"]["uid"] for p in tier_pods(kubectl, "lora", namespace)} == pods
+
+
+def test_a_policy_rung_on_an_adapter_resolves_once_the_tier_lists_it(kubectl, namespace, running_operator):
+    from e2e.helpers import condition
+
+    policy = {
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy", "metadata": {"name": "tasks", "namespace": namespace},
+        "spec": {"tiers": [
+            {"name": "refunds", "modelTierRef": {"name": "base", "adapter": "refunds"}},
+            {"name": "base", "modelTierRef": {"name": "base"}},
+        ]},
+    }
+    base = tier("base", namespace, router={"routePolicy": "tasks"})
+    kubectl.apply([policy, base])
+
+    def refs():
+        return condition(kubectl("get", "routepolicy", "tasks", "-n", namespace), "ResolvedRefs") or {}
+
+    missing = wait_for(lambda: refs().get("reason") == "AdapterNotFound" and refs(), 60, "ResolvedRefs=False AdapterNotFound")
+    assert missing["message"] == (
+        "spec.tiers[0] (refunds) refers to adapter 'refunds' of ModelTier 'base', which lists no such adapter in spec.adapters."
+    )
+
+    kubectl.run("patch", "modeltier", "base", "-n", namespace, "--type=merge", "-p",
+                json.dumps({"spec": {"adapters": [ADAPTERS[0]]}}))
+    wait_for(lambda: refs().get("reason") == "Resolved", 90, "the adapter found")
+
+    def ladder():
+        config = json.loads(kubectl("get", "configmap", "base-router", "-n", namespace)["data"]["router.json"])
+        return [(t["name"], t["kind"], t["model"]) for t in config["tiers"]]
+
+    wait_for(lambda: ladder() == [("refunds", "local", "refunds"), ("base", "local", "m")], 60, "the adapter rung in the sidecar config")

@@ -68,3 +68,22 @@ def test_entry_service_follows_the_first_tier_with_ready_pods(policy_body):
     )
     nothing = PolicyObservation(model_tiers=frozenset({"small", "large"}))
     assert entry_model_tier(policy, nothing) == "small"
+
+
+def test_a_rung_naming_an_adapter_its_tier_does_not_list_is_named(policy_body):
+    policy_body["spec"]["tiers"][0]["modelTierRef"] = {"name": "small", "adapter": "refunds"}
+    policy = RoutePolicy.from_body(policy_body)
+    observed = PolicyObservation(
+        model_tiers=frozenset({"small", "large"}), secrets={"frontier-api": frozenset({"api-key"})},
+        adapters={"small": frozenset({"triage"}), "large": frozenset()},
+    )
+    refs = cond(policy_status(policy, observed, NOW, None), "ResolvedRefs")
+    assert (refs["status"], refs["reason"]) == ("False", "AdapterNotFound")
+    assert refs["message"] == (
+        "spec.tiers[0] (small) refers to adapter 'refunds' of ModelTier 'small', which lists no such adapter in spec.adapters."
+    )
+    observed = PolicyObservation(
+        model_tiers=frozenset({"small", "large"}), secrets={"frontier-api": frozenset({"api-key"})},
+        adapters={"small": frozenset({"refunds"})},
+    )
+    assert cond(policy_status(policy, observed, NOW, None), "ResolvedRefs")["reason"] == "Resolved"

@@ -105,3 +105,43 @@ def test_sources_vllm_cannot_load_at_run_time_carry_the_reason():
     assert path is None and "without a revision" in reason
     path, reason = adapter_location("s3://bucket/lora")
     assert path is None and "s3:// adapters" in reason
+
+
+def _ladder_policy(*rungs):
+    from shoal.api.routepolicy import RoutePolicy
+
+    return RoutePolicy.model_validate({"metadata": {"name": "chat", "namespace": "llm"}, "spec": {"tiers": list(rungs)}})
+
+
+def test_a_policy_rung_can_serve_an_adapter_of_another_tier_and_its_cache_key_names_the_source(small_tier_body, large_tier_body):
+    from shoal.render.routerconfig import render_router_config
+
+    tasks = _with_adapters(small_tier_body)
+    large = ModelTier.from_body(large_tier_body)
+    policy = _ladder_policy(
+        {"name": "refunds", "modelTierRef": {"name": "small", "adapter": "support-refunds"}},
+        {"name": "big", "modelTierRef": {"name": "large"}},
+        {"name": "nope", "modelTierRef": {"name": "small", "adapter": "no-such-adapter"}},
+    )
+    # Rendered for the large tier's sidecar: the adapter rung is the small tier's Service.
+    config = render_router_config(large, policy, {"small": tasks, "large": large}, "llm")
+    refunds = config["tiers"][0]
+    assert (refunds["name"], refunds["kind"], refunds["model"]) == ("refunds", "service", "support-refunds")
+    assert refunds["url"] == "http://small.llm.svc/v1"
+    assert refunds["checkpoint"] == "s3://acme-models/support-8b/ckpt-0042+lora:pvc://adapters/refunds/v3"
+    assert [t["name"] for t in config["tiers"]] == ["refunds", "big"]  # the unknown adapter is left out
+
+
+def test_on_its_own_tier_an_adapter_rung_goes_to_the_local_engine_and_the_base_stays_the_local_rung(small_tier_body):
+    from shoal.render.routerconfig import render_router_config
+
+    tasks = _with_adapters(small_tier_body)
+    policy = _ladder_policy(
+        {"name": "refunds", "modelTierRef": {"name": "small", "adapter": "support-refunds"}},
+        {"name": "base", "modelTierRef": {"name": "small"}},
+    )
+    config = render_router_config(tasks, policy, {"small": tasks}, "llm")
+    assert config["localTier"] == "base"
+    refunds, base = config["tiers"]
+    assert (refunds["kind"], refunds["url"], refunds["model"]) == ("local", "http://127.0.0.1:8000/v1", "support-refunds")
+    assert (base["kind"], base["model"]) == ("local", "support-8b")

@@ -43,6 +43,7 @@ REASON_ROUTE_POLICY_NOT_FOUND = "RoutePolicyNotFound"  # spec.router.routePolicy
 REASON_SECRET_NOT_FOUND = "SecretNotFound"  # A referenced Secret or key does not exist.
 REASON_CONFIGMAP_NOT_FOUND = "ConfigMapNotFound"  # A referenced ConfigMap or key does not exist.
 REASON_MODEL_TIER_NOT_FOUND = "ModelTierNotFound"  # A RoutePolicy tier names no ModelTier.
+REASON_ADAPTER_NOT_FOUND = "AdapterNotFound"  # A RoutePolicy tier names an adapter its ModelTier does not list.
 # ScalingActive
 REASON_METRICS_FRESH = "MetricsFresh"  # Queue depth was read from every ready pod.
 REASON_METRICS_MISSING = "MetricsMissing"  # Queue depth could not be read; size is held.

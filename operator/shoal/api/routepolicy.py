@@ -19,7 +19,6 @@ from .base import (
     DNS_LABEL_PATTERN,
     ConfigMapKeyReference,
     KubeObject,
-    LocalObjectReference,
     SecretKeyReference,
     ShoalModel,
     cel,
@@ -49,6 +48,24 @@ class ExternalEndpoint(ShoalModel):
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="Longest a whole request to this endpoint may take.")
 
 
+class ModelTierReference(ShoalModel):
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the ModelTier, in the same namespace as the RoutePolicy.",
+    )
+    adapter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:]*$",
+        description=(
+            "One of the ModelTier's spec.adapters (its name): this rung serves that LoRA adapter "
+            "on the tier's engines instead of the base model. Unset: the base model."
+        ),
+    )
+
+
 class TierRef(ShoalModel):
     model_config = ShoalModel.model_config | {
         "json_schema_extra": validations(
@@ -65,8 +82,9 @@ class TierRef(ShoalModel):
         pattern=DNS_LABEL_PATTERN,
         description="Name of this rung of the ladder, used in headers (x-shoal-tier), metrics and rules.",
     )
-    model_tier_ref: LocalObjectReference | None = Field(
-        default=None, description="A ModelTier in the same namespace; requests go to its Service."
+    model_tier_ref: ModelTierReference | None = Field(
+        default=None,
+        description="A ModelTier in the same namespace (optionally one of its LoRA adapters); requests go to its Service.",
     )
     external: ExternalEndpoint | None = Field(default=None, description="An external OpenAI-compatible endpoint.")
     aliases: list[str] = Field(

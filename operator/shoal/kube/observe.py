@@ -91,6 +91,10 @@ def observe_policy(view: View, policy: RoutePolicy, secrets: SecretKeys) -> Poli
     return PolicyObservation(
         model_tiers=frozenset(t["metadata"]["name"] for t in tiers),
         ready_replicas={t["metadata"]["name"]: int((t.get("status") or {}).get("readyReplicas") or 0) for t in tiers},
+        adapters={
+            t["metadata"]["name"]: frozenset(a.get("name") for a in (t.get("spec") or {}).get("adapters") or [] if isinstance(a, dict))
+            for t in tiers
+        },
         secrets=secrets,
         config_maps=config_map_keys(view, ns, cm_names),
     )

@@ -21,6 +21,7 @@ class PolicyObservation:
     ready_replicas: dict[str, int] = field(default_factory=dict)  # ModelTier -> status.readyReplicas
     secrets: dict[str, frozenset[str]] = field(default_factory=dict)  # Secret -> key names
     config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
+    adapters: dict[str, frozenset[str]] = field(default_factory=dict)  # ModelTier -> its adapter names
 
 
 def unresolved(policy: RoutePolicy, observed: PolicyObservation) -> list[tuple[str, str]]:
@@ -31,6 +32,10 @@ def unresolved(policy: RoutePolicy, observed: PolicyObservation) -> list[tuple[s
         if tier.model_tier_ref and tier.model_tier_ref.name not in observed.model_tiers:
             out.append(
                 (C.REASON_MODEL_TIER_NOT_FOUND, f"spec.tiers[{i}] ({tier.name}) refers to ModelTier {tier.model_tier_ref.name!r}, which does not exist in namespace {ns!r}")
+            )
+        elif tier.model_tier_ref and tier.model_tier_ref.adapter and tier.model_tier_ref.adapter not in observed.adapters.get(tier.model_tier_ref.name, frozenset()):
+            out.append(
+                (C.REASON_ADAPTER_NOT_FOUND, f"spec.tiers[{i}] ({tier.name}) refers to adapter {tier.model_tier_ref.adapter!r} of ModelTier {tier.model_tier_ref.name!r}, which lists no such adapter in spec.adapters")
             )
         ref = tier.external.api_key_secret_ref if tier.external else None
         if ref is not None:

@@ -66,13 +66,20 @@ def render_router_config(
     rungs: list[dict[str, Any]] = []
     if policy is not None:
         for ref in policy.spec.tiers:
-            if ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name and not local_seen:
+            adapter = ref.model_tier_ref.adapter if ref.model_tier_ref is not None else None
+            if ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name and adapter is None and not local_seen:
                 local_rung_name, local_seen = ref.name, True
                 rungs.append(_local(tier, ref))
+            elif ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name:
+                # An adapter of this pod's own engine (or a second base rung): the engine
+                # directly, under the adapter's name.
+                if adapter is None or tier.spec.adapter(adapter) is not None:
+                    rungs.append(_on_adapter(_local(tier, ref), tier, adapter))
             elif ref.model_tier_ref is not None:
                 target = tiers.get(ref.model_tier_ref.name)
-                if target is not None:
-                    rungs.append(_service(target, ref, namespace))
+                # A missing ModelTier or adapter is left out (ResolvedRefs=False says why).
+                if target is not None and (adapter is None or target.spec.adapter(adapter) is not None):
+                    rungs.append(_on_adapter(_service(target, ref, namespace), target, adapter))
             elif ref.external is not None:
                 rungs.append(_external(ref))
     if not any(r["kind"] == "local" for r in rungs):
@@ -186,6 +193,16 @@ def _external(ref: TierRef) -> dict[str, Any]:
     if ext.api_key_secret_ref is not None:
         rung["apiKeyFile"] = secret_file_path(ext.api_key_secret_ref.name, ext.api_key_secret_ref.key)
     return _with_ref(rung, ref)
+
+
+def _on_adapter(rung: dict[str, Any], tier: ModelTier, adapter: str | None) -> dict[str, Any]:
+    """A rung serving one of `tier`'s adapters: its model is the adapter's name, and its
+    checkpoint (part of the cache key) names the adapter's serving source too."""
+    if adapter is None:
+        return rung
+    rung["model"] = adapter
+    rung["checkpoint"] = f"{rung['checkpoint']}+lora:{serving_adapters(tier)[adapter]}"
+    return rung
 
 
 def _with_adapters(rung: dict[str, Any], tier: ModelTier) -> dict[str, Any]:
