@@ -1,6 +1,6 @@
 """One real vLLM engine (CPU, SmolLM2-135M, LoRA enabled) shared by every test here.
 
-Starting vLLM costs about two minutes on two busy cores, so the whole session shares one
+Starting vLLM costs two to four minutes on two busy cores, so the whole package shares one
 engine; tests that load adapters use names of their own and unload them again. vLLM must be
 installed by scripts/install-test-deps.sh: without it these tests fail (VllmUnavailable
 names the script), they are not skipped.
@@ -33,12 +33,14 @@ def engine_tier(port: int) -> ModelTier:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_tier() -> ModelTier:
     return engine_tier(free_port())
 
 
-@pytest.fixture(scope="session")
+# Package scope: every vLLM test lives here, and the engine (about 4 GB resident in three processes)
+# is stopped before the rest of the suite runs.
+@pytest.fixture(scope="package")
 def vllm_engine(vllm_tier: ModelTier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     log = Path(tmp_path_factory.mktemp("vllm")) / "engine.log"
     with vllm_server(vllm_tier, log_path=log) as engine:
