@@ -156,6 +156,8 @@ def time_to_serve(engine, tier, found) -> list[float]:
         config_path = Path(tmp) / "router.json"
         config = render_router_config(tier, None, {}, "default")
         config["adapters"][0]["path"] = engine.local_path(config["adapters"][0]["path"])
+        # No response cache: an earlier version's cached answer would hide the load.
+        config["cache"] = {"mode": "disabled"}
         config_path.write_text(json.dumps(config))
         router = subprocess.Popen(
             [sys.executable, "-m", "shoal.router.commands", "router", "--config", str(config_path), "--host", "127.0.0.1", "--port", "0"],
