@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from e2e.helpers import is_true, wait_for
+from e2e.helpers import condition, is_true, wait_for
 from shoal.devcluster import fleet, processes
 from shoal.devcluster.cluster import COMPONENTS, FLEET, OPERATOR
 from shoal.devcluster.kubectl import Kubectl
@@ -96,6 +96,27 @@ def test_dev_up_serves_real_text_through_the_printed_url_scales_and_down_leaves_
         new = next(p for p in two if p["name"] != first[0]["name"])
         assert new["ip"] != first[0]["ip"] and new["engine"] == "smollm2"
         wait_for(lambda: _get(f"http://{new['ip']}:8080/healthz") == 200, 60, "the new pod's sidecar on its pod IP")
+
+        # A new checkpoint: the dev cluster runs the evaluation Job's real `shoal eval`
+        # against SmolLM2, and the Job's pod ends with that program's exit code (1: the
+        # verdict Failed, exact match far below the example's 0.8) and termination message.
+        kubectl.run("patch", "modeltier", "small", "-n", "default", "--type=merge", "-p", json.dumps({"spec": {
+            "model": {"checkpoint": "s3://acme-models/support-8b/ckpt-0043"},
+            "rollout": {"evaluation": {"maxTokens": 8, "baseline": "none"}}}}))
+
+        def evaluation_pod_finished() -> dict | None:
+            pods = kubectl.json("get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=evaluation")["items"]
+            states = [c.get("state", {}).get("terminated") for p in pods for c in p["status"].get("containerStatuses") or []]
+            return next((s for s in states if s), None)
+
+        terminated = wait_for(evaluation_pod_finished, 240, "the evaluation pod to end with shoal eval's outcome")
+        assert terminated["exitCode"] == 1, terminated
+        verdict = json.loads(terminated["message"])
+        assert verdict["verdict"] == "Failed" and verdict["checkpoint"].endswith("ckpt-0043"), verdict
+        assert verdict["items"] == 4
+        blocked = wait_for(lambda: (c := condition(kubectl.json("get", "modeltier", "small", "-n", "default"), "Evaluated"))
+                           and c["reason"] == "Failed" and c, 60, "the tier's Evaluated=False Failed")
+        assert "exact_match" in blocked["message"] and "ckpt-0042 keeps serving" in blocked["message"]
 
         # Deletion: the tier's pods go away and so do their processes.
         small_pids = [pid for p in two for pid in p["pids"].values()]
