@@ -1,6 +1,7 @@
 """The `shoal dev` command group: arguments and the failures that need no cluster."""
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,14 @@ def test_up_with_a_malformed_engines_section_fails_with_one_line_naming_the_fiel
     err = capsys.readouterr().err
     assert "engines[0].kind must be one of smollm2, fake" in err and err.count("\n") == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_status_rows_list_the_fleets_urls_and_the_processes_of_each_pod(tmp_path):
+    (tmp_path / "fleet.json").write_text(json.dumps({
+        "services": [{"namespace": "default", "name": "support-route", "kind": "RoutePolicy", "owner": "support",
+                      "url": "http://127.0.0.1:4100/v1", "backends": 2}],
+        "pods": [{"namespace": "default", "name": "small-1", "kind": "serving", "ip": "127.9.0.1",
+                  "engine": "smollm2", "pids": {"engine": 11, "router": None}}]}))
+    assert commands.fleet_rows(tmp_path) == [["ENDPOINT", "KIND", "URL", "READY"],
+                                             ["default/support", "RoutePolicy", "http://127.0.0.1:4100/v1", "2"]]
+    assert commands.fleet_pod_rows(tmp_path)[1] == ["default/small-1", "127.9.0.1", "smollm2", "engine 11, router exited"]

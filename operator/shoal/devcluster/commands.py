@@ -219,6 +219,15 @@ def fleet_rows(state: Path) -> list[list[str]]:
     return rows
 
 
+def fleet_pod_rows(state: Path) -> list[list[str]]:
+    """POD, IP, ENGINE, PROCESSES for every pod the fleet runs processes for."""
+    rows = [["POD", "IP", "ENGINE", "PROCESSES (pid)"]]
+    for pod in fleet.read_status(state).get("pods", []):
+        running = ", ".join(f"{role} {pid or 'exited'}" for role, pid in sorted(pod["pids"].items()))
+        rows.append([f"{pod['namespace']}/{pod['name']}", pod["ip"], pod["engine"], running])
+    return rows
+
+
 def _watch(cluster: ControlPlane, operator: bool, run_fleet: bool = True) -> int:
     """Keep the foreground until interrupted; stop everything if a component dies."""
     expected = (*COMPONENTS, *((OPERATOR,) if operator else ()), *((FLEET,) if run_fleet else ()))
@@ -270,6 +279,9 @@ def status_report(cluster: ControlPlane, tools: Tools) -> str:
     urls = fleet_rows(cluster.state)
     if len(urls) > 1:
         parts.append(_table(urls))
+    pods = fleet_pod_rows(cluster.state)
+    if len(pods) > 1:
+        parts.append(_table(pods))
     problems = fleet.read_status(cluster.state).get("problems") or []
     if problems:
         parts.append("pods the fleet runs nothing for:\n" + "\n".join(f"  {p}" for p in problems))
