@@ -2,6 +2,7 @@
 
 import json
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -94,3 +95,23 @@ def test_fake_engine_cuts_its_reply_at_max_tokens_with_finish_reason_length():
     assert body["choices"][0]["message"]["content"] == "one two"
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 2
+
+
+def test_fake_engine_loads_and_unloads_lora_adapters_as_vllm_does_at_run_time():
+    def post(engine, path, body):
+        request = urllib.request.Request(engine.root + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    with start_fake_engine(model="support-8b") as engine:
+        assert post(engine, "/v1/load_lora_adapter", {"lora_name": "refunds", "lora_path": "/a/refunds"})[0] == 200
+        with urllib.request.urlopen(engine.base_url + "/models", timeout=10) as response:
+            assert [m["id"] for m in json.loads(response.read())["data"]] == ["support-8b", "refunds"]
+        status, text = post(engine, "/v1/chat/completions", {"model": "refunds", "messages": [{"role": "user", "content": "x"}]})
+        assert (status, json.loads(text)["model"]) == (200, "refunds")
+        assert post(engine, "/v1/unload_lora_adapter", {"lora_name": "refunds"})[0] == 200
+        assert post(engine, "/v1/unload_lora_adapter", {"lora_name": "refunds"})[0] == 404

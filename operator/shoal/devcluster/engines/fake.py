@@ -31,6 +31,10 @@ Python API (stable):
 
     FakeEngine(Behaviour(...)).app() is the aiohttp application, for in-process use.
 
+vLLM's run-time LoRA API is there too: `POST /v1/load_lora_adapter` {"lora_name", "lora_path"}
+adds an adapter (listed in /v1/models; a request naming it is answered as that model) and
+`POST /v1/unload_lora_adapter` {"lora_name"} removes it (404 if it was not loaded).
+
 Control endpoints (JSON): `POST /_fake/behaviour` merges fields into the behaviour,
 `GET /_fake/stats`, `POST /_fake/reset`.
 
@@ -125,6 +129,7 @@ class FakeEngine:
         self.initial = behaviour or Behaviour()
         self.behaviour = self.initial
         self._reset_counters()
+        self.adapters: dict[str, str] = {}  # LoRA adapters loaded at run time: name -> path
         self._slots: asyncio.Semaphore | None = None
         self._slots_size: int | None = None
 
@@ -161,6 +166,8 @@ class FakeEngine:
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/load_lora_adapter", self._load_adapter)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload_adapter)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/_fake/behaviour", self._set_behaviour)
@@ -188,10 +195,28 @@ class FakeEngine:
     # --- plain endpoints ---------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
-        model = self.behaviour.model
+        models = [self.behaviour.model, *self.adapters]
         return web.json_response(
-            {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "fake"}]}
+            {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in models]}
         )
+
+    async def _load_adapter(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            name, path = str(body["lora_name"]), str(body["lora_path"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "load_lora_adapter needs lora_name and lora_path")
+        self.adapters[name] = path
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_adapter(self, request: web.Request) -> web.Response:
+        try:
+            name = str((await request.json())["lora_name"])
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "unload_lora_adapter needs lora_name")
+        if self.adapters.pop(name, None) is None:
+            return _error(404, f"The lora adapter '{name}' cannot be found.")
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="")
@@ -276,6 +301,8 @@ class FakeEngine:
             request.transport.close()  # type: ignore[union-attr]
             raise _Dropped
         headers = {"x-fake-engine": b.name}
+        if isinstance(body.get("model"), str) and body["model"] in self.adapters:
+            b = replace(b, model=body["model"])  # answered by the adapter, as vLLM reports it
         words = b.reply_text().split(" ")
         finish_reason = "stop"
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
