@@ -153,13 +153,28 @@ class ClassifierSpec(ShoalModel):
         default=0.7,
         ge=0,
         le=1,
-        description="Below this confidence the request starts one tier above the predicted one.",
+        description="Below this confidence the request starts one tier above the predicted one (v1 models; a v2 model decides with its own thresholds).",
+    )
+    target_shares: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "Share of classifier-routed requests to keep on each named tier, e.g. {small: 0.8} (v2 models, trained from "
+            "outcome lines). The thresholds start from the model's calibration sample; each sidecar then tracks the share "
+            "it sends over windows of 500 decisions and moves the thresholds (within 0.2 of the target) so the share holds "
+            "when the traffic mix drifts. The largest tier takes what is left. Empty: the model's own thresholds."
+        ),
     )
 
     @model_validator(mode="after")
     def _needs_model(self) -> ClassifierSpec:
         if self.mode == "enabled" and self.config_map_ref is None:
             raise ValueError("classifier.configMapRef is required when classifier.mode is enabled")
+        for tier, share in self.target_shares.items():
+            if not 0 <= share <= 1:
+                raise ValueError(f"classifier.targetShares.{tier} must be between 0 and 1")
+        if sum(self.target_shares.values()) > 1 + 1e-9:
+            raise ValueError("classifier.targetShares add up to more than 1")
         return self
 
 
@@ -285,6 +300,9 @@ class RoutePolicySpec(ShoalModel):
         for rule in self.rules:
             if rule.tier not in names:
                 raise ValueError(f"rule {rule.name} names tier {rule.tier!r}, which is not in tiers")
+        for tier in self.classifier.target_shares:
+            if tier not in names[:-1]:
+                raise ValueError(f"classifier.targetShares names {tier!r}, which is not a tier below the largest ({', '.join(names[:-1])})")
         entry = self.escalation.entry_tier
         if entry is not None and entry not in {t.name for t in self.tiers if t.model_tier_ref}:
             raise ValueError(f"escalation.entryTier {entry!r} must name a tier with a modelTierRef")

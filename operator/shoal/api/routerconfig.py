@@ -93,6 +93,9 @@ class AdapterConfig(ShoalModel):
 class ClassifierConfig(ShoalModel):
     path: str = Field(description="Path of the classifier trained by `shoal router train` (JSON).")
     confidence_threshold: float = Field(default=0.7, ge=0, le=1, description="Below this confidence the request starts one tier up.")
+    target_shares: dict[str, float] | None = Field(
+        default=None, description="Share of classifier-routed requests to hold on each named tier (v2 models, shoal.router.share)."
+    )
 
 
 class EngineConfig(ShoalModel):

@@ -102,6 +102,7 @@ def render_router_config(
             config["classifier"] = {
                 "path": f"{CLASSIFIER_DIR}/{spec.classifier.config_map_ref.key}",
                 "confidenceThreshold": spec.classifier.confidence_threshold,
+                **({"targetShares": dict(spec.classifier.target_shares)} if spec.classifier.target_shares else {}),
             }
         escalation = spec.escalation.to_wire()
         escalation.pop("entryTier", None)

@@ -51,6 +51,7 @@ from .adapters import AdapterAccounting, AdapterSync
 from .cache import ResponseCache, cache_key
 from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
 from .classifier import Classifier
+from .share import ShareCollector, hold_shares
 from .config import InvalidConfig, file_signature, load_config
 from .errors import (
     BadRequest,
@@ -148,6 +149,8 @@ class Snapshot:
             watched.append(config.classifier.path)
             try:
                 classifier = Classifier.load(config.classifier.path)
+                if config.classifier.target_shares:
+                    classifier = hold_shares(classifier, config.classifier.target_shares)
             except (OSError, ValueError) as exc:
                 raise InvalidConfig(f"classifier {config.classifier.path}: {exc}") from exc
         names = []
@@ -207,6 +210,8 @@ class Router:
         self.adapters.set_desired(config.adapters or [])
         # Extension points on the request path (shoal.router.call): empty unless used.
         self.hooks = Hooks()
+        # Target shares (shoal.router.share): observed share, target and threshold as gauges.
+        self.registry.register(ShareCollector(lambda: self.snapshot.classifier))
         self.adapter_accounting = AdapterAccounting(self.registry)
         self._account_adapters(config)
         self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers

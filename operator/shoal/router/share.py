@@ -28,8 +28,11 @@ The control law (pure; the caller counts decisions, no clock):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
 
 from .classifier import DifficultyModel, thresholds_for_shares
 from .decision import Prediction
@@ -135,3 +138,45 @@ class HeldShareModel:
         return Prediction(tier, 1.0)
 
     __call__ = predict
+
+
+def hold_shares(model: Any, targets: Mapping[str, float]) -> HeldShareModel:
+    """The sidecar's classifier for a config with targetShares (ValueError: cannot be held)."""
+    if not isinstance(model, DifficultyModel):
+        raise ValueError("targetShares needs a v2 model (train it from outcome lines: shoal router train)")
+    unknown = set(targets) - set(model.classes[:-1])
+    if unknown:
+        raise ValueError(f"targetShares names tiers the model does not route between: {sorted(unknown)}")
+    return HeldShareModel.hold(model, targets)
+
+
+class ShareCollector:
+    """Prometheus gauges of the held shares, read from the current classifier at scrape time:
+    shoal_classifier_share_ratio{tier} (observed in the last full window),
+    shoal_classifier_target_share_ratio{tier}, shoal_classifier_effective_share_ratio{tier}
+    (what the controller hands to the calibration sample) and
+    shoal_classifier_threshold{tier} (the expected gain needed to climb above that tier)."""
+
+    def __init__(self, current: Callable[[], Any]) -> None:
+        self._current = current
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        held = self._current()
+        if not isinstance(held, HeldShareModel):
+            return
+        controller = held.controller
+        observed = GaugeMetricFamily("shoal_classifier_share_ratio", "Share of classifier-routed requests kept on the tier in the last full window.", labels=["tier"])
+        target = GaugeMetricFamily("shoal_classifier_target_share_ratio", "Target share of classifier-routed requests for the tier.", labels=["tier"])
+        effective = GaugeMetricFamily("shoal_classifier_effective_share_ratio", "Share the controller asks of the calibration sample for the tier.", labels=["tier"])
+        threshold = GaugeMetricFamily("shoal_classifier_threshold", "Expected gain a request needs to climb above the tier.", labels=["tier"])
+        for tier, share in controller.targets.items():
+            target.add_metric([tier], share)
+            effective.add_metric([tier], controller.effective[tier])
+            if tier in controller.last_observed:
+                observed.add_metric([tier], controller.last_observed[tier])
+        for tier, value in zip(controller.classes, controller.thresholds()):
+            threshold.add_metric([tier], value)
+        yield from (observed, target, effective, threshold)
