@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.skipif(PODMAN is None, reason="no container engine (pod
 
 
 def _make(*targets: str, **variables: str) -> None:
-    argv = ["make", *targets, *(f"{k}={v}" for k, v in variables.items())]
+    argv = ["make", *targets, f"PYTHON={sys.executable}", *(f"{k}={v}" for k, v in variables.items())]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
@@ -154,7 +155,7 @@ def test_operator_image_prints_shoal_version_as_non_root_with_a_read_only_root(i
     assert "--read-only" in flags and "--user" in flags
     ran = _podman("run", "--rm", "--network=host", *LIMITS, *flags, images["operator"], "version")
     assert ran.returncode == 0, ran.stderr
-    here = subprocess.run(["python", "-m", "shoal.cli", "version"], capture_output=True, text=True, check=True)
+    here = subprocess.run([sys.executable, "-m", "shoal.cli", "version"], capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == here.stdout.strip() == "shoal 0.1.0"
     whoami = _podman("run", "--rm", *LIMITS, *flags, "--entrypoint", "id", images["operator"], "-u")
     assert whoami.stdout.strip() == "65532"
