@@ -178,6 +178,44 @@ class ClassifierSpec(ShoalModel):
         return self
 
 
+class CascadeSpec(ShoalModel):
+    """Answer with a small tier first; when a verifier rejects the answer, climb."""
+
+    tiers: list[str] = Field(
+        min_length=1, max_length=16,
+        description="Tiers whose non-streamed answers are verified before they reach the client; a rejected answer moves the request to the next tier.",
+    )
+    verifiers: list[Literal["refusal", "arithmetic", "jsonSchema", "regex", "logprobs", "trained"]] = Field(
+        min_length=1, max_length=6,
+        description=(
+            "refusal: refusal or uncertainty phrases; arithmetic: a written calculation is wrong; jsonSchema: the request's "
+            "response_format asks for JSON (or a JSON schema) and the answer does not fit; regex: the answer does not match "
+            "`regex`; logprobs: the answer's token log-probabilities (when the request asked for them) fall below "
+            "`minLogprob`/`meanLogprob`; trained: the classifier's verifier (a v2 model trained with responses) expects "
+            "climbing to help by at least `trainedMinGain`."
+        ),
+    )
+    regex: str | None = Field(default=None, max_length=1024, description="Pattern the answer must match (verifier regex).")
+    min_logprob: float | None = Field(default=None, le=0, description="Reject when any token's log-probability is below this.")
+    mean_logprob: float | None = Field(default=None, le=0, description="Reject when the mean token log-probability is below this.")
+    trained_min_gain: float | None = Field(
+        default=None, ge=-1, le=1, description="Expected gain at which the trained verifier rejects; unset: the model's own threshold.",
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> CascadeSpec:
+        if "regex" in self.verifiers:
+            if self.regex is None:
+                raise ValueError("cascade.regex is required with the regex verifier")
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"cascade.regex does not compile: {exc}") from exc
+        if "logprobs" in self.verifiers and self.min_logprob is None and self.mean_logprob is None:
+            raise ValueError("cascade.minLogprob or cascade.meanLogprob is required with the logprobs verifier")
+        return self
+
+
 class EscalationSpec(ShoalModel):
     explicit_routing: Literal["allowed", "disallowed"] = Field(
         default="allowed",
@@ -281,6 +319,10 @@ class RoutePolicySpec(ShoalModel):
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Response cache for deterministic requests.")
     budgets: BudgetSpec = Field(default_factory=BudgetSpec, description="Spending limits.")
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request size and time limits.")
+    cascade: CascadeSpec | None = Field(
+        default=None,
+        description="Verify the answers of small tiers before they reach the client and climb when a verifier rejects one (non-streamed requests only).",
+    )
     shadow: ShadowSpec | None = Field(
         default=None,
         description=(
@@ -300,6 +342,10 @@ class RoutePolicySpec(ShoalModel):
         for rule in self.rules:
             if rule.tier not in names:
                 raise ValueError(f"rule {rule.name} names tier {rule.tier!r}, which is not in tiers")
+        if self.cascade is not None:
+            for i, tier in enumerate(self.cascade.tiers):
+                if tier not in names[:-1]:
+                    raise ValueError(f"cascade.tiers[{i}]: {tier!r} is not a tier below the largest ({', '.join(names[:-1])})")
         for tier in self.classifier.target_shares:
             if tier not in names[:-1]:
                 raise ValueError(f"classifier.targetShares names {tier!r}, which is not a tier below the largest ({', '.join(names[:-1])})")

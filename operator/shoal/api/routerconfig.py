@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import ShoalModel
-from .routepolicy import BudgetSpec, CacheSpec, EscalationSpec, FallbackSpec, LimitsSpec, RouteRule
+from .routepolicy import BudgetSpec, CacheSpec, CascadeSpec, EscalationSpec, FallbackSpec, LimitsSpec, RouteRule
 from .shadow import ShadowSpec
 
 CONFIG_VERSION = 1
@@ -133,6 +133,7 @@ class RouterConfig(ShoalModel):
         description="LoRA adapters the local engine should have loaded. Reloaded in place: a change never restarts the pod.",
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
+    cascade: CascadeSpec | None = Field(default=None, description="The policy's cascade (router/cascade.py); None: off.")
     shadow: ShadowSpec | None = Field(default=None, description="The policy's shadow evaluation (router/shadow.py); None: off.")
     labels_dir: str | None = Field(
         default=None, description="Directory (a volume of the sidecar) where shadow labels are kept when shadow.labels.mode is keep.",

@@ -111,6 +111,10 @@ def render_router_config(
         config["cache"] = spec.cache.to_wire()
         config["budgets"] = spec.budgets.to_wire()
         config["limits"] = spec.limits.to_wire()
+        if spec.cascade is not None and any(t in rung_names for t in spec.cascade.tiers):
+            cascade = spec.cascade.to_wire()
+            cascade["tiers"] = [t for t in spec.cascade.tiers if t in rung_names]
+            config["cascade"] = cascade
         shadow = _shadow(spec.shadow, rung_names)
         if shadow is not None:
             config["shadow"] = shadow

@@ -50,6 +50,7 @@ from . import decision as routing
 from .adapters import AdapterAccounting, AdapterSync
 from .cache import ResponseCache, cache_key
 from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
+from .cascade import Cascade, CascadeMetrics
 from .classifier import Classifier
 from .share import ShareCollector, hold_shares
 from .config import InvalidConfig, file_signature, load_config
@@ -212,6 +213,9 @@ class Router:
         self.hooks = Hooks()
         # Target shares (shoal.router.share): observed share, target and threshold as gauges.
         self.registry.register(ShareCollector(lambda: self.snapshot.classifier))
+        # The cascade (shoal.router.cascade) joins through the `verify` hook while configured.
+        self.cascade: Cascade | None = None
+        self._cascade_metrics: CascadeMetrics | None = None
         self.adapter_accounting = AdapterAccounting(self.registry)
         self._account_adapters(config)
         self._allowed: dict[str, str] = {}  # path -> its methods, for 405 answers
@@ -250,6 +254,7 @@ class Router:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
         self._configure_shadow(self.snapshot)
+        self._configure_cascade(self.snapshot)
         if self.snapshot.config.adapters:
             self._tasks.append(asyncio.create_task(self.adapters.run()))
 
@@ -293,6 +298,7 @@ class Router:
             self._tasks.append(asyncio.create_task(self.adapters.run()))
         self._refresh_states()
         self._configure_shadow(snapshot)
+        self._configure_cascade(snapshot)
         self.metrics.child(self.metrics.reloads, "ok").inc()
         log.info("configuration reloaded")
         return True
@@ -713,6 +719,20 @@ class Router:
             self.hooks.complete.append(self._shadow_complete)
         else:
             self.shadow.update(spec, snap.tiers, snap.auth)
+
+    def _configure_cascade(self, snap: Snapshot) -> None:
+        """Register, replace or remove the cascade's verify hook for a (new) config."""
+        if self.cascade is not None:
+            self.hooks.verify.remove(self.cascade)
+            self.cascade = None
+        spec = snap.config.cascade
+        if spec is None:
+            return
+        if self._cascade_metrics is None:
+            self._cascade_metrics = CascadeMetrics(self.registry)
+        prices = {t.name: (t.input_usd_per_token, t.output_usd_per_token) for t in snap.config.tiers}
+        self.cascade = Cascade(spec, lambda: self.snapshot.classifier, self._cascade_metrics, prices)
+        self.hooks.verify.append(self.cascade)
 
     def _shadow_complete(self, call: Call, answer: Answer) -> None:
         sampler = self.shadow
