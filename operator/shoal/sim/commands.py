@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from shoal.api.modeltier import ModelTier
 from shoal.plan import drift as drift_plan
 from . import drift, report, trace
+from .quality import routed_quality
 from .engine import EngineModel
 from .fleet import ScalingPolicy, TierConfig, simulate
 from .policies import HPAUtilizationPolicy, KEDAInFlightPolicy, KEDAWaitingPolicy, ShoalPolicy, StaticPolicy
@@ -59,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--metrics-dropout", type=float, default=0.0, help="share of per-pod metric reads that fail, 0..1 (default 0)")
     p.add_argument("--plot", default=None, help="write a PNG of load, replicas and p95 TTFT over time (needs matplotlib)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--routing-model", default=None, help="a model from `shoal router train`: requests start where its classifier sends them (needs --outcomes)")
+    p.add_argument("--outcomes", default=None, help="JSON lines of per-prompt outcomes, {\"prompt\", \"outcomes\": {TIER: bool}} or {\"prompt\", \"weak_correct\", \"strong_correct\"} (weak: the first tier, strong: the last); each request draws a prompt, and the quality kept is reported")
     drift_group = p.add_argument_group(
         "drift scenarios",
         "Shadow-sample the first tier's requests and run the operator's drift detector on the "
@@ -183,8 +187,22 @@ def run(args: argparse.Namespace) -> int:
     policies = [make_policy(args.policy, t) for t in tiers]
     # A static fleet is provisioned before the traffic starts, not scaled up at time 0.
     configs = [replace(c, initial_replicas=p.replicas) if isinstance(p, StaticPolicy) else c for c, p in zip(configs, policies)]
-    outcome = simulate(arrivals, configs, policies, seed=args.seed, end=seconds)
+    texts = classify = outcome_rows = None
+    if args.routing_model is not None or args.outcomes is not None:
+        try:
+            classify, outcome_rows, prompts = load_routing(args.routing_model, args.outcomes, [t.name for t in configs])
+        except ValueError as e:
+            print(f"shoal sim: {e}", file=sys.stderr)
+            return 2
+        order = random.Random(args.seed).choices(range(len(prompts)), k=len(arrivals))
+        texts = [prompts[j] for j in order]
+        outcome_rows = [outcome_rows[j] for j in order]
+    outcome = simulate(arrivals, configs, policies, seed=args.seed, end=seconds, texts=texts, classify=classify)
     summary = report.summarize(outcome, args.slo_ttft_p95)
+    routed = None
+    if outcome_rows is not None and outcome.requests:
+        names = [t.name for t in configs]
+        routed = routed_quality(outcome_rows, [names[r.tier] for r in outcome.requests], names)
     drift_run = None
     if _wants_drift(args):
         try:
@@ -206,15 +224,69 @@ def run(args: argparse.Namespace) -> int:
                 "alarmsAtSeconds": drift_run.alarms,
                 "clearedAtSeconds": drift_run.clears,
             }
+        if routed is not None:
+            data["routing"] = {
+                "quality": round(routed.quality, 4), "smallestTierOnly": round(routed.smallest_only, 4),
+                "largestTierOnly": round(routed.largest_only, 4), "gapRecovered": round(routed.gap_recovered, 4),
+                "shares": {t: round(v, 4) for t, v in routed.shares.items()},
+            }
         print(json.dumps(data, indent=2))
     else:
         print(report.format_summary(summary))
+        if routed is not None:
+            print(
+                f"quality kept            {routed.quality:.3f} (smallest tier alone {routed.smallest_only:.3f}, largest alone "
+                f"{routed.largest_only:.3f}: {100 * routed.gap_recovered:.0f}% of the gap recovered)\n"
+                f"served by tier          " + ", ".join(f"{t} {100 * v:.1f}%" for t, v in routed.shares.items())
+            )
         if drift_run is not None:
             print("\n".join(drift.summarize(drift_run, sampling_rate=shadow_rate, rate=None)))
     if args.plot:
         report.write_plot({args.policy: report.series(outcome)}, args.slo_ttft_p95, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def load_routing(model_path: str | None, outcomes_path: str | None, tiers: list[str]):  # type: ignore[no-untyped-def]
+    """(classify or None, per-prompt outcomes by tier, prompts) for a routed simulation."""
+    if outcomes_path is None:
+        raise ValueError("--routing-model needs --outcomes (the prompts and how each tier did on them)")
+    classify = None
+    if model_path is not None:
+        from shoal.router.classifier import load_model
+
+        try:
+            model = load_model(model_path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot load the routing model {model_path}: {e}") from e
+        unknown = [c for c in model.classes if c not in tiers]
+        if unknown:
+            raise ValueError(f"the routing model routes to {', '.join(unknown)}, which are not tiers of this simulation ({', '.join(tiers)})")
+        classify = model.predict
+    prompts, rows = [], []
+    try:
+        lines = Path(outcomes_path).read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {outcomes_path}: {e.strerror}") from e
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            prompt = item["prompt"]
+            if "outcomes" in item:
+                row = {str(k): bool(v) for k, v in item["outcomes"].items()}
+            else:
+                row = {tiers[0]: bool(item["weak_correct"]), tiers[-1]: bool(item["strong_correct"])}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{outcomes_path}:{number}: expected {{\"prompt\", \"outcomes\": {{TIER: bool}}}} or {{\"prompt\", \"weak_correct\", \"strong_correct\"}}") from e
+        if not isinstance(prompt, str):
+            raise ValueError(f"{outcomes_path}:{number}: \"prompt\" must be a string")
+        prompts.append(prompt)
+        rows.append(row)
+    if not prompts:
+        raise ValueError(f"{outcomes_path}: no outcome lines")
+    return classify, rows, prompts
 
 
 def _wants_drift(args: argparse.Namespace) -> bool:

@@ -20,11 +20,11 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shoal.router.decision import TierState
+from shoal.router.decision import Prediction, TierState
 from . import routing
 from .engine import DECODE_DONE, PREFILL_DONE, EngineModel, Replica, Request
 from .policies import PodView, TierView
@@ -110,10 +110,14 @@ def simulate(
     *,
     seed: int,
     end: float | None = None,
+    texts: Sequence[str] | None = None,
+    classify: Callable[[str], Prediction] | None = None,
 ) -> Outcome:
     """Run the trace through the fleet. Deterministic for a given seed (cold starts are the
     only random draw). `end` defaults to the last arrival; the run continues past it until
-    every request has finished, but GPU time is counted up to `end` only."""
+    every request has finished, but GPU time is counted up to `end` only. With `texts`
+    (one prompt per arrival) and `classify` (a routing model's predict), each request
+    starts where the router's classifier would send it."""
     if len(tiers) != len(policies) or not tiers:
         raise ValueError("one scaling policy per tier, and at least one tier")
     rng = random.Random(seed)
@@ -193,7 +197,7 @@ def simulate(
             return
         pod.admit(request, now)
 
-    def route(request: Request, now: float) -> None:
+    def route(request: Request, now: float, text: str = "") -> None:
         states = {}
         chosen_pods = []
         for t in state:
@@ -203,10 +207,14 @@ def simulate(
                 states[t.config.name] = TierState(waiting=float(fewest_waiting), scaled_to_zero=False)
             else:
                 states[t.config.name] = TierState(waiting=None, scaled_to_zero=True)
-        chosen = by_name[routing.choose_tier(ladder, request.prompt_tokens, states)]
-        for skipped in state[: chosen.index]:
-            skipped.spilled += 1
-        request.spilled = chosen.index > 0
+        decision = routing.decide(ladder, request.prompt_tokens, states, text, classify)
+        assert decision.tier is not None  # in-cluster tiers without budgets are never rejected
+        chosen = by_name[decision.tier]
+        # Only the tiers it was meant for but skipped count as spilled: a request the
+        # classifier sent up did not spill.
+        for skipped in decision.spilled_from:
+            by_name[skipped].spilled += 1
+        request.spilled = bool(decision.spilled_from)
         admit(chosen, request, now, chosen_pods[chosen.index])
 
     def scale(tier: _Tier, now: float) -> None:
@@ -257,7 +265,7 @@ def simulate(
             request = Request(a.time, a.prompt_tokens, a.output_tokens)
             requests.append(request)
             outstanding += 1
-            route(request, a.time)
+            route(request, a.time, texts[i - 1] if texts is not None else "")
             continue
         if not heap:
             break

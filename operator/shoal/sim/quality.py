@@ -138,3 +138,40 @@ def cascade_curve(outcomes: Sequence[Outcome], reject: Sequence[float], bins: in
     rejection score is at or above a threshold: as a router it is the same sweep, with the
     verifier's score (which has seen the weak answer) in place of the prompt-only score."""
     return sweep(outcomes, reject, bins)
+
+
+@dataclass(frozen=True)
+class RoutedQuality:
+    """Quality of a simulated run: each request answered by the tier that served it."""
+
+    quality: float
+    smallest_only: float
+    largest_only: float
+    shares: dict[str, float]
+
+    @property
+    def gap_recovered(self) -> float:
+        gap = self.largest_only - self.smallest_only
+        return (self.quality - self.smallest_only) / gap if gap else float("nan")
+
+
+def routed_quality(outcomes: Sequence[dict[str, bool]], served: Sequence[str], tiers: Sequence[str]) -> RoutedQuality:
+    """outcomes[i]: per tier, whether it answers request i well (a tier missing from it
+    counts as the nearest smaller tier that is present, else as wrong); served[i]: the
+    tier that served request i."""
+    if len(outcomes) != len(served) or not outcomes:
+        raise ValueError("need one served tier per outcome, and at least one")
+
+    def right(o: dict[str, bool], tier: str) -> bool:
+        for name in reversed(tiers[: tiers.index(tier) + 1]):
+            if name in o:
+                return o[name]
+        return False
+
+    n = len(outcomes)
+    return RoutedQuality(
+        quality=sum(right(o, t) for o, t in zip(outcomes, served)) / n,
+        smallest_only=sum(right(o, tiers[0]) for o in outcomes) / n,
+        largest_only=sum(right(o, tiers[-1]) for o in outcomes) / n,
+        shares={t: sum(s == t for s in served) / n for t in tiers},
+    )

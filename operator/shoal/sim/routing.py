@@ -6,7 +6,7 @@ the real `shoal.router.decision.decide`, with the tier states the sidecar would 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from shoal.router import decision as router
 
@@ -18,8 +18,26 @@ def ladder_policy(tier_names: Sequence[str], spill_queue_depths: Sequence[int | 
     )
 
 
-def choose_tier(policy: router.Policy, prompt_tokens: int, states: Mapping[str, router.TierState]) -> str:
-    """The tier a request with no explicit tier, rule or classifier match starts at."""
-    decision = router.decide(policy, router.Request(prompt_tokens=prompt_tokens), states)
-    assert decision.tier is not None  # in-cluster tiers without budgets are never rejected
-    return decision.tier
+def choose_tier(
+    policy: router.Policy,
+    prompt_tokens: int,
+    states: Mapping[str, router.TierState],
+    text: str = "",
+    classify: Callable[[str], router.Prediction] | None = None,
+) -> str:
+    """The tier a request with no explicit tier or rule starts at: the classifier's choice
+    for its text when one is given, then spill-over, exactly as the sidecar decides."""
+    tier = decide(policy, prompt_tokens, states, text, classify).tier
+    assert tier is not None  # in-cluster tiers without budgets are never rejected
+    return tier
+
+
+def decide(
+    policy: router.Policy,
+    prompt_tokens: int,
+    states: Mapping[str, router.TierState],
+    text: str = "",
+    classify: Callable[[str], router.Prediction] | None = None,
+) -> router.Decision:
+    """The whole decision (which tier, and which tiers it spilled past)."""
+    return router.decide(policy, router.Request(text=text, prompt_tokens=prompt_tokens), states, classify)
