@@ -49,6 +49,8 @@ from shoal.testing.vllm_server import adapter_entry, cpu_test_tier, require_vllm
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# Warm-up compilation on a shared, busy machine can take many minutes.
+READY_TIMEOUT = 2400.0
 
 
 def group_rss_bytes(pgid: int) -> int:
@@ -114,7 +116,7 @@ def wait_until(check, timeout: float, what: str):
 
 def measure_without_lora() -> dict:
     tier = cpu_test_tier(port=free_port(), adapters=[])
-    with vllm_server(tier) as engine:
+    with vllm_server(tier, ready_timeout_seconds=READY_TIMEOUT) as engine:
         return {"startup_s": engine.startup_seconds, "rss": settle_rss(engine.pid)}
 
 
@@ -129,7 +131,7 @@ def measure_with_lora(adapters_root: Path, requests: int) -> dict:
     # The same tier shape as the tests' shared engine, with more CPU-side adapter slots.
     tier = cpu_test_tier(port=free_port(), adapters=[adapter_entry("alpha", "alpha")], max_loras=4, max_cpu_loras=16)
     out: dict = {}
-    with vllm_server(tier) as engine, httpx.Client(timeout=300) as client:
+    with vllm_server(tier, ready_timeout_seconds=READY_TIMEOUT) as engine, httpx.Client(timeout=300) as client:
         out["startup_s"] = engine.startup_seconds
         out["rss"] = settle_rss(engine.pid)
         base = [chat(client, engine.base_url, "smollm2")[0] for _ in range(requests)]

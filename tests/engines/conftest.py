@@ -38,7 +38,7 @@ def vllm_tier() -> ModelTier:
     return engine_tier(free_port())
 
 
-# Package scope: every vLLM test lives here, and the engine (about 4 GB resident in three processes)
+# Package scope: every vLLM test lives here, and the engine (about 5 GB resident in three processes)
 # is stopped before the rest of the suite runs.
 @pytest.fixture(scope="package")
 def vllm_engine(vllm_tier: ModelTier, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
