@@ -115,7 +115,14 @@ def test_chart_ships_the_generated_crds():
 
 def test_every_manifest_shoal_renders_for_the_examples_is_valid_kubernetes():
     manifests = render_documents(_read_documents([str(ROOT / "examples")]), "default")
-    assert len(manifests) == 9
+    # Three tiers (small, large, the adapters example's tasks) with a ConfigMap, Deployment,
+    # Service and PDB each, and the support policy's entry Service.
+    assert sorted((m["kind"], m["metadata"]["name"]) for m in manifests if m["kind"] != "PodDisruptionBudget") == [
+        ("ConfigMap", "large-router"), ("ConfigMap", "small-router"), ("ConfigMap", "tasks-router"),
+        ("Deployment", "large"), ("Deployment", "small"), ("Deployment", "tasks"),
+        ("Service", "large"), ("Service", "small"), ("Service", "support-route"), ("Service", "tasks"),
+    ]
+    assert len(manifests) == 13
     for obj in manifests:
         validate(obj)
     # The ConfigMap's payload is JSON the router parses.
