@@ -46,6 +46,7 @@ OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY, TIER_LABEL: kopf.PRESENT}
 # watched, so its creation is noticed by looking again).
 TICK_SECONDS = 1.0
 RECHECK_SECONDS = 15.0
+AUTOSCALE_CONCURRENCY = 32
 
 log = logging.getLogger("shoal.controller")
 
@@ -60,60 +61,78 @@ def _key(body: Any) -> tuple[str, str]:
 
 
 # --- the view: kopf indexes --------------------------------------------------------------
+# Every handler here is a coroutine: kopf runs plain functions in a thread pool, which at a
+# thousand tiers cost more CPU than the handlers themselves.
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No "last handled" state: Shoal has no change handlers (only indexes and watch
+    events), so kopf's default diff base, a deep copy of every watched body on every
+    event, would be work for nothing. It also writes nothing to the objects."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
 
 
 @kopf.index(*MODELTIER)
-def tiers(body: Any, **_: Any) -> dict[Any, Any]:
+async def tiers(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): _plain(body)}
 
 
 @kopf.index(*MODELTIER)
-def tier_names(body: Any, **_: Any) -> dict[Any, Any]:
+async def tier_names(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body)[0]: body["metadata"]["name"]}
 
 
 @kopf.index(*ROUTEPOLICY)
-def policies(body: Any, **_: Any) -> dict[Any, Any]:
+async def policies(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): _plain(body)}
 
 
 @kopf.index(*ROUTEPOLICY)
-def policy_names(body: Any, **_: Any) -> dict[Any, Any]:
+async def policy_names(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body)[0]: body["metadata"]["name"]}
 
 
 @kopf.index(*DEPLOYMENTS, labels=OWNED)
-def deployments(body: Any, **_: Any) -> dict[Any, Any]:
+async def deployments(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): _plain(body)}
 
 
 @kopf.index(*SERVICES, labels=MANAGED)
-def services(body: Any, **_: Any) -> dict[Any, Any]:
+async def services(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): _plain(body)}
 
 
 @kopf.index(*PDBS, labels=OWNED)
-def pdbs(body: Any, **_: Any) -> dict[Any, Any]:
+async def pdbs(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): _plain(body)}
 
 
 @kopf.index(*CONFIGMAPS)
-def config_maps(body: Any, **_: Any) -> dict[Any, Any]:
+async def config_maps(body: Any, **_: Any) -> dict[Any, Any]:
     return {_key(body): slim_config_map(_plain(body))}
 
 
 @kopf.index(*PODS, labels={**OWNED, "app.kubernetes.io/component": "inference"})
-def tier_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+async def tier_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
     return {(_key(body)[0], labels[TIER_LABEL]): slim_pod(_plain(body))}
 
 
 @kopf.index(*PODS, labels={**OWNED, "job-name": kopf.PRESENT})
-def job_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+async def job_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
     return {(_key(body)[0], labels["job-name"]): slim_pod(_plain(body))}
 
 
 @kopf.index(*JOBS, labels=OWNED)
-def eval_jobs(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
+async def eval_jobs(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
     return {(_key(body)[0], labels[TIER_LABEL]): _plain(body)}
 
 
@@ -125,6 +144,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
     # Shoal records its own Events on condition transitions; kopf's per-handler chatter
     # would be a write on every pass.
     settings.posting.level = logging.WARNING
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     operator: OperatorSettings = memo.settings
@@ -133,8 +153,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
         "tiers", "tier_names", "policies", "policy_names", "deployments", "services", "pdbs",
         "config_maps", "tier_pods", "job_pods", "eval_jobs")})
     clock = SystemClock()
-    # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client.
-    memo.metrics_http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=1.0))
+    # Scrapes of the sidecars' /metrics: short timeouts, never the API server's client. No
+    # idle connections are kept: with one pod per host, keeping them would only grow the
+    # pool that every request scans (the cost that once pinned a core at 1,000 tiers);
+    # at most AUTOSCALE_CONCURRENCY passes scrape at once, so nothing queues in the pool.
+    memo.metrics_http = httpx.AsyncClient(
+        timeout=httpx.Timeout(2.0, connect=1.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
+    )
     queue: WorkQueue
     reconcilers = Reconcilers(
         kube, view, clock,
@@ -164,6 +190,7 @@ async def operator_loop(memo: Any) -> None:
     autoscaler = reconcilers.autoscaler
     assert autoscaler is not None
     running: dict[tuple[str, str], asyncio.Task[None]] = {}
+    slots = asyncio.Semaphore(AUTOSCALE_CONCURRENCY)
     last_recheck = 0.0
     loop = asyncio.get_running_loop()
     while True:
@@ -172,7 +199,7 @@ async def operator_loop(memo: Any) -> None:
             body = next(iter(store), None)
             if body is None or key in running or not autoscaler.due(key[0], key[1], body):
                 continue
-            running[key] = asyncio.create_task(_autoscale(reconcilers, key))
+            running[key] = asyncio.create_task(_autoscale(reconcilers, key, slots))
             running[key].add_done_callback(lambda _t, k=key: running.pop(k, None))
         if started - last_recheck >= RECHECK_SECONDS:
             last_recheck = started
@@ -182,9 +209,10 @@ async def operator_loop(memo: Any) -> None:
         await asyncio.sleep(max(0.0, TICK_SECONDS - (loop.time() - started)))
 
 
-async def _autoscale(reconcilers: Reconcilers, key: tuple[str, str]) -> None:
+async def _autoscale(reconcilers: Reconcilers, key: tuple[str, str], slots: asyncio.Semaphore) -> None:
     try:
-        await reconcilers.autoscale(*key)
+        async with slots:
+            await reconcilers.autoscale(*key)
     except Exception as exc:  # noqa: BLE001 - the next period tries again; the loop must go on
         log.warning("autoscaling %s/%s: %s", key[0], key[1], exc)
 
@@ -200,12 +228,12 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(*MODELTIER)
-def tier_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
+async def tier_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
     memo.triggers.tier_event(type, _plain(body))
 
 
 @kopf.on.event(*ROUTEPOLICY)
-def policy_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
+async def policy_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None:
     memo.triggers.policy_event(type, _plain(body))
 
 
@@ -214,10 +242,10 @@ def policy_event(type: str | None, body: Any, memo: kopf.Memo, **_: Any) -> None
 @kopf.on.event(*JOBS, labels=OWNED)
 @kopf.on.event(*SERVICES, labels=MANAGED)
 @kopf.on.event(*PDBS, labels=OWNED)
-def child_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
+async def child_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
     memo.triggers.child_event(_plain(body))
 
 
 @kopf.on.event(*CONFIGMAPS)
-def config_map_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
+async def config_map_event(body: Any, memo: kopf.Memo, **_: Any) -> None:
     memo.triggers.config_map_event(_plain(body))
