@@ -79,3 +79,13 @@ def test_keda_without_a_prometheus_query_is_refused_with_what_to_add():
 def test_the_deployment_name_can_be_given():
     obj = render_scaled_object(tier({"engine": "keda", "metricsSource": "prometheus", "prometheus": PROMETHEUS}, {"min": 1, "max": 2}), "small-v2")
     assert obj["spec"]["scaleTargetRef"]["name"] == "small-v2"
+
+
+def test_kubectl_scale_on_a_keda_tier_raises_keda_s_floor_instead_of_fighting_it():
+    obj = render_scaled_object(tier(
+        {"engine": "keda", "metricsSource": "prometheus", "prometheus": PROMETHEUS},
+        {"min": 0, "max": 6, "desired": 3},
+    ))
+    assert (obj["spec"]["minReplicaCount"], obj["spec"]["maxReplicaCount"]) == (3, 6)
+    # With a floor above zero the tier never sleeps, so KEDA's cool-down does not apply.
+    assert "cooldownPeriod" not in obj["spec"]

@@ -1,0 +1,40 @@
+"""The in-memory view: the newest known version of an object, and what it keeps of others'."""
+
+from __future__ import annotations
+
+from shoal.kube.view import REMEMBER_SECONDS, View, slim_config_map, slim_pod
+
+
+def cm(rv: str, replicas: int = 1) -> dict:
+    return {"kind": "Deployment", "metadata": {"name": "small", "namespace": "llm", "resourceVersion": rv}, "spec": {"replicas": replicas}}
+
+
+def test_a_written_object_is_seen_until_the_watch_delivers_that_version_or_a_newer_one():
+    now = [0.0]
+    store: dict = {("llm", "small"): [cm("10", 1)]}
+    view = View(deployments=store, seconds=lambda: now[0])
+    view.remember(cm("12", 3))
+    assert view.get("Deployment", "llm", "small")["spec"]["replicas"] == 3  # the watch still shows 10
+    store[("llm", "small")] = [cm("11", 2)]  # an older event arrives late
+    assert view.get("Deployment", "llm", "small")["spec"]["replicas"] == 3
+    store[("llm", "small")] = [cm("12", 3)]
+    assert view.get("Deployment", "llm", "small")["metadata"]["resourceVersion"] == "12"
+    assert view._written == {}  # caught up: the copy is dropped
+
+
+def test_a_written_object_the_watch_never_shows_is_forgotten_after_a_while():
+    now = [0.0]
+    view = View(deployments={}, seconds=lambda: now[0])
+    view.remember(cm("12"))
+    assert view.get("Deployment", "llm", "small") is not None
+    now[0] = REMEMBER_SECONDS + 1  # deleted meanwhile
+    assert view.get("Deployment", "llm", "small") is None
+
+
+def test_someone_elses_config_map_is_kept_as_key_names_only_and_pods_without_their_spec():
+    theirs = {"metadata": {"name": "dataset", "namespace": "llm", "labels": {}}, "data": {"eval.jsonl": "x" * 10_000}, "binaryData": {"blob": "AAAA"}}
+    assert slim_config_map(theirs) == {"metadata": {"name": "dataset", "namespace": "llm"}, "data": {"eval.jsonl": "", "blob": ""}}
+    ours = {"metadata": {"name": "small-router", "labels": {"app.kubernetes.io/managed-by": "shoal"}}, "data": {"router.json": "{}"}}
+    assert slim_config_map(ours) == ours
+    pod = {"metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [1]}, "spec": {"containers": []}, "status": {"phase": "Running"}}
+    assert slim_pod(pod) == {"metadata": {"name": "p", "labels": {"a": "b"}}, "status": {"phase": "Running"}}
