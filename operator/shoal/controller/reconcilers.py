@@ -223,11 +223,25 @@ class Reconcilers:
 
     async def _apply_tier(self, tier: ModelTier, body: dict[str, Any], plan: TierPlan, observed: TierObservation) -> bool:
         """Apply the tier's children; True when the Deployment was written."""
-        deployment_changed = False
+        manifests = tier_manifests(tier, plan, observed)
+        # The ConfigMap before the Deployment (pods never start without their router
+        # configuration); everything else at the same time, since each apply waits a round
+        # trip to the API server (a Service's seconds, on a busy one, for its cluster IP).
+        config = [m for m in manifests if m["kind"] == "ConfigMap"]
+        deployment = [m for m in manifests if m["kind"] == "Deployment"]
+        others = [m for m in manifests if m["kind"] not in ("ConfigMap", "Deployment")]
+
+        async def config_then_deployment() -> bool:
+            for manifest in config:
+                await self._apply(manifest)
+            changed = False
+            for manifest in deployment:
+                changed = await self._apply(manifest) or changed
+            return changed
+
         try:
-            for manifest in tier_manifests(tier, plan, observed):
-                if await self._apply(manifest) and manifest["kind"] == "Deployment":
-                    deployment_changed = True
+            results = await asyncio.gather(config_then_deployment(), *(self._apply(m) for m in others))
+            deployment_changed = bool(results[0])
         except Invalid as exc:
             message = f"The API server rejected an object rendered from this spec: {exc}"
             await self._invalid(TIER, body, message)

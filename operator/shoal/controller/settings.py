@@ -25,9 +25,10 @@ class OperatorSettings:
     metrics_port: int = 8080
     # json or text.
     log_format: str = "json"
-    # Reconciles run at once (each object is reconciled by one at a time). Bursts of
-    # events are coalesced per object by the work queue, not by waiting.
-    workers: int = 16
+    # Reconciles run at once (each object is reconciled by one at a time). A pass mostly
+    # waits on the API server, so many cost little; bursts of events are coalesced per
+    # object by the work queue, not by waiting.
+    workers: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
