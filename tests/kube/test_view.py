@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.kube.view import REMEMBER_SECONDS, View, slim_config_map, slim_pod
+from shoal.kube.view import REMEMBER_SECONDS, View, slim_config_map, slim_pod, without_managed_fields
 
 
 def cm(rv: str, replicas: int = 1) -> dict:
@@ -38,3 +38,12 @@ def test_someone_elses_config_map_is_kept_as_key_names_only_and_pods_without_the
     assert slim_config_map(ours) == ours
     pod = {"metadata": {"name": "p", "labels": {"a": "b"}, "managedFields": [1]}, "spec": {"containers": []}, "status": {"phase": "Running"}}
     assert slim_pod(pod) == {"metadata": {"name": "p", "labels": {"a": "b"}}, "status": {"phase": "Running"}}
+
+
+def test_server_side_apply_bookkeeping_is_not_kept():
+    obj = {"kind": "Deployment", "metadata": {"name": "small", "managedFields": [{"manager": "shoal"}]}, "spec": {"replicas": 1}}
+    assert without_managed_fields(obj) == {"kind": "Deployment", "metadata": {"name": "small"}, "spec": {"replicas": 1}}
+    assert obj["metadata"]["managedFields"]  # the caller's object is left alone
+    view = View(deployments={})
+    view.remember(obj)
+    assert "managedFields" not in view.get("Deployment", "", "small")["metadata"]

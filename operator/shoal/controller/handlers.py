@@ -20,7 +20,7 @@ import kopf
 
 from shoal.api.naming import MANAGED_BY, TIER_LABEL
 from shoal.kube.client import Kube, load_connection
-from shoal.kube.view import View, slim_config_map, slim_pod
+from shoal.kube.view import View, slim_config_map, slim_pod, without_managed_fields
 
 from .autoscaler import Autoscaler
 from .clock import SystemClock
@@ -52,8 +52,10 @@ log = logging.getLogger("shoal.controller")
 
 
 def _plain(body: Any) -> dict[str, Any]:
-    """kopf's body as a plain dict (its nested values already are)."""
-    return dict(body)
+    """kopf's body as a plain dict (its nested values already are), without the
+    server-side apply bookkeeping (metadata.managedFields, often a third of an object),
+    which no reconcile reads."""
+    return without_managed_fields(dict(body))
 
 
 def _key(body: Any) -> tuple[str, str]:

@@ -55,6 +55,14 @@ def _resource_version(obj: dict[str, Any] | None) -> int:
         return 0
 
 
+def without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` without metadata.managedFields (a shallow copy where it had them)."""
+    meta = obj.get("metadata")
+    if not meta or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 def slim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """A pod as the controller reads it: labels, deletion, status (not the spec)."""
     meta = pod.get("metadata") or {}
@@ -143,7 +151,7 @@ class View:
         kind = obj.get("kind")
         meta = obj.get("metadata") or {}
         if kind and meta.get("name"):
-            self._written[(kind, meta.get("namespace") or "", meta["name"])] = (self.seconds(), obj)
+            self._written[(kind, meta.get("namespace") or "", meta["name"])] = (self.seconds(), without_managed_fields(obj))
 
     def prune(self) -> None:
         """Forget written objects the watch has long had time to show."""
