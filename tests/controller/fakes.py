@@ -9,6 +9,7 @@ watch: it puts what was written into the view's stores.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from datetime import datetime
@@ -83,15 +84,19 @@ class FakeKube:
         self.events: list[dict[str, Any]] = []
         self.written: list[dict[str, Any]] = []
         self.fail: dict[str, KubeError] = {}
+        # Kinds whose apply waits until the test sets the event (a slow API server).
+        self.hold: dict[str, asyncio.Event] = {}
         self._rv = 100
 
     def _next_rv(self) -> str:
         self._rv += 1
         return str(self._rv)
 
-    def _maybe_fail(self, method: str) -> None:
-        if method in self.fail:
-            raise self.fail.pop(method)
+    def _maybe_fail(self, method: str, kind: str | None = None) -> None:
+        """Raise what `fail` holds for "method:Kind" or "method", once."""
+        for key in (f"{method}:{kind}", method):
+            if key in self.fail:
+                raise self.fail.pop(key)
 
     def writes(self) -> list[tuple[Any, ...]]:
         return [c for c in self.calls if c[0] != "get"]
@@ -103,7 +108,9 @@ class FakeKube:
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(("apply", obj["kind"], obj["metadata"]["name"]))
-        self._maybe_fail("apply")
+        if obj["kind"] in self.hold:
+            await self.hold[obj["kind"]].wait()
+        self._maybe_fail("apply", obj["kind"])
         stored = copy.deepcopy(obj)
         stored["metadata"]["resourceVersion"] = self._next_rv()
         stored["metadata"].setdefault("generation", 1)

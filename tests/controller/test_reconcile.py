@@ -26,12 +26,24 @@ class Harness:
         self.clock = FakeClock()
         self.requeued: list[tuple[str, str, str]] = []
         self.reconcilers = Reconcilers(self.kube, self.view, self.clock, requeue=self.requeued.append)
+        # One event loop for every pass, as in the operator (a Service apply may outlive
+        # the pass that started it).
+        self.loop = asyncio.Runner()
+
+    def run(self, coro: Any) -> Any:
+        async def then_let_background_work_run() -> Any:
+            result = await coro
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return result
+
+        return self.loop.run(then_let_background_work_run())
 
     def tier_pass(self, name: str = "small") -> None:
-        asyncio.run(self.reconcilers.tier("llm", name))
+        self.run(self.reconcilers.tier("llm", name))
 
     def policy_pass(self, name: str) -> None:
-        asyncio.run(self.reconcilers.policy("llm", name))
+        self.run(self.reconcilers.policy("llm", name))
 
     def settle(self, name: str = "small") -> None:
         """Passes until one writes nothing, delivering the watch in between."""
@@ -60,15 +72,17 @@ class Harness:
 def test_a_new_tier_gets_its_children_in_one_pass_and_no_status_until_the_deployment_is_seen():
     h = Harness(tier_body())
     h.tier_pass()
-    assert h.kube.calls == [
+    assert sorted(h.kube.calls) == [
         ("apply", "ConfigMap", "small-router"),
         ("apply", "Deployment", "small"),
-        ("apply", "Service", "small"),
         ("apply", "PodDisruptionBudget", "small"),
+        ("apply", "Service", "small"),
     ]
+    assert h.kube.calls.index(("apply", "ConfigMap", "small-router")) < h.kube.calls.index(("apply", "Deployment", "small"))
     # The pass reported nothing about a Deployment it had not seen yet: it asked for
-    # another pass, which sees the Deployment (from the write's answer, before the watch).
-    assert h.requeued == [("ModelTier", "llm", "small")]
+    # another pass, which sees the Deployment (from the write's answer, before the watch);
+    # the Service's own apply, when it ended, asked for one too.
+    assert h.requeued == [("ModelTier", "llm", "small")] * 2
     h.kube.calls.clear()
     h.tier_pass()
     assert h.kube.calls == [
@@ -89,7 +103,7 @@ def test_a_settled_tier_makes_no_request_at_all():
     for _ in range(3):
         h.tier_pass()
     assert h.kube.calls == []  # no write, and no read either: everything came from the view
-    assert h.requeued == [("ModelTier", "llm", "small")]  # only the very first pass asked for another
+    assert h.requeued == [("ModelTier", "llm", "small")] * 2  # only the very first pass asked for more
 
 
 def test_events_are_recorded_before_the_status_that_makes_them_due_and_again_after_a_failed_status_write():
@@ -158,17 +172,19 @@ def test_a_terminating_namespace_stops_the_retries_and_the_passes_its_events_bri
     body = tier_body()
     body["metadata"]["creationTimestamp"] = "2026-11-18T11:00:00Z"
     h = Harness(body)
+    h.kube.hold["Service"] = asyncio.Event()  # the ConfigMap's apply meets the error
     h.kube.fail["apply"] = NamespaceTerminating("unable to create new content in namespace llm because it is being terminated", 403)
     with pytest.raises(GiveUp):
-        asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
+        h.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
     h.kube.calls.clear()
     # A pod of the tier is deleted with the namespace: its event queues the tier again.
-    asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
+    h.run(h.reconcilers.reconcile(("ModelTier", "llm", "small")))
     assert h.kube.calls == []
     # A tier created later (the namespace was re-created) is reconciled as usual.
     put(h.view, tier_body("fresh") | {"metadata": {**tier_body("fresh")["metadata"], "creationTimestamp": "2026-11-18T12:00:00Z"}})
-    asyncio.run(h.reconcilers.reconcile(("ModelTier", "llm", "fresh")))
-    assert h.kube.calls[0] == ("apply", "ConfigMap", "fresh-router")
+    h.run(h.reconcilers.reconcile(("ModelTier", "llm", "fresh")))
+    assert ("apply", "ConfigMap", "fresh-router") in h.kube.calls
+    h.run(_release(h.kube.hold["Service"]))
 
 
 def test_a_policy_pass_follows_the_first_ready_tier_and_writes_only_when_that_changes():
@@ -189,3 +205,37 @@ def test_a_policy_pass_follows_the_first_ready_tier_and_writes_only_when_that_ch
     put(h.view, {**small, "status": {"readyReplicas": 1}, "metadata": {**small["metadata"], "resourceVersion": "9"}})
     h.policy_pass("ladder")
     assert [c[:2] for c in h.kube.calls] == [("apply", "Service"), ("patch-status", "RoutePolicy")]
+
+
+def test_a_slow_service_holds_up_neither_the_deployment_nor_the_status():
+    h = Harness(tier_body())
+    h.kube.hold["Service"] = asyncio.Event()
+    h.tier_pass()
+    h.tier_pass()
+    # The Service is still being created; the Deployment and the status are written.
+    assert ("apply", "Deployment", "small") in h.kube.calls
+    assert [c[:2] for c in h.kube.calls if c[0] == "patch-status"] == [("patch-status", "ModelTier")]
+    assert h.kube.calls.count(("apply", "Service", "small")) == 1  # not sent twice while in flight
+    h.kube.calls.clear()
+    h.run(_release(h.kube.hold["Service"]))
+    assert h.requeued[-1] == ("ModelTier", "llm", "small")  # its end queues the tier again
+    h.kube.deliver()
+    h.tier_pass()
+    assert h.kube.calls == []
+
+
+def test_a_failed_service_apply_is_retried_inside_the_next_pass_under_the_retry_rule():
+    h = Harness(tier_body())
+    h.kube.fail["apply:Service"] = Unavailable("service IP allocation timed out")
+    h.tier_pass()
+    assert h.requeued[-1] == ("ModelTier", "llm", "small")
+    h.kube.calls.clear()
+    h.kube.fail["apply:Service"] = Unavailable("still down")
+    with pytest.raises(Unavailable):
+        h.tier_pass()  # the Service is applied inline now, and its error reaches the queue
+
+
+async def _release(event: asyncio.Event) -> None:
+    event.set()
+    for _ in range(3):
+        await asyncio.sleep(0)

@@ -102,6 +102,8 @@ class Reconcilers:
         self.autoscaler = autoscaler
         self.drift = drift
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # A tier's Service apply in flight (see _apply_service_unblocked).
+        self._service_applies: dict[tuple[str, str], asyncio.Task[bool]] = {}
         # Namespaces the API server said are being deleted, with when it said so: objects
         # created before that go with the namespace and are not reconciled again (each
         # pod's deletion would otherwise bring another doomed attempt to re-create them).
@@ -113,6 +115,7 @@ class Reconcilers:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept in memory for a deleted tier."""
         self._locks.pop((namespace, name), None)
+        self._service_applies.pop((namespace, name), None)
         if self.autoscaler is not None:
             self.autoscaler.forget(namespace, name)
         if self.drift is not None:
@@ -240,7 +243,13 @@ class Reconcilers:
             return changed
 
         try:
-            results = await asyncio.gather(config_then_deployment(), *(self._apply(m) for m in others))
+            inline = []
+            for manifest in others:
+                if manifest["kind"] == "Service":
+                    await self._apply_service_unblocked(tier, manifest)
+                else:
+                    inline.append(manifest)
+            results = await asyncio.gather(config_then_deployment(), *(self._apply(m) for m in inline))
             deployment_changed = bool(results[0])
         except Invalid as exc:
             message = f"The API server rejected an object rendered from this spec: {exc}"
@@ -253,6 +262,38 @@ class Reconcilers:
             await self._invalid(TIER, body, message)
             raise InvalidSpec(message) from exc
         return deployment_changed
+
+    async def _apply_service_unblocked(self, tier: ModelTier, manifest: dict[str, Any]) -> None:
+        """Apply a tier's Service without holding up the pass.
+
+        Creating a Service allocates its cluster IP, which the API server does one at a
+        time: with hundreds of tiers created at once each took tens of seconds, and every
+        pass waiting for its Service held the Deployments and statuses of all the others.
+        Nothing else of the tier needs the Service to exist, so the first apply runs on its
+        own and queues the tier again when it ends. If it failed, the next pass applies the
+        Service itself, so the failure meets the work queue's retry rule like any other.
+        """
+        key = (tier.namespace, tier.name)
+        running = self._service_applies.get(key)
+        if running is not None and not running.done():
+            return
+        if running is not None:
+            del self._service_applies[key]
+            if running.cancelled() or running.exception() is not None:
+                await self._apply(manifest)
+                return
+        meta = manifest["metadata"]
+        if not needs_apply(self.view.get("Service", meta["namespace"], meta["name"]), manifest):
+            return
+        task = asyncio.create_task(self._apply(manifest), name=f"apply Service {meta['namespace']}/{meta['name']}")
+
+        def ended(task: asyncio.Task[bool]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("apply Service %s/%s: %s; the tier's next pass applies it again", meta["namespace"], meta["name"], task.exception())
+            self.requeue(("ModelTier", tier.namespace, tier.name))
+
+        task.add_done_callback(ended)
+        self._service_applies[key] = task
 
     async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan, observed: TierObservation) -> None:
         """Delete superseded evaluation Jobs; create the candidate's (by name, so never twice)."""
