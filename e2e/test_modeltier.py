@@ -69,7 +69,7 @@ def test_small_example_tier_becomes_ready_with_pods_on_l4_nodes(kubectl, running
     assert is_true(pods[0], "Ready")
     table = kubectl.run("get", "modeltiers", "-n", namespace)
     header, row = table.strip().splitlines()
-    assert header.split() == ["NAME", "READY", "MODEL", "CHECKPOINT", "REPLICAS", "AGE"]
+    assert header.split() == ["NAME", "READY", "MODEL", "CHECKPOINT", "REPLICAS", "DRIFTING", "AGE"]
     assert row.split()[:5] == ["small", "True", "support-8b",
                                "s3://acme-models/support-8b/ckpt-0042", "1"]
 
