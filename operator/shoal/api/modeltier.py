@@ -671,8 +671,10 @@ class AdapterRolloutSpec(ShoalModel):
     evaluation: EvaluationSpec | None = Field(
         default=None,
         description=(
-            "Evaluation a new source of this adapter must pass before it serves traffic. "
-            "Unset: the tier's spec.rollout.evaluation."
+            "Evaluation a new source of this adapter is to pass before it serves traffic "
+            "(unset: the tier's spec.rollout.evaluation). Not enforced yet in this version: a "
+            "new adapter source is loaded into the running engines as soon as it is committed; "
+            "run `shoal eval --model ADAPTER` in your pipeline to gate it meanwhile."
         ),
     )
 
