@@ -254,7 +254,9 @@ def test_sleeping_tier_wakes_on_the_first_spilled_request_and_the_entry_service_
         return kubectl("get", "service", "ladder-route", "-n", namespace)["spec"]["selector"]["shoal.dev/tier"]
 
     # large's sidecar routes like the real one: small first, itself next.
-    peer = [{"name": "small", "kind": "service", "url": "http://127.0.0.1:9/v1", "model": "fake-model", "scaledToZero": True}]
+    # Nothing listens at the small tier's "Service": its sidecar cannot be reached, so the
+    # large tier's sidecar takes it for asleep (router/peers.py) and spills over it.
+    peer = [{"name": "small", "kind": "service", "url": "http://127.0.0.1:9/v1", "model": "fake-model"}]
     (tmp_path / "large").mkdir()
     (tmp_path / "small").mkdir()
     with PodSidecars(kubectl, namespace, large, tmp_path / "large", peers=peer) as large_pods, \

@@ -266,3 +266,11 @@ def test_restart_checksum_follows_server_settings_not_the_ladder():
 @pytest.mark.parametrize("replicas", [0, 1, 4])
 def test_replicas_are_what_the_plan_decided(small_tier_body, replicas):
     assert _deploy(small_tier_body, replicas=replicas)["spec"]["replicas"] == replicas
+
+
+def test_router_sidecar_learns_its_pods_serving_checkpoint_from_the_pod_template(small_tier_body):
+    dep = _deploy(small_tier_body, checkpoint="s3://acme/ckpt-0043")
+    router = _containers(dep)["router"]
+    assert router["env"] == [{"name": "SHOAL_SERVING_CHECKPOINT", "value": "s3://acme/ckpt-0043"}]
+    # The same checkpoint the engine container serves, in the same pod.
+    assert "s3://acme/ckpt-0043" in json.dumps(_containers(dep)["engine"])

@@ -34,7 +34,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
 
 
 class RouterProcess:
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, port: int = 0) -> None:
         self.config_path = config_path
         # The log goes to a file, not a pipe nobody reads: a full pipe would block the
         # router on its per-request log line.
@@ -42,7 +42,7 @@ class RouterProcess:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shoal.router.commands", "router", "--config", str(config_path),
-             "--host", "127.0.0.1", "--port", "0", "--reload-interval", "0.1"],
+             "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0.1"],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
@@ -59,6 +59,9 @@ class RouterProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.get("/shoal/state")[1])
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -137,10 +140,10 @@ def ladder_config(engines: dict[str, FakeEngineProcess], tmp_path: Path, **overr
         "localTier": "small",
         "tiers": [
             {"name": "small", "kind": "local", "url": engines["small"].base_url, "model": "smol-chat",
-             "checkpoint": "hf://org/smol@v1", "aliases": ["tiny"], "maxQueueDepth": 4,
+             "aliases": ["tiny"], "maxQueueDepth": 4,
              "outputUSDPerToken": 1e-6},
             {"name": "medium", "kind": "service", "url": engines["medium"].base_url, "model": "mid-chat",
-             "checkpoint": "hf://org/mid@v1", "outputUSDPerToken": 4e-6},
+             "outputUSDPerToken": 4e-6},
             {"name": "frontier", "kind": "external", "url": engines["frontier"].base_url, "model": "big-model",
              "apiKeyFile": str(key_file), "inputUSDPerToken": 2e-6, "outputUSDPerToken": 1e-5},
         ],
@@ -162,10 +165,10 @@ def ladder_config(engines: dict[str, FakeEngineProcess], tmp_path: Path, **overr
 def start_router(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RouterProcess]]:
     routers: list[RouterProcess] = []
 
-    def start(config: dict[str, Any], env: dict[str, str] | None = None) -> RouterProcess:
+    def start(config: dict[str, Any], env: dict[str, str] | None = None, port: int = 0) -> RouterProcess:
         path = tmp_path / f"router-{len(routers)}.json"
         path.write_text(json.dumps(config))
-        router = RouterProcess(path, env)
+        router = RouterProcess(path, env, port)
         routers.append(router)
         # Generous: on a loaded machine importing and starting takes seconds.
         wait_for(lambda: router.get("/readyz")[0] == 200, "router ready", timeout=60)

@@ -73,20 +73,18 @@ def test_small_tier_config_points_at_local_engine_services_and_external_key_file
         "url": "http://127.0.0.1:8000/v1",
         "model": "smol-chat",
         "aliases": [],
-        "checkpoint": "hf://org/smol-ft@v2",
         "inputUSDPerToken": 0.0,
         "outputUSDPerToken": 3.6 / 3600 / 1000,
         "timeoutSeconds": 600.0,
         "maxQueueDepth": 4,
-        "scaledToZero": False,
     }
     assert medium["kind"] == "service"
     assert medium["url"] == "http://mid.ml.svc/v1"
     assert medium["model"] == "mid-chat"
     assert medium["aliases"] == ["mid-chat"]
-    assert medium["checkpoint"] == "hf://org/mid-chat@main"
     assert medium["outputUSDPerToken"] == pytest.approx(2 * 3.6 / 3600 / 1000)
-    assert medium["scaledToZero"] is True
+    # Nothing about the peer's live state: it learns that from the peer's sidecar.
+    assert "checkpoint" not in medium and "scaledToZero" not in medium
     assert frontier["kind"] == "external"
     assert frontier["url"] == "https://api.example.com/v1"
     assert frontier["apiKeyFile"] == "/var/run/shoal/secrets/frontier-key/token"

@@ -31,6 +31,14 @@ SECRETS_DIR = "/var/run/shoal/secrets"
 LABELS_DIR = "/var/lib/shoal/labels"
 
 
+# The serving checkpoint of the pod's own engine reaches its sidecar through the pod
+# template (render/deployment.py), never through this file: it changes exactly when the
+# pod's engine does. What the sidecar knows of OTHER tiers (asleep or not, their serving
+# checkpoint) it learns from those tiers' sidecars (router/peers.py), so this file
+# changes only when the policy or the tier's spec does.
+CHECKPOINT_ENV = "SHOAL_SERVING_CHECKPOINT"
+
+
 def secret_file_path(secret_name: str, key: str) -> str:
     """Where the key `key` of Secret `secret_name` is mounted in the sidecar."""
     return f"{SECRETS_DIR}/{secret_name}/{key}"
@@ -50,16 +58,11 @@ class UpstreamTier(ShoalModel):
     url: str = Field(min_length=1, max_length=2048, description="Base URL including the version path, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(min_length=1, max_length=256, description="Model name sent upstream in the request's `model` field.")
     aliases: list[str] = Field(default_factory=list, description="Extra model names that select this tier explicitly.")
-    checkpoint: str | None = Field(
-        default=None,
-        description="Checkpoint this tier serves; part of the cache key, so a promotion never serves old answers.",
-    )
     api_key_file: str | None = Field(default=None, description="Path of a file holding the bearer token (external tiers).")
     input_usd_per_token: float = Field(default=0.0, ge=0, description="Price of one prompt token, USD.")
     output_usd_per_token: float = Field(default=0.0, ge=0, description="Price of one generated token, USD.")
     timeout_seconds: float = Field(default=600.0, gt=0, description="Longest a whole request to this upstream may take.")
     max_queue_depth: int | None = Field(default=None, ge=0, description="Spill to the next tier above this many waiting requests.")
-    scaled_to_zero: bool = Field(default=False, description="The tier has no replicas now: spill over instead of waiting for it.")
     adapters: dict[str, str] | None = Field(
         default=None,
         description=(
@@ -113,6 +116,23 @@ class ServerConfig(ShoalModel):
     drain_seconds: float = Field(default=20.0, ge=0, le=3600, description="On shutdown, requests in flight get this long to finish.")
 
 
+class PeersConfig(ShoalModel):
+    """How the sidecar learns the state of other in-cluster tiers from their sidecars."""
+
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=60, description="How often each peer's GET /shoal/state is polled.")
+    poll_timeout_seconds: float = Field(default=1.0, gt=0, le=60, description="A poll not answered within this long marks the peer asleep.")
+    stale_after_seconds: float = Field(
+        default=5.0, gt=0, le=600,
+        description="A peer's checkpoint learned longer ago than this is not trusted: its answers are neither cached nor served from the cache.",
+    )
+
+    @model_validator(mode="after")
+    def _fresh_enough(self) -> PeersConfig:
+        if self.stale_after_seconds <= self.poll_interval_seconds + self.poll_timeout_seconds:
+            raise ValueError("staleAfterSeconds must exceed pollIntervalSeconds + pollTimeoutSeconds, or healthy peers would go stale between polls")
+        return self
+
+
 class RouterConfig(ShoalModel):
     """The whole sidecar configuration file."""
 
@@ -134,6 +154,7 @@ class RouterConfig(ShoalModel):
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     cascade: CascadeSpec | None = Field(default=None, description="The policy's cascade (router/cascade.py); None: off.")
+    peers: PeersConfig = Field(default_factory=PeersConfig)
     shadow: ShadowSpec | None = Field(default=None, description="The policy's shadow evaluation (router/shadow.py); None: off.")
     labels_dir: str | None = Field(
         default=None, description="Directory (a volume of the sidecar) where shadow labels are kept when shadow.labels.mode is keep.",

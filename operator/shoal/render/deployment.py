@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shoal.api.modeltier import ModelTier
+from shoal.api.routerconfig import CHECKPOINT_ENV
 from shoal.api.routerconfig import CLASSIFIER_DIR as CLASSIFIER_MOUNT
 from shoal.api.routerconfig import LABELS_DIR as LABELS_MOUNT
 
@@ -272,6 +273,10 @@ def _router_container(tier: ModelTier, ctx: DeploymentContext) -> dict[str, Any]
         "imagePullPolicy": "IfNotPresent",
         "command": ["shoal"],
         "args": ["router", "--config", f"{CONFIG_MOUNT}/{CONFIG_KEY}", "--port", str(router.port)],
+        # The checkpoint this pod's engine serves: it changes exactly when the engine's
+        # arguments do (a new pod), so it is right for this pod whatever other pods run.
+        # The sidecar keys its cache by it and tells peers (x-shoal-checkpoint, /shoal/state).
+        "env": [{"name": CHECKPOINT_ENV, "value": ctx.checkpoint}],
         "ports": [{"name": "http", "containerPort": router.port, "protocol": "TCP"}],
         "resources": {
             "requests": {"cpu": router.resources.cpu, "memory": router.resources.memory},

@@ -10,6 +10,11 @@ Where the ladder's rungs point:
 - an external endpoint: its URL, with the API key read from the Secret mounted at
   /var/run/shoal/secrets/<secret>/<key> (the file path is in the config, never the key).
 
+Nothing here changes while the fleet runs: not whether another tier is asleep, nor which
+checkpoint it serves. Sidecars learn both from each other (router/peers.py), and the
+pod's own serving checkpoint is in its pod template (render/deployment.py), so this
+file changes only when the policy or a tier's spec does.
+
 Cost of self-hosted tiers: the GPU time of a busy replica is attributed to the tokens it
 generates, USD per output token = cost.gpuHourUSD * gpus / 3600 / cost.tokensPerSecondPerReplica;
 prompt tokens are covered by that estimate (prefill is far cheaper than decoding).
@@ -34,12 +39,6 @@ def self_hosted_usd_per_token(tier: ModelTier) -> float:
     cost = tier.spec.cost
     gpus = tier.spec.resources.gpu.count
     return cost.gpu_hour_usd * gpus / 3600.0 / cost.tokens_per_second_per_replica
-
-
-def serving_checkpoint(tier: ModelTier) -> str:
-    """The checkpoint whose answers the tier gives now: the status's record once the
-    operator has one (a candidate is not serving until promoted), else the spec's."""
-    return tier.status.serving_checkpoint or tier.spec.model.served_uri()
 
 
 def render_router_config(
@@ -163,7 +162,6 @@ def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
         "kind": "local",
         "url": f"http://127.0.0.1:{tier.spec.engine.port}/v1",
         "model": tier.spec.model.name,
-        "checkpoint": serving_checkpoint(tier),
         "outputUSDPerToken": self_hosted_usd_per_token(tier),
     }
     return _with_adapters(_with_ref(rung, ref), tier)
@@ -175,10 +173,7 @@ def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
         "kind": "service",
         "url": tier_endpoint(target.name, namespace),
         "model": target.spec.model.name,
-        "checkpoint": serving_checkpoint(target),
         "outputUSDPerToken": self_hosted_usd_per_token(target),
-        # No ready pod (asleep, or woken but still loading): spill over instead of waiting.
-        "scaledToZero": (target.status.ready_replicas or 0) == 0 and target.spec.replicas.min == 0,
     }
     return _with_adapters(_with_ref(rung, ref), target)
 

@@ -60,6 +60,7 @@ class Call:
     features: routing.Request | None = None
     decision: routing.Decision | None = None
     cache_key: bytes | None = None
+    cache_checkpoint: str | None = None  # the checkpoint the cache key was made with
     upstream_headers: dict[str, str] = field(default_factory=dict)  # sent to every tier
     attempts: list[Attempt] = field(default_factory=list)
 

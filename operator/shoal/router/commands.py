@@ -9,9 +9,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
+
+from shoal.api.routerconfig import CHECKPOINT_ENV
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -25,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     router.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     router.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     router.add_argument("--reload-interval", type=float, default=1.0, help="seconds between checks of the config file")
+    router.add_argument(
+        "--checkpoint", default=os.environ.get(CHECKPOINT_ENV) or None,
+        help=f"the checkpoint this pod's engine serves (default: ${CHECKPOINT_ENV}, set by the pod template)",
+    )
     router.add_argument("--log-level", default="INFO")
     router.set_defaults(func=run_router)
     sub = router.add_subparsers(dest="router_command")
@@ -79,7 +86,9 @@ def run_router(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    settings = Settings(config_path=args.config, host=args.host, port=args.port, reload_interval_seconds=args.reload_interval)
+    settings = Settings(
+        config_path=args.config, host=args.host, port=args.port, reload_interval_seconds=args.reload_interval, checkpoint=args.checkpoint
+    )
     try:
         asyncio.run(serve(settings))
     except InvalidConfig as exc:

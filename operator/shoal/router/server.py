@@ -68,6 +68,7 @@ from .errors import (
 from .failures import CONNECT_ERROR, REJECTED, TIMEOUT, UPSTREAM_BROKE, UpstreamFailure, parse_retry_after, status_cause
 from .ladder import LadderWalk
 from .metrics import RouterMetrics
+from .peers import Peers
 from .resilience import CircuitBreaker, HourlySpend, RetryBudget
 from .shadow import ShadowMetrics, ShadowSampler
 from .upstream import ConnectFailed, Response, UpstreamError, UpstreamPool
@@ -114,6 +115,8 @@ class Settings:
     port: int = 8080
     # How often the config file, mounted API keys and classifier are checked for changes.
     reload_interval_seconds: float = 1.0
+    # The checkpoint this pod's engine serves (from the pod template, CHECKPOINT_ENV).
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Snapshot:
     local: UpstreamTier
     classifier: Classifier | None
     auth: dict[str, str]  # tier name -> "Bearer ..." (never logged)
-    static_states: dict[str, routing.TierState]
+    peers: tuple[UpstreamTier, ...]  # in-cluster tiers served by other sidecars
     models_body: bytes
     # Every `model` a request may name: tier names, aliases and the upstreams' model names.
     known_models: frozenset[str] = frozenset()
@@ -167,7 +170,7 @@ class Snapshot:
             local=config.tier(config.local_tier),
             classifier=classifier,
             auth=auth,
-            static_states={t.name: routing.TierState(scaled_to_zero=True) for t in config.tiers if t.scaled_to_zero},
+            peers=tuple(t for t in config.tiers if t.kind == "service"),
             models_body=json.dumps(models).encode(),
             known_models=frozenset(names) | {t.model for t in config.tiers},
             model_objects={o["id"]: json.dumps(o).encode() for o in objects},
@@ -200,7 +203,9 @@ class Router:
         self.engine_waiting: float | None = None
         self.engine_running: float | None = None
         self.engine_seen = config.engine.metrics_url is None
-        self.tier_states: dict[str, routing.TierState] = dict(self.snapshot.static_states)
+        # What this sidecar knows of the other tiers, from their sidecars (router/peers.py).
+        self.peers = Peers(clock=clock)
+        self.tier_states: dict[str, routing.TierState] = {}
         self.draining = False
         self.in_flight = 0
         self._session: aiohttp.ClientSession | None = None  # engine scrapes only
@@ -233,6 +238,7 @@ class Router:
             app.router.add_post(path, self.handle_inference)
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_get("/v1/models/{model}", self.handle_model)
+        app.router.add_get("/shoal/state", self.handle_state)
         app.router.add_get("/healthz", self.handle_healthz)
         app.router.add_get("/readyz", self.handle_readyz)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -252,7 +258,11 @@ class Router:
         server = self.snapshot.config.server
         self.upstreams = UpstreamPool(max_idle_per_origin=server.max_upstream_connections, idle_seconds=30.0, connect_timeout=10.0)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self._tasks = [asyncio.create_task(self._reload_loop()), asyncio.create_task(self._scrape_loop())]
+        self._tasks = [
+            asyncio.create_task(self._reload_loop()),
+            asyncio.create_task(self._scrape_loop()),
+            asyncio.create_task(self._peer_loop()),
+        ]
         self._configure_shadow(self.snapshot)
         self._configure_cascade(self.snapshot)
         if self.snapshot.config.adapters:
@@ -296,6 +306,7 @@ class Router:
         self._account_adapters(config)
         if config.adapters and not self.adapters.running and self._tasks:
             self._tasks.append(asyncio.create_task(self.adapters.run()))
+        self.peers.forget(t.name for t in snapshot.peers)
         self._refresh_states()
         self._configure_shadow(snapshot)
         self._configure_cascade(snapshot)
@@ -339,13 +350,39 @@ class Router:
             self.metrics.engine_running.set(self.engine_running)
         self._refresh_states()
 
+    async def _peer_loop(self) -> None:
+        while True:
+            snap = self.snapshot
+            if snap.peers and self._session is not None:
+                try:
+                    await self.peers.poll(self._session, snap.peers, snap.config.peers)
+                except Exception:  # polling must never take the server down
+                    log.exception("polling peers failed")
+                self._refresh_states()
+            await asyncio.sleep(snap.config.peers.poll_interval_seconds)
+
     def _refresh_states(self) -> None:
-        states = dict(self.snapshot.static_states)
+        states = self.peers.tier_states()
         if self.engine_waiting is not None:
             states[self.snapshot.local.name] = routing.TierState(waiting=self.engine_waiting)
         self.tier_states = states
 
     # --- small endpoints ----------------------------------------------------------------
+
+    async def handle_state(self, request: web.Request) -> web.Response:
+        """What peers poll (router/peers.py): this pod's tier, serving checkpoint,
+        readiness and engine queue. Always 200; `ready` says whether to send work."""
+        state = {
+            "tier": self.snapshot.local.name,
+            "modelTier": self.snapshot.config.model_tier,
+            "checkpoint": self.settings.checkpoint,
+            "ready": not self.draining and self.engine_seen,
+            "waiting": self.engine_waiting,
+            "running": self.engine_running,
+            # This sidecar's view of its peers (for people and tests; peers ignore it).
+            "peers": self.peers.describe(),
+        }
+        return web.json_response(state)
 
     async def handle_healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -483,9 +520,14 @@ class Router:
         if snap.config.cache.mode == "exactMatch" and not call.stream and cacheable(body):
             tier = snap.tiers[decided.tier]
             # An adapter's answers change with its serving source, not the base checkpoint.
-            checkpoint = (tier.adapters or {}).get(call.features.model or "") or self.checkpoint_of(tier)
-            call.cache_key = cache_key(request.path, tier.name, checkpoint, raw)
-            hit = self.cache.get(call.cache_key)
+            adapter_source = (tier.adapters or {}).get(call.features.model or "")
+            checkpoint = adapter_source or self.checkpoint_of(tier)
+            # A peer whose checkpoint is not known fresh: no cache either way.
+            usable = adapter_source is not None or tier.kind != "service" or checkpoint is not None
+            call.cache_key = cache_key(request.path, tier.name, checkpoint, raw) if usable else None
+            # Keyed by the base checkpoint: stored under the one that answers (see _respond).
+            call.cache_checkpoint = checkpoint if adapter_source is None else None
+            hit = self.cache.get(call.cache_key) if call.cache_key is not None else None
             if hit is not None:
                 self.metrics.child(self.metrics.cache_hits, tier.name).inc()
                 self.metrics.child(self.metrics.requests, tier.name, routing.CACHE, "ok").inc()
@@ -496,7 +538,8 @@ class Router:
                 if checkpoint is not None:
                     out[CHECKPOINT_HEADER] = checkpoint
                 return web.Response(body=hit.body, headers=out)
-            self.metrics.child(self.metrics.cache_misses, tier.name).inc()
+            if call.cache_key is not None:
+                self.metrics.child(self.metrics.cache_misses, tier.name).inc()
 
         return await self._walk(call)
 
@@ -562,8 +605,14 @@ class Router:
         self.metrics.child(self.metrics.circuit_open, tier.name).set(0 if breaker.state == "closed" else 1)
 
     def checkpoint_of(self, tier: UpstreamTier) -> str | None:
-        """The serving checkpoint of a tier as this sidecar knows it now."""
-        return tier.checkpoint
+        """The serving checkpoint of a tier as this sidecar knows it now: its own from the
+        pod template; a peer's from the peer, only while fresh (router/peers.py);
+        None for external APIs and for peers not heard from recently."""
+        if tier.kind == "local":
+            return self.settings.checkpoint
+        if tier.kind == "service":
+            return self.peers.checkpoint(tier.name, self.snapshot.config.peers.stale_after_seconds)
+        return None
 
     def _upstream_headers(self, call: Call, tier: UpstreamTier) -> dict[str, str]:
         headers = dict(call.upstream_headers)
@@ -595,6 +644,7 @@ class Router:
         url = tier.url + call.path[3:]  # the part after /v1
         first_byte = config.fallback.first_byte_timeout_seconds
         total = min(tier.timeout_seconds, config.limits.request_timeout_seconds)
+        sent_at = self.clock()
         try:
             async with asyncio.timeout(min(first_byte, total)):
                 upstream = await self.upstreams.request(url, payload, self._upstream_headers(call, tier))
@@ -616,7 +666,7 @@ class Router:
                 else:
                     message = f"tier {tier.name} answered {status}"
                 raise UpstreamFailure(status_cause(status, saturated), tier.name, message, parse_retry_after(upstream.headers.get("retry-after")))
-            checkpoint = self._answered_checkpoint(tier, upstream.headers)
+            checkpoint = self._answered_checkpoint(tier, upstream.headers, sent_at)
             if status != 200:
                 # The upstream refused the request itself (4xx): the client must fix it.
                 # Passed through as is, never retried elsewhere.
@@ -641,11 +691,16 @@ class Router:
         self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
         return Answer(tier, attempt.reason, 200, upstream.content_type, upstream.headers, data, checkpoint=checkpoint)
 
-    def _answered_checkpoint(self, tier: UpstreamTier, headers: dict[str, str]) -> str | None:
-        """Which checkpoint produced an answer: the peer says so in its response header;
-        this pod's engine serves this pod's checkpoint; external APIs do not say."""
+    def _answered_checkpoint(self, tier: UpstreamTier, headers: dict[str, str], sent_at: float) -> str | None:
+        """Which checkpoint produced an answer: the peer says so in its response header
+        (which also tells this sidecar the peer's checkpoint); this pod's engine serves
+        this pod's checkpoint; external APIs do not say."""
         if tier.kind == "service":
-            return headers.get(CHECKPOINT_HEADER) or self.checkpoint_of(tier)
+            said = headers.get(CHECKPOINT_HEADER)
+            if said:
+                self.peers.heard(tier.name, said, sent_at)
+                return said
+            return None
         if tier.kind == "local":
             return self.checkpoint_of(tier)
         return None
@@ -686,7 +741,13 @@ class Router:
             self._account(call, tier, _usage_of(data), answer.reason)
             assert call.decision is not None
             if call.cache_key is not None and tier.name == call.decision.tier and answer.content_type == "application/json":
-                self.cache.put(call.cache_key, data, answer.content_type)
+                key = call.cache_key
+                if call.cache_checkpoint is not None and answer.checkpoint != call.cache_checkpoint:
+                    # A peer's answer is stored under the checkpoint that produced it (the
+                    # peer changed since the lookup), which later lookups will ask for.
+                    key = cache_key(call.path, tier.name, answer.checkpoint, call.raw) if answer.checkpoint is not None else None
+                if key is not None:
+                    self.cache.put(key, data, answer.content_type)
         response = web.Response(body=data, headers=out)
         if self.hooks.complete and not call.hop:
             await response.prepare(call.request)
