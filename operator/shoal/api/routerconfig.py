@@ -71,6 +71,13 @@ class UpstreamTier(ShoalModel):
             "part of the cache key."
         ),
     )
+    adapter_source: str | None = Field(
+        default=None,
+        description=(
+            "A rung serving one adapter of its tier: the adapter's serving source. With the base "
+            "checkpoint the sidecar learns live, it keys the cache (BASE+lora:SOURCE)."
+        ),
+    )
     adapter_cost_centers: dict[str, str] | None = Field(
         default=None, description="Adapter name -> who its tokens and cost are attributed to (spec.adapters[].cost.costCenter)."
     )

@@ -197,11 +197,12 @@ def _external(ref: TierRef) -> dict[str, Any]:
 
 def _on_adapter(rung: dict[str, Any], tier: ModelTier, adapter: str | None) -> dict[str, Any]:
     """A rung serving one of `tier`'s adapters: its model is the adapter's name, and its
-    checkpoint (part of the cache key) names the adapter's serving source too."""
+    adapter source (part of the cache key, beside the base checkpoint the sidecar learns
+    live) names the adapter's serving source."""
     if adapter is None:
         return rung
     rung["model"] = adapter
-    rung["checkpoint"] = f"{rung['checkpoint']}+lora:{serving_adapters(tier)[adapter]}"
+    rung["adapterSource"] = serving_adapters(tier)[adapter]
     return rung
 
 

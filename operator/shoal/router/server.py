@@ -607,11 +607,12 @@ class Router:
     def checkpoint_of(self, tier: UpstreamTier) -> str | None:
         """The serving checkpoint of a tier as this sidecar knows it now: its own from the
         pod template; a peer's from the peer, only while fresh (router/peers.py);
-        None for external APIs and for peers not heard from recently."""
+        None for external APIs and for peers not heard from recently. A rung serving an
+        adapter adds the adapter's source (BASE+lora:SOURCE)."""
         if tier.kind == "local":
-            return self.settings.checkpoint
+            return _with_adapter_source(tier, self.settings.checkpoint)
         if tier.kind == "service":
-            return self.peers.checkpoint(tier.name, self.snapshot.config.peers.stale_after_seconds)
+            return _with_adapter_source(tier, self.peers.checkpoint(tier.name, self.snapshot.config.peers.stale_after_seconds))
         return None
 
     def _upstream_headers(self, call: Call, tier: UpstreamTier) -> dict[str, str]:
@@ -699,7 +700,7 @@ class Router:
             said = headers.get(CHECKPOINT_HEADER)
             if said:
                 self.peers.heard(tier.name, said, sent_at)
-                return said
+                return _with_adapter_source(tier, said)
             return None
         if tier.kind == "local":
             return self.checkpoint_of(tier)
@@ -1044,6 +1045,12 @@ def _error_response(error: RouterError, request_id: str | None, extra: dict[str,
     if extra:
         headers.update(extra)
     return error.response(headers)
+
+
+def _with_adapter_source(tier: UpstreamTier, base: str | None) -> str | None:
+    if base is None or tier.adapter_source is None:
+        return base
+    return f"{base}+lora:{tier.adapter_source}"
 
 
 def _id_header(request: web.Request) -> dict[str, str]:
