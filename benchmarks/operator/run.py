@@ -210,7 +210,9 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
         steady_from = time.time()
         time.sleep(60)  # the measurement window itself
         result["steady_minute"] = requests(cluster, steady_from, time.time())
-        log(f"N={n}: steady minute: {result['steady_minute']['writes']} writes, {result['steady_minute']['reads']} reads")
+        log(f"N={n}: steady minute: {result['steady_minute']['writes']} writes, {result['steady_minute']['reads']} reads; "
+            f"creation: {result['creation']['writes']} writes, {result['creation']['reads']} reads; "
+            f"operator so far: peak RSS {sampler.peak_rss_bytes / 2**20:.0f} MiB, {sampler.cpu_seconds:.0f} CPU s")
         cpu_before_change = sampler.cpu_seconds
 
         t1 = time.time()
