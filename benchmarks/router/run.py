@@ -107,7 +107,12 @@ def start_engine() -> Target:
     return Target("engine", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
 
 
-def start_shoal(engine: Target, uvloop: bool = False) -> Target:
+# `--baseline DIR`: the `operator` folder of another checkout of shoal (an older commit),
+# measured as the targets `baseline` and `baseline+uvloop` in the same run, side by side.
+BASELINE: Path | None = None
+
+
+def start_shoal(engine: Target, uvloop: bool = False, baseline: bool = False) -> Target:
     port = free_port()
     root = engine.url[: -len("/v1")]
     config = {
@@ -117,9 +122,13 @@ def start_shoal(engine: Target, uvloop: bool = False) -> Target:
         "engine": {"metricsUrl": f"{root}/metrics"},
         "cache": {"mode": "disabled"},
     }
-    path = OUT / "shoal-router.json"
+    path = OUT / ("baseline-router.json" if baseline else "shoal-router.json")
     path.write_text(json.dumps(config))
     env = dict(os.environ)
+    if baseline:
+        if BASELINE is None:
+            raise RuntimeError("the baseline targets need --baseline DIR")
+        env["PYTHONPATH"] = f"{BASELINE}{os.pathsep}{env.get('PYTHONPATH', '')}"
     if uvloop:
         # uvloop is optional (the image installs it); here it comes from a private folder
         # so the machine's Python stays as the tests see it.
@@ -132,7 +141,8 @@ def start_shoal(engine: Target, uvloop: bool = False) -> Target:
         stdout=subprocess.DEVNULL, env=env,
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", process=proc)
-    return Target("shoal+uvloop" if uvloop else "shoal", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
+    name = ("baseline" if baseline else "shoal") + ("+uvloop" if uvloop else "")
+    return Target(name, f"http://127.0.0.1:{port}/v1", proc, proc.pid)
 
 
 def start_litellm(engine: Target) -> Target:
@@ -225,7 +235,12 @@ def start_nginx(engine: Target) -> Target:
     return Target("nginx", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker process")
 
 
-STARTERS = {"shoal": start_shoal, "shoal+uvloop": lambda engine: start_shoal(engine, uvloop=True), "litellm": start_litellm, "vllm-router": start_vllm_router, "nginx": start_nginx}
+STARTERS = {
+    "shoal": start_shoal,
+    "shoal+uvloop": lambda engine: start_shoal(engine, uvloop=True),
+    "baseline": lambda engine: start_shoal(engine, baseline=True),
+    "baseline+uvloop": lambda engine: start_shoal(engine, uvloop=True, baseline=True),
+    "litellm": start_litellm, "vllm-router": start_vllm_router, "nginx": start_nginx}
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -237,6 +252,10 @@ class Closed:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # CPU time the proxy process spent per request (user + system): on a shared machine
+    # far steadier than latency, since waiting for a core costs no CPU time.
+    cpu_us: float = float("nan")
 
 
 @dataclass
@@ -285,7 +304,29 @@ def wrk(url: str, concurrency: int, seconds: int) -> Closed:
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(x) for x in m.groups())
-    return Closed(rps, p50, p99, errors)
+    m = re.search(r"(\d+) requests in", out)
+    return Closed(rps, p50, p99, errors, int(m.group(1)) if m else 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (nginx's workers) so far, in seconds."""
+    total = 0
+    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured_wrk(target: Target, concurrency: int, seconds: int) -> Closed:
+    before = cpu_seconds(target.pid) if target.pid is not None else None
+    got = wrk(target.url, concurrency, seconds)
+    if before is not None and got.requests:
+        got.cpu_us = (cpu_seconds(target.pid) - before) / got.requests * 1e6  # type: ignore[arg-type]
+    return got
 
 
 async def open_loop(url: str, rate: float, seconds: float) -> tuple[float, float, float, int]:
@@ -395,18 +436,21 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
             return fn()
         except Exception as exc:  # noqa: BLE001 - a peer failing mid-run is reported
             print(f"  {target.name}: {what} failed: {exc}", flush=True)
-            results[target.name].error = f"{what}: {exc}"[:300]
-            live.remove(target)
+            if what.startswith("wrk"):
+                results[target.name].error = f"{what}: {exc}"[:300]
+                live.remove(target)
+            else:  # keep its closed-loop numbers; the open loop or TTFT is reported missing
+                results[target.name].note = f"{what} failed: {exc}"[:200]
             return None
 
     for round_ in range(1, rounds + 1):
         print(f"== round {round_}/{rounds}", flush=True)
         for c in concurrencies:
             for target in list(live):
-                got = guarded(target, f"wrk c={c}", lambda: wrk(target.url, c, seconds))
+                got = guarded(target, f"wrk c={c}", lambda: measured_wrk(target, c, seconds))
                 if got is not None:
                     closed[target.name][c].append(got)
-                    print(f"  {target.name:12s} c={c:<4d} {got.rps:9.0f} req/s  p50 {got.p50_ms:7.2f} ms  p99 {got.p99_ms:7.2f} ms  errors {got.errors}", flush=True)
+                    print(f"  {target.name:12s} c={c:<4d} {got.rps:9.0f} req/s  p50 {got.p50_ms:7.2f} ms  p99 {got.p99_ms:7.2f} ms  errors {got.errors}  CPU {got.cpu_us:6.0f} us/req", flush=True)
         for target in list(live):
             got = guarded(target, "open loop", lambda: asyncio.run(open_loop(target.url, 500, open_seconds)))
             if got is not None:
@@ -424,7 +468,10 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
             continue
         for c in concurrencies:
             runs = closed[target.name][c]
-            r.closed[c] = Closed(median([x.rps for x in runs]), median([x.p50_ms for x in runs]), median([x.p99_ms for x in runs]), sum(x.errors for x in runs))
+            r.closed[c] = Closed(
+                median([x.rps for x in runs]), median([x.p50_ms for x in runs]), median([x.p99_ms for x in runs]),
+                sum(x.errors for x in runs), sum(x.requests for x in runs), median([x.cpu_us for x in runs]),
+            )
         r.open_p50_ms = median([x[0] for x in opened[target.name]])
         r.open_p99_ms = median([x[1] for x in opened[target.name]])
         r.open_achieved_rps = median([x[2] for x in opened[target.name]])
@@ -433,7 +480,7 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
         r.ttft_p99_ms = median([x[1] for x in ttfts[target.name]])
         if target.pid is not None:
             _, r.rss_mb = rss_mb(target.pid)
-            if target.name.startswith("shoal"):
+            if target.name.startswith(("shoal", "baseline")):
                 r.rss_idle_mb = idle_connections_rss(target.url, target.pid)
 
 
@@ -443,12 +490,12 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
 def table(results: list[Result], concurrencies: list[int]) -> str:
     direct = next((r for r in results if r.target == "direct" and not r.error), None)
     lines = []
-    head = "| target | " + " | ".join(f"c={c} req/s (x direct)" for c in concurrencies) + " | c=1 p50 / p99 ms | c=64 p50 / p99 ms |"
+    head = "| target | " + " | ".join(f"c={c} req/s (x direct)" for c in concurrencies) + " | c=1 p50 / p99 ms | c=64 p50 / p99 ms | CPU us/request c=16 |"
     lines.append(head)
-    lines.append("|" + "---|" * (len(concurrencies) + 3))
+    lines.append("|" + "---|" * (len(concurrencies) + 4))
     for r in results:
         if r.error:
-            lines.append(f"| {r.target} | " + " | ".join("n/a" for _ in concurrencies) + " | n/a | n/a |")
+            lines.append(f"| {r.target} | " + " | ".join("n/a" for _ in concurrencies) + " | n/a | n/a | n/a |")
             continue
         cells = []
         for c in concurrencies:
@@ -458,7 +505,9 @@ def table(results: list[Result], concurrencies: list[int]) -> str:
         c1, c64 = r.closed.get(1), r.closed.get(64)
         lat1 = f"{c1.p50_ms:.2f} / {c1.p99_ms:.2f}" if c1 else "n/a"
         lat64 = f"{c64.p50_ms:.2f} / {c64.p99_ms:.2f}" if c64 else "n/a"
-        lines.append(f"| {r.target} | " + " | ".join(cells) + f" | {lat1} | {lat64} |")
+        c16 = r.closed.get(16)
+        cpu = f"{c16.cpu_us:.0f}" if c16 and c16.cpu_us == c16.cpu_us else "-"
+        lines.append(f"| {r.target} | " + " | ".join(cells) + f" | {lat1} | {lat64} | {cpu} |")
     lines.append("")
     lines.append("| target | open loop 500/s p50 ms (+ over direct) | p99 ms (+ over direct) | stream TTFT p50 ms (+) | TTFT p99 ms | peak RSS MiB |")
     lines.append("|---|---|---|---|---|---|")
@@ -472,6 +521,9 @@ def table(results: list[Result], concurrencies: list[int]) -> str:
         if r.rss_idle_mb:
             rss += f" ({r.rss_idle_mb:.0f} with 2000 idle connections)"
         errs = f", {r.open_errors} errors" if r.open_errors else ""
+        if r.open_p50_ms is None or r.open_p50_ms != r.open_p50_ms:
+            lines.append(f"| {r.target} | n/a ({r.note}) | n/a | {r.ttft_p50_ms or float('nan'):.2f} | {r.ttft_p99_ms or float('nan'):.2f} | {rss} |")
+            continue
         lines.append(f"| {r.target} | {r.open_p50_ms:.2f}{add50}{errs} | {r.open_p99_ms:.2f}{add99} | {r.ttft_p50_ms:.2f}{addt} | {r.ttft_p99_ms:.2f} | {rss} |")
     failed = [r for r in results if r.error]
     if failed:
@@ -502,7 +554,17 @@ def main() -> int:
     parser.add_argument("--open-seconds", type=float, default=8.0)
     parser.add_argument("--ttft-requests", type=int, default=200)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument(
+        "--baseline", type=Path,
+        help="the operator/ folder of another checkout (e.g. an older commit in a temporary worktree): "
+        "adds the targets baseline and baseline+uvloop, measured side by side with shoal",
+    )
     args = parser.parse_args()
+    global BASELINE
+    if args.baseline is not None:
+        BASELINE = args.baseline.resolve()
+        if "baseline" not in args.targets:
+            args.targets += ",baseline,baseline+uvloop"
     if args.setup:
         setup()
         return 0
