@@ -56,6 +56,17 @@ def test_missing_metrics_flip_scaling_active_and_keep_other_conditions():
     assert scaling["lastTransitionTime"] == "2026-11-18T11:07:10Z"
 
 
+def test_a_pod_started_after_the_tier_fell_asleep_counts_all_its_spills():
+    from shoal.controller.autoscaler import TierMemory
+
+    # The baseline taken when the tier went to sleep: large-a had spilled 7 before.
+    memory = TierMemory(spill_counters={"large-a": 7.0}, asleep_since=100.0)
+    # large-a spilled once more; large-b started after the sleep and spilled 2; large-c was
+    # running at sleep time but unreadable then: its first reading is only a baseline.
+    assert memory.spilled_since({"large-a": 8.0, "large-b": 2.0, "large-c": 5.0}, frozenset({"large-b"})) == 3
+    assert memory.spilled_since({"large-a": 8.0, "large-b": 2.0, "large-c": 6.0}, frozenset({"large-b"})) == 1
+
+
 def test_spill_counters_count_new_requests_only_after_a_baseline():
     from shoal.controller.autoscaler import TierMemory
     from shoal.controller.metrics_source import parse_spillovers

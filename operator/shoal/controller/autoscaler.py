@@ -55,11 +55,19 @@ def _ready(pod: dict[str, Any]) -> bool:
 class TierMemory:
     history: History = field(default_factory=History)
     last_run: float = float("-inf")
-    # Last spill-over counter seen per peer pod; the first reading of a pod is a baseline.
+    # Last spill-over counter seen per peer pod. The baseline is taken on the pass that
+    # puts the tier to sleep (before the scale call), so a request spilled in the moment
+    # between that pass and the next one still wakes the tier.
     spill_counters: dict[str, float] = field(default_factory=dict)
+    # When this operator put the tier to sleep (None: not seen, e.g. after a restart).
+    asleep_since: float | None = None
 
-    def spilled_since(self, readings: dict[str, float | None]) -> int:
-        """Requests counted since the previous readings (a restarted pod counts from 0)."""
+    def spilled_since(self, readings: dict[str, float | None], new_pods: frozenset[str] = frozenset()) -> int:
+        """Requests counted since the previous readings (a restarted pod counts from 0).
+
+        A pod without a previous reading is a baseline, except one in `new_pods` (started
+        after the tier went to sleep): everything it counted came after, so all of it is new.
+        """
         new = 0.0
         for pod, value in readings.items():
             if value is None:
@@ -67,11 +75,23 @@ class TierMemory:
             before = self.spill_counters.get(pod)
             if before is not None:
                 new += value - before if value >= before else value
+            elif pod in new_pods:
+                new += value
             self.spill_counters[pod] = value
         for pod in list(self.spill_counters):
             if pod not in readings:
                 del self.spill_counters[pod]
         return int(new)
+
+
+def _started_at(pod: dict[str, Any]) -> float | None:
+    started = (pod.get("status") or {}).get("startTime")
+    if not started:
+        return None
+    try:
+        return datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class Autoscaler:
@@ -111,24 +131,34 @@ class Autoscaler:
         self._parsed[key] = (stamp, tier)
         return tier
 
-    async def spilled(self, tier: ModelTier, memory: TierMemory) -> int:
-        """Requests the other tiers' routers sent past this tier (it was asleep or full)
-        since the last pass: the wake-up signal of a tier at zero."""
+    async def peer_spills(self, tier: ModelTier) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        """Per ready pod of the policy's other tiers: its router's count of requests sent
+        past this tier's rungs (None where the read failed), and when the pod started."""
         if not tier.spec.router.route_policy:
-            return 0
+            return {}, {}
         policy = route_policy(self.view, tier.namespace, tier.spec.router.route_policy)
         if policy is None:
-            return 0
+            return {}, {}
         mine = frozenset(t.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name == tier.name)
         peers = {t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref and t.model_tier_ref.name != tier.name}
         if not mine or not peers:
-            return 0
+            return {}, {}
         targets: list[PodTarget] = []
+        started: dict[str, float | None] = {}
         for peer in sorted(peers):
             for pod in self.view.pods(tier.namespace, peer):
                 if _ready(pod) and pod.get("status", {}).get("podIP"):
                     targets.append(PodTarget(pod["metadata"]["name"], pod["status"]["podIP"], tier.spec.router.port))
-        return memory.spilled_since(await scrape_spillovers(self.http, targets, mine))
+                    started[pod["metadata"]["name"]] = _started_at(pod)
+        return await scrape_spillovers(self.http, targets, mine), started
+
+    async def spilled(self, tier: ModelTier, memory: TierMemory) -> int:
+        """Requests the other tiers' routers sent past this tier (it was asleep or full)
+        since the last pass: the wake-up signal of a tier at zero."""
+        readings, started = await self.peer_spills(tier)
+        asleep = memory.asleep_since
+        new_pods = frozenset(p for p, t in started.items() if asleep is not None and t is not None and t > asleep)
+        return memory.spilled_since(readings, new_pods)
 
     async def observe(self, tier: ModelTier, deployment: dict[str, Any], memory: TierMemory) -> Observed:
         current = int(deployment.get("spec", {}).get("replicas") or 0)
@@ -147,6 +177,7 @@ class Autoscaler:
         spilled = await self.spilled(tier, memory) if current == 0 and autoscaling.engine == "shoal" else 0
         if current > 0:
             memory.spill_counters.clear()
+            memory.asleep_since = None
         return Observed(current_replicas=current, pods=loads, spilled_requests=spilled)
 
     async def run(self, body: dict[str, Any]) -> None:
@@ -165,6 +196,12 @@ class Autoscaler:
         decision = decide_scale(tier.spec.autoscaling, tier.spec.replicas, observed, memory.history, now=now)
         memory.history = decision.history
         if decision.changes(observed.current_replicas):
+            if decision.desired_replicas == 0 and tier.spec.autoscaling.engine == "shoal":
+                # Going to sleep: the peers' counters now are the baseline of the wake-up
+                # signal, read before the scale so no spilled request falls in between.
+                readings, _ = await self.peer_spills(tier)
+                memory.spill_counters = {p: v for p, v in readings.items() if v is not None}
+                memory.asleep_since = now
             verb = "up" if decision.desired_replicas > observed.current_replicas else "down"
             await self.kube.event(
                 body,
