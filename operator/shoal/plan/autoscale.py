@@ -243,31 +243,20 @@ def decide_scale(
     held = _clamp(current, lo, hi)
     held_history = replace(history, scale_down_candidates=_push(
         history.scale_down_candidates, now, held, autoscaling.scale_down_window_seconds, keep_min=False))
+
+    def hold(reason: str, message: str) -> ScaleDecision:
+        """Keep the size: the load cannot be read, and an unread load never shrinks a tier."""
+        return _decision(desired=held, reason=reason, message=message, active=False,
+                         condition_reason=REASON_METRICS_MISSING, history=held_history,
+                         current=current, now=now)
+
     if not observed.pods:
-        return _decision(
-            desired=held,
-            reason=NO_READY_PODS,
-            message=f"{current} replica(s) requested but none is ready to report queue depth; holding the size.",
-            active=False,
-            condition_reason=REASON_METRICS_MISSING,
-            history=held_history,
-            current=current,
-            now=now,
-        )
+        return hold(NO_READY_PODS, f"{current} replica(s) requested but none is ready to report queue depth; holding the size.")
     stale_after = stale_after_seconds if stale_after_seconds is not None else STALE_AFTER_PERIODS * autoscaling.metrics_period_seconds
     missing = sorted(p.pod for p in observed.pods if not p.is_fresh(now, stale_after))
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        return _decision(
-            desired=held,
-            reason=METRICS_MISSING,
-            message=f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).",
-            active=False,
-            condition_reason=REASON_METRICS_MISSING,
-            history=held_history,
-            current=current,
-            now=now,
-        )
+        return hold(METRICS_MISSING, f"Queue depth of {shown} is missing or older than {stale_after:g}s; holding {held} replica(s).")
 
     # 3. The recommendation from fresh load.
     waiting = sum(p.waiting or 0.0 for p in observed.pods)
