@@ -58,6 +58,14 @@ def test_fake_command_carries_the_latency_model_and_binds_the_pod_ip():
         "--latency-ms", "80", "--decode-tokens-per-second", "30", "--max-running", "32"]
 
 
+def test_a_fake_reply_names_the_checkpoint_given_or_keeps_the_placeholder_for_the_evaluation():
+    (engine,) = parse_engines("engines:\n- {name: f, kind: fake, fake: {reply: 'Answer of {checkpoint}.'}}\n")
+    serving = engine.command(host="127.9.0.4", port=8000, model="m", tier="large", checkpoint="s3://b/ckpt-2", python="py")
+    assert serving[-2:] == ["--reply", "Answer of s3://b/ckpt-2."]
+    evaluation = engine.command(host="127.0.0.1", port="{port}", model="{model}", tier="large", python="py")
+    assert evaluation[-2:] == ["--reply", "Answer of {checkpoint}."]
+
+
 def test_smollm2_command_takes_placeholders_for_the_evaluation():
     (engine,) = parse_engines("engines:\n- {name: s, kind: smollm2, smollm2: {chatFormat: llama-2}}\n")
     assert engine.command(host="127.0.0.1", port="{port}", model="{model}", tier="small") == [

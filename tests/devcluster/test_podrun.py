@@ -72,6 +72,16 @@ def test_a_gpu_tier_gets_the_fake_engine_with_its_served_model_name(tmp_path):
                                       "--model", "support-70b", "--name", "large", "--latency-ms", "5"]
 
 
+def test_a_fake_engine_answers_with_the_checkpoint_of_the_pods_template(tmp_path):
+    manifests, _, objects = _examples()
+    (engine,) = parse_engines("engines:\n- {name: f, kind: fake, fake: {reply: 'Answer of {checkpoint}.'}}\n")
+    pod = _serving_pod(manifests, "small")
+    plan = plan_pod(pod, objects, engine=engine, workdir=tmp_path, service_url=_service_url, python="py")
+    engine_process, router = plan.processes
+    assert router.env["SHOAL_SERVING_CHECKPOINT"] == "s3://acme-models/support-8b/ckpt-0042"
+    assert engine_process.argv[-2:] == ["--reply", "Answer of s3://acme-models/support-8b/ckpt-0042."]
+
+
 def test_a_pod_whose_secret_is_missing_cannot_run_and_says_which(tmp_path):
     manifests, _, objects = _examples()
     without = Objects(objects.config_maps, {})

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from shoal.api.naming import COMPONENT_EVALUATION, COMPONENT_INFERENCE, EVAL_CONTAINER, TIER_LABEL
+from shoal.api.routerconfig import CHECKPOINT_ENV
 from shoal.devcluster.engines import Engine
 
 ROUTER_CONTAINER = "router"
@@ -277,7 +278,8 @@ def plan_pod(
         engine_args = list(engine_container.get("args") or [])
         model = _option(engine_args, "--served-model-name") or tier
         processes = [
-            Process("engine", engine.command(host=ip, port=port, model=model, tier=tier, python=python), {}),
+            Process("engine", engine.command(host=ip, port=port, model=model, tier=tier,
+                                             checkpoint=env.get(CHECKPOINT_ENV, ""), python=python), {}),
             Process("router", _replace_option(argv, "--host", ip), env),
         ]
         return PodPlan("serving", ip, files, directories, processes)

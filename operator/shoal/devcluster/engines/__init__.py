@@ -24,6 +24,10 @@ The format::
         kind: fake
         match: {}
 
+A fake's ``reply`` may hold ``{checkpoint}``: the checkpoint the pod serves (its router's
+``SHOAL_SERVING_CHECKPOINT``) is put in its place, so an answer says which checkpoint's
+pod produced it (the evaluation pod's engine gets the candidate's, from ``shoal eval``).
+
 A tier chooses an engine by name with the annotation ``shoal.dev/dev-engine: NAME`` on the
 ModelTier (only the dev cluster reads it); otherwise the first entry whose ``match`` holds
 wins (an entry without ``match`` is chosen by name only). A pod no entry takes runs no
@@ -40,6 +44,7 @@ from typing import Any
 import yaml
 
 ENGINE_ANNOTATION = "shoal.dev/dev-engine"
+CHECKPOINT_PLACEHOLDER = "{checkpoint}"
 KINDS = ("smollm2", "fake")
 
 _FAKE_FIELDS = {
@@ -72,11 +77,12 @@ class Engine:
         return all(seen[key] == value for key, value in self.match.items())
 
     def command(self, *, host: str, port: int | str, model: str, tier: str,
-                python: str = sys.executable) -> list[str]:
-        """The engine's command line, serving ``model`` on ``host``:``port``.
+                checkpoint: str = CHECKPOINT_PLACEHOLDER, python: str = sys.executable) -> list[str]:
+        """The engine's command line, serving ``model`` (at ``checkpoint``) on ``host``:``port``.
 
-        ``port`` and ``model`` may be placeholders (``"{port}"``), as ``shoal eval
-        --engine-command`` takes them.
+        ``port``, ``model`` and ``checkpoint`` may be placeholders (``"{port}"``), as
+        ``shoal eval --engine-command`` takes them. A fake's ``reply`` gets ``checkpoint``
+        in place of ``{checkpoint}``.
         """
         if self.kind == "smollm2":
             argv = [python, "-m", "shoal.devcluster.engines.llama", "--host", host,
@@ -88,7 +94,10 @@ class Engine:
             flags = {key: "--" + key.replace("_", "-") for key in _FAKE_FIELDS.values()}
         for key, flag in flags.items():
             if self.options.get(key) is not None:
-                argv += [flag, str(self.options[key])]
+                value = str(self.options[key])
+                if key == "reply":
+                    value = value.replace(CHECKPOINT_PLACEHOLDER, checkpoint)
+                argv += [flag, value]
         return argv
 
 
