@@ -14,7 +14,7 @@ Command line (stable; other tests and benchmarks rely on it):
         [--model fake-model] [--latency-ms 0] [--token-latency-ms 0] [--reply TEXT]
         [--fail-status 503] [--fail-count N] [--retry-after S] [--drop] [--break-after-chunks N]
         [--max-running N] [--waiting N] [--prefill-tokens-per-second R]
-        [--decode-tokens-per-second R]
+        [--decode-tokens-per-second R] [--token-logprob LP]
 
 (``python -m shoal.testing.fake_engine`` is the same program.)
 
@@ -53,6 +53,11 @@ Behaviour fields (all optional):
     waiting              extra waiting requests to report in /metrics (a simulated queue).
     prefill_tokens_per_second   the latency and throughput model (below); unset: no prefill time.
     decode_tokens_per_second    unset: no decode time (token_latency_ms still applies).
+    token_logprob        the log-probability of every reply token (a word, with its leading
+                         space), sent as vLLM sends it when a request asks for logprobs:
+                         chat `logprobs: true` (`logprobs.content[]`), completions
+                         `logprobs: N` (`token_logprobs`, N alternatives of which the
+                         first is the token itself); `"logprobs": null` otherwise.
 
 The latency and throughput model is the shape of a vLLM replica, coarse on purpose: a
 request waits for one of ``max_running`` batch slots (the rest is the engine's waiting
@@ -96,6 +101,7 @@ class Behaviour:
     waiting: int = 0
     prefill_tokens_per_second: float | None = None
     decode_tokens_per_second: float | None = None
+    token_logprob: float = -0.05
 
     def reply_text(self) -> str:
         return self.reply if self.reply is not None else f"Reply from {self.name}."
@@ -326,11 +332,15 @@ class FakeEngine:
             # has always applied to streams only, and tests rely on that).
             if b.decode_tokens_per_second and len(words) > 1:
                 await asyncio.sleep((len(words) - 1) / b.decode_tokens_per_second)
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
             if kind == "chat":
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text_out}, "finish_reason": finish_reason}
+                choice: dict[str, Any] = {
+                    "index": 0, "message": {"role": "assistant", "content": text_out},
+                    "logprobs": _logprobs(kind, body, pieces, b.token_logprob), "finish_reason": finish_reason,
+                }
                 obj = "chat.completion"
             else:
-                choice = {"index": 0, "text": text_out, "finish_reason": finish_reason, "logprobs": None}
+                choice = {"index": 0, "text": text_out, "logprobs": _logprobs(kind, body, pieces, b.token_logprob), "finish_reason": finish_reason}
                 obj = "text_completion"
             self.completed += 1
             return web.json_response(
@@ -352,11 +362,14 @@ class FakeEngine:
                 delta: dict[str, Any] = {"content": text}
                 if i == 0:
                     delta["role"] = "assistant"
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                choice = {"index": 0, "delta": delta, "logprobs": _logprobs(kind, body, [text], b.token_logprob), "finish_reason": None}
             else:
-                choice = {"index": 0, "text": text, "finish_reason": None}
+                choice = {"index": 0, "text": text, "logprobs": _logprobs(kind, body, [text], b.token_logprob), "finish_reason": None}
             await response.write(_sse({"id": ident, "object": obj, "created": created, "model": b.model, "choices": [choice]}))
-        last = {"index": 0, "delta": {}, "finish_reason": finish_reason} if kind == "chat" else {"index": 0, "text": "", "finish_reason": finish_reason}
+        last = (
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason} if kind == "chat"
+            else {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+        )
         await response.write(_sse({"id": ident, "object": obj, "created": created, "model": b.model, "choices": [last]}))
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
@@ -369,6 +382,29 @@ class FakeEngine:
 
 class _Dropped(Exception):
     pass
+
+
+def _logprobs(kind: str, body: Any, pieces: list[str], logprob: float) -> dict[str, Any] | None:
+    """The `logprobs` of a choice (or a stream chunk's choice) as vLLM sends them, or None
+    when the request did not ask."""
+    asked = body.get("logprobs")
+    if kind == "chat":
+        if asked is not True:
+            return None
+        top = body.get("top_logprobs") or 0
+        return {"content": [
+            {"token": p, "logprob": logprob, "bytes": list(p.encode()), "top_logprobs": [{"token": p, "logprob": logprob, "bytes": list(p.encode())}][:top]}
+            for p in pieces
+        ]}
+    if not isinstance(asked, int) or isinstance(asked, bool):
+        return None
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [logprob] * len(pieces),
+        "tokens": pieces,
+        "top_logprobs": [{p: logprob} for p in pieces],
+    }
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -495,6 +531,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, Behaviour]:
     parser.add_argument("--waiting", type=int, default=0)
     parser.add_argument("--prefill-tokens-per-second", type=float, default=None)
     parser.add_argument("--decode-tokens-per-second", type=float, default=None)
+    parser.add_argument("--token-logprob", type=float, default=-0.05)
     args = parser.parse_args(argv)
     behaviour = Behaviour(**{f.name: getattr(args, f.name) for f in fields(Behaviour)})
     return args, behaviour
