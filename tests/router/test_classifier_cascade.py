@@ -37,7 +37,8 @@ def test_a_refusal_climbs_to_the_next_tier_and_a_good_answer_stays(fresh_engines
     assert raw.headers["x-shoal-tier"] == "medium"
     assert router.metric("shoal_cascade_verdicts_total", {"tier": "small", "verdict": "arithmetic"}) == 1.0
 
-    # A stream is never verified: its bytes go to the client as they come.
+    # With the default streaming (passThrough) a stream is never verified: its bytes go to
+    # the client as they come.
     fresh_engines["small"].configure(reply="I'm not sure")
     raw = client.chat.completions.with_raw_response.create(model="x", messages=ASK, stream=True)
     assert raw.headers["x-shoal-tier"] == "small"
@@ -103,6 +104,6 @@ def test_the_rendered_router_config_carries_the_cascade_of_tiers_on_the_ladder()
     from .test_render_routerconfig import POLICY, TIERS
 
     policy = POLICY.model_copy(deep=True)
-    policy.spec.cascade = CascadeSpec(tiers=["small"], verifiers=["refusal", "trained"], trained_min_gain=0.2)
+    policy.spec.cascade = CascadeSpec(tiers=["small"], verifiers=["refusal", "trained"], trained_min_gain=0.2, streaming="buffer")
     config = render_router_config(TIERS["smol"], policy, TIERS, "ml")
-    assert config["cascade"] == {"tiers": ["small"], "verifiers": ["refusal", "trained"], "trainedMinGain": 0.2}
+    assert config["cascade"] == {"tiers": ["small"], "verifiers": ["refusal", "trained"], "trainedMinGain": 0.2, "streaming": "buffer"}

@@ -183,15 +183,18 @@ class CascadeSpec(ShoalModel):
 
     tiers: list[str] = Field(
         min_length=1, max_length=16,
-        description="Tiers whose non-streamed answers are verified before they reach the client; a rejected answer moves the request to the next tier.",
+        description=(
+            "Tiers whose answers are verified before they reach the client (streamed ones only with streaming: buffer); "
+            "a rejected answer moves the request to the next tier."
+        ),
     )
     verifiers: list[Literal["refusal", "arithmetic", "jsonSchema", "regex", "logprobs", "trained"]] = Field(
         min_length=1, max_length=6,
         description=(
             "refusal: refusal or uncertainty phrases; arithmetic: a written calculation is wrong; jsonSchema: the request's "
             "response_format asks for JSON (or a JSON schema) and the answer does not fit; regex: the answer does not match "
-            "`regex`; logprobs: the answer's token log-probabilities (when the request asked for them) fall below "
-            "`minLogprob`/`meanLogprob`; trained: the classifier's verifier (a v2 model trained with responses) expects "
+            "`regex`; logprobs: the answer's token log-probabilities fall below `minLogprob`/`meanLogprob` (the router asks "
+            "the engine for them when the request did not, and takes them off the answer the client gets); trained: the classifier's verifier (a v2 model trained with responses) expects "
             "climbing to help by at least `trainedMinGain`."
         ),
     )
@@ -200,6 +203,16 @@ class CascadeSpec(ShoalModel):
     mean_logprob: float | None = Field(default=None, le=0, description="Reject when the mean token log-probability is below this.")
     trained_min_gain: float | None = Field(
         default=None, ge=-1, le=1, description="Expected gain at which the trained verifier rejects; unset: the model's own threshold.",
+    )
+    streaming: Literal["passThrough", "buffer"] = Field(
+        default="passThrough",
+        description=(
+            "Streamed requests. passThrough: a cascade tier's stream goes to the client as it comes and is never verified "
+            "(no added latency). buffer: the router reads the tier's whole stream before sending a byte, verifies it, then "
+            "sends it as the same SSE stream, or climbs and the next tier's answer streams as usual; the client's time to "
+            "first byte becomes the small tier's whole answer time (plus the next tier's time to first byte when rejected). "
+            "A stream longer than 4 MiB is sent on unverified."
+        ),
     )
 
     @model_validator(mode="after")
@@ -321,7 +334,10 @@ class RoutePolicySpec(ShoalModel):
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request size and time limits.")
     cascade: CascadeSpec | None = Field(
         default=None,
-        description="Verify the answers of small tiers before they reach the client and climb when a verifier rejects one (non-streamed requests only).",
+        description=(
+            "Verify the answers of small tiers before they reach the client and climb when a verifier rejects one "
+            "(non-streamed requests; streamed ones too with cascade.streaming: buffer)."
+        ),
     )
     shadow: ShadowSpec | None = Field(
         default=None,

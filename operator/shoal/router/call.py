@@ -13,11 +13,13 @@ hook is logged and counted as "no opinion", never turned into a client error.
   replaced (for example with `dataclasses.replace(call.policy,
   confidence_threshold=...)` by a classifier threshold controller); `call.features` is
   set. Not called for sidecar-to-sidecar hops.
-- `verify(call, answer) -> str | None` (async): between a tier's non-streamed 200 answer
+- `verify(call, answer) -> str | None` (async): between a tier's 200 answer read in full
   and the client. Return None to accept, or a reason to reject it: the walk then climbs
   to the next tier (cause `rejected`: no retry budget, no breaker, whatever
   `fallback.on` says). When every tier's answer is rejected the client gets the last
-  one. Streams are never verified (their bytes are already on the way).
+  one. A stream is verified only when the cascade held it back whole (`streaming:
+  buffer`, `answer.streamed`); a stream relayed as it comes never is (its bytes are
+  already on the way).
 - `complete(call, answer)`: after the client's response has completed (written in full,
   or a stream ended), with the answering tier and the response body (for streams, the
   bytes relayed, up to `STREAM_BODY_LIMIT`; None when longer). Not called for errors,
@@ -88,8 +90,11 @@ class Answer:
     content_type: str
     headers: dict[str, str]  # the upstream's response headers, lower-case names
     body: bytes | None
-    streamed: bool = False
+    streamed: bool = False  # body is SSE: a stream relayed (complete hooks), or held back whole until verified
     checkpoint: str | None = None  # the serving checkpoint that produced it, when known
+    # The first choice's token log-probabilities when the router asked the engine for them
+    # itself (the cascade's logprobs verifier): they are no longer in `body`.
+    logprobs: list[float] | None = None
 
 
 StartHook = Callable[[Call], None]

@@ -50,6 +50,7 @@ from . import decision as routing
 from .adapters import AdapterAccounting, AdapterSync
 from .cache import ResponseCache, cache_key
 from .call import STREAM_BODY_LIMIT, Answer, Attempt, Call, Hooks
+from .answers import StreamStripper, ask_logprobs, stream_logprobs, stream_usage, strip_logprobs, strip_stream_logprobs, token_logprobs
 from .cascade import Cascade, CascadeMetrics
 from .classifier import Classifier
 from .share import ShareCollector, hold_shares
@@ -642,6 +643,12 @@ class Router:
         # the engine serves the adapter as.
         requested = call.body.get("model")
         payload = call.raw if requested in (tier.adapters or {}) else with_model(call.raw, call.body, tier.model)
+        cascade = self.cascade if not call.hop else None
+        # The cascade's logprobs verifier reads the engine's own log-probabilities: asked
+        # for here when the client did not ask, and taken off the answer again below.
+        asked = cascade is not None and cascade.asks_logprobs(tier.name, call.kind, call.body, call.stream)
+        if asked:
+            payload = ask_logprobs(payload, call.kind)
         url = tier.url + call.path[3:]  # the part after /v1
         first_byte = config.fallback.first_byte_timeout_seconds
         total = min(tier.timeout_seconds, config.limits.request_timeout_seconds)
@@ -674,6 +681,8 @@ class Router:
                 data = await _read_within(upstream, total)
                 return Answer(tier, attempt.reason, status, upstream.content_type, upstream.headers, data, checkpoint=checkpoint)
             if call.stream and upstream.content_type == "text/event-stream":
+                if cascade is not None and cascade.buffers(tier.name, call.stream):
+                    return await self._buffer_stream(call, attempt, upstream, checkpoint, first_byte, total, asked)
                 return await self._relay_stream(call, attempt, upstream, checkpoint, first_byte, total)
             try:
                 if upstream.complete:
@@ -690,7 +699,14 @@ class Router:
             # closes its connection, which is what cancels the generation upstream.
             upstream.release()
         self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
-        return Answer(tier, attempt.reason, 200, upstream.content_type, upstream.headers, data, checkpoint=checkpoint)
+        logprobs = None
+        if asked and upstream.headers.get("content-encoding", "identity") == "identity":
+            try:
+                logprobs = token_logprobs(json.loads(data))
+            except (ValueError, AttributeError):
+                logprobs = []
+            data = strip_logprobs(data)
+        return Answer(tier, attempt.reason, 200, upstream.content_type, upstream.headers, data, checkpoint=checkpoint, logprobs=logprobs)
 
     def _answered_checkpoint(self, tier: UpstreamTier, headers: dict[str, str], sent_at: float) -> str | None:
         """Which checkpoint produced an answer: the peer says so in its response header
@@ -718,7 +734,9 @@ class Router:
         return None
 
     async def _respond(self, call: Call, answer: Answer) -> web.StreamResponse:
-        """Send a tier's non-streamed answer to the client, count it, cache it."""
+        """Send a tier's answer read in full to the client, count it, cache it."""
+        if answer.streamed:
+            return await self._send_held_stream(call, answer)
         tier = answer.tier
         out = {
             "Content-Type": answer.content_type, TIER_HEADER: tier.name, REASON_HEADER: answer.reason,
@@ -805,11 +823,8 @@ class Router:
     def _response_id(self, call: Call, upstream_headers: dict[str, str]) -> str:
         return call.request_id or _usable_id(upstream_headers.get(REQUEST_ID_HEADER)) or _new_id()
 
-    async def _relay_stream(
-        self, call: Call, attempt: Attempt, upstream: Response, checkpoint: str | None, first_byte: float, total: float
-    ) -> web.StreamResponse:
-        """Pass SSE through chunk by chunk. The client's response starts only once the
-        upstream's first chunk is here, so a failure before it can still fall back."""
+    async def _first_chunk(self, attempt: Attempt, upstream: Response, first_byte: float) -> bytes:
+        """A stream's first chunk, or an UpstreamFailure: nothing has reached the client yet."""
         tier = attempt.tier
         try:
             async with asyncio.timeout(first_byte):
@@ -821,6 +836,74 @@ class Router:
         if not first:
             raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: empty stream")
         self.metrics.child(self.metrics.ttft, tier.name).observe(time.perf_counter() - attempt.started)
+        return first
+
+    async def _buffer_stream(
+        self, call: Call, attempt: Attempt, upstream: Response, checkpoint: str | None, first_byte: float, total: float, asked: bool
+    ) -> Answer | web.StreamResponse:
+        """Read a cascade tier's stream to its end without sending a byte (`cascade.streaming:
+        buffer`), so that it can be verified, and a stream that breaks or times out on the
+        way still falls back. A stream longer than `STREAM_BODY_LIMIT` cannot be held: it
+        is sent on unverified from there (what was held first, then as it comes)."""
+        tier = attempt.tier
+        chunks = [await self._first_chunk(attempt, upstream, first_byte)]
+        size = len(chunks[0])
+        try:
+            async with asyncio.timeout(total):
+                while chunk := await upstream.readany():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > STREAM_BODY_LIMIT:
+                        log.warning("tier %s: stream longer than %d bytes, sent unverified", tier.name, STREAM_BODY_LIMIT)
+                        edit = StreamStripper() if asked else None
+                        return await self._relay_stream(call, attempt, upstream, checkpoint, first_byte, total, b"".join(chunks), edit)
+        except TimeoutError as exc:
+            raise UpstreamFailure(TIMEOUT, tier.name, f"tier {tier.name}: stream not complete within {total:g}s") from exc
+        except UpstreamError as exc:
+            raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: stream broke before its end") from exc
+        self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
+        body = b"".join(chunks)
+        logprobs = None
+        if asked:
+            logprobs = stream_logprobs(body)
+            body = strip_stream_logprobs(body)
+        return Answer(tier, attempt.reason, 200, "text/event-stream", upstream.headers, body, streamed=True, checkpoint=checkpoint, logprobs=logprobs)
+
+    async def _send_held_stream(self, call: Call, answer: Answer) -> web.StreamResponse:
+        """Send a stream that was held back until verified, as the SSE it was."""
+        tier = answer.tier
+        out = {
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache", TIER_HEADER: tier.name,
+            REASON_HEADER: answer.reason, REQUEST_ID_HEADER: self._response_id(call, answer.headers),
+        }
+        if answer.checkpoint is not None:
+            out[CHECKPOINT_HEADER] = answer.checkpoint
+        body = answer.body or b""
+        response = web.StreamResponse(headers=out)
+        await response.prepare(call.request)
+        try:
+            await response.write(body)
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError) as exc:
+            raise asyncio.CancelledError from exc
+        self._account(call, tier, stream_usage(body, call.features.prompt_tokens if call.features else 0), answer.reason)
+        if self.hooks.complete and not call.hop:
+            self._complete(call, answer)
+        return response
+
+    async def _relay_stream(
+        self, call: Call, attempt: Attempt, upstream: Response, checkpoint: str | None, first_byte: float, total: float,
+        first: bytes | None = None, edit: StreamStripper | None = None,
+    ) -> web.StreamResponse:
+        """Pass SSE through chunk by chunk. The client's response starts only once the
+        upstream's first chunk is here, so a failure before it can still fall back.
+        `first`: what was already read (a held stream too long to verify); `edit`: takes
+        off log-probabilities the router asked for."""
+        tier = attempt.tier
+        if first is None:
+            first = await self._first_chunk(attempt, upstream, first_byte)
+        if edit is not None:
+            first = edit.feed(first)
 
         out = {
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", TIER_HEADER: tier.name,
@@ -831,7 +914,7 @@ class Router:
         response = web.StreamResponse(headers=out)
         await response.prepare(call.request)
         # From here on bytes have reached the client: whatever happens, no retry.
-        keep: list[bytes] | None = [first] if self.hooks.complete and not call.hop else None
+        keep: list[bytes] | None = [first] if self.hooks.complete and not call.hop and len(first) <= STREAM_BODY_LIMIT else None
         kept = len(first)
         tail = first[-4096:]
         events = first.count(b"data:")
@@ -840,6 +923,8 @@ class Router:
             await response.write(first)
             async with asyncio.timeout(total):
                 while chunk := await upstream.readany():
+                    if edit is not None:
+                        chunk = edit.feed(chunk)
                     await response.write(chunk)
                     events += chunk.count(b"data:")
                     tail = (tail + chunk)[-4096:]
@@ -849,6 +934,9 @@ class Router:
                             keep = None
                         else:
                             keep.append(chunk)
+                if edit is not None and (rest := edit.close()):
+                    await response.write(rest)
+                    tail = (tail + rest)[-4096:]
         except TimeoutError:
             outcome = "timeout"
             await _write_stream_error(response, UpstreamTimeout(f"tier {tier.name}: stream not complete within {total:g}s", "upstream_timeout"))

@@ -9,7 +9,8 @@ label values). A cascade rejects when any configured verifier rejects.
                 required, additionalProperties, items, enum, const, minItems, maxItems,
                 minimum, maximum, minLength, maxLength).
 - regex         the answer matches a regular expression (for example a final-answer line).
-- logprobs      the engine's token log-probabilities: minimum or mean below a threshold.
+- logprobs      the engine's token log-probabilities: minimum or mean below a threshold
+                (the router asks the engine for them when the client did not).
 - refusal       refusal or uncertainty phrases ("I cannot", "I'm not sure", ...).
 - arithmetic    every calculation a step-by-step answer writes down (`<<6*3=18>>`,
                 `6 * 3 = 18`) is right.
@@ -30,6 +31,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .answers import token_logprobs
 
 ACCEPT = "accepted"
 JSON_SCHEMA = "json-schema"
@@ -151,19 +154,7 @@ def verify_logprobs(logprobs: Sequence[float], min_logprob: float | None = None,
 def chat_logprobs(response: Mapping[str, Any]) -> list[float]:
     """Token log-probabilities of the first choice of an OpenAI-style chat or completions
     response (`logprobs.content[].logprob`, or `logprobs.token_logprobs` of completions)."""
-    choices = response.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        return []
-    logprobs = choices[0].get("logprobs")
-    if not isinstance(logprobs, Mapping):
-        return []
-    content = logprobs.get("content")
-    if isinstance(content, list):
-        return [float(t["logprob"]) for t in content if isinstance(t, Mapping) and isinstance(t.get("logprob"), (int, float))]
-    tokens = logprobs.get("token_logprobs")
-    if isinstance(tokens, list):
-        return [float(t) for t in tokens if isinstance(t, (int, float))]
-    return []
+    return token_logprobs(response)
 
 
 # --- refusal and uncertainty --------------------------------------------------------------
