@@ -22,6 +22,7 @@ PROGRESSING = "Progressing"  # A change is being rolled out (new pods, new check
 RESOLVED_REFS = "ResolvedRefs"  # Every object the spec refers to exists.
 SCALING_ACTIVE = "ScalingActive"  # The autoscaler has fresh metrics and is in control.
 EVALUATED = "Evaluated"  # The latest candidate checkpoint has a verdict.
+ADAPTERS_READY = "AdaptersReady"  # Every adapter in spec.adapters serves the source the spec names.
 DRIFTING = "Drifting"  # The serving checkpoint agrees less with its reference tier than at promotion (shadow evaluation).
 
 # --- reasons ----------------------------------------------------------------------------
@@ -56,6 +57,9 @@ REASON_TIMED_OUT = "TimedOut"  # The evaluation did not finish within its timeou
 REASON_JOB_ERROR = "JobError"  # The evaluation Job could not produce a verdict.
 REASON_EVALUATING = "Evaluating"  # The evaluation Job is running.
 REASON_NOT_REQUIRED = "NotRequired"  # No evaluation is configured for this checkpoint.
+# AdaptersReady, and an adapter's own Ready (status.adapters[].conditions)
+REASON_ADAPTERS_SERVING = "Serving"  # Every adapter (or this one) serves the source its spec names.
+REASON_WAITING_FOR_BASE = "WaitingForBaseModel"  # No base checkpoint serves yet to evaluate the adapter on.
 # Drifting
 REASON_CALIBRATING = "Calibrating"  # Too few graded shadow samples yet to know the tier's usual agreement.
 REASON_AGREEMENT_STABLE = "AgreementStable"  # Agreement with the reference is consistent with the baseline.
@@ -69,7 +73,7 @@ class Condition(ShoalModel):
     type: str = Field(
         min_length=1,
         max_length=316,
-        description="Type of the condition: Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated, Drifting.",
+        description="Type of the condition: Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated, AdaptersReady, Drifting.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(

@@ -671,10 +671,14 @@ class AdapterRolloutSpec(ShoalModel):
     evaluation: EvaluationSpec | None = Field(
         default=None,
         description=(
-            "Evaluation a new source of this adapter is to pass before it serves traffic "
-            "(unset: the tier's spec.rollout.evaluation). Not enforced yet in this version: a "
-            "new adapter source is loaded into the running engines as soon as it is committed; "
-            "run `shoal eval --model ADAPTER` in your pipeline to gate it meanwhile."
+            "Evaluation a new source of this adapter must pass before it serves traffic (unset: "
+            "the tier's spec.rollout.evaluation). The candidate runs in an evaluation Job with its "
+            "own engine (the serving base checkpoint with the candidate loaded as a LoRA adapter), "
+            "never on the serving pods; only after it passes does the router ConfigMap name the "
+            "new source, and the sidecars swap it in without restarting a pod. A failed, timed-out "
+            "or broken evaluation leaves the serving source in place and status.adapters[] says why. "
+            "A new adapter with an evaluation serves nothing until its first source passes. With "
+            "neither this nor spec.rollout.evaluation set, a new source is loaded at once."
         ),
     )
 
@@ -775,6 +779,11 @@ class ModelTierSpec(ShoalModel):
     def adapter(self, name: str) -> AdapterSpec | None:
         return next((a for a in self.adapters if a.name == name), None)
 
+    def adapter_evaluation(self, adapter: AdapterSpec) -> EvaluationSpec | None:
+        """The evaluation a new source of `adapter` must pass: its own, else the tier's.
+        None: the adapter is not gated (a new source serves when it is committed)."""
+        return adapter.rollout.evaluation or self.rollout.evaluation
+
     @model_validator(mode="after")
     def _gpus_fit_tensor_parallel(self) -> ModelTierSpec:
         gpus = self.resources.gpu.count
@@ -803,7 +812,7 @@ class MetricResult(ShoalModel):
 
 
 class EvaluationRecord(ShoalModel):
-    checkpoint: str = Field(description="Checkpoint URI that was evaluated.")
+    checkpoint: str = Field(description="Checkpoint URI that was evaluated (for an adapter: the adapter source).")
     verdict: Literal["Passed", "Failed", "TimedOut", "JobError", "Running"] = Field(description="Outcome of the evaluation.")
     job_name: str | None = Field(default=None, description="Name of the evaluation Job.")
     dataset_digest: str | None = Field(default=None, description="sha256 of the dataset the verdict was computed on.")
@@ -825,9 +834,24 @@ class AutoscalerStatus(ShoalModel):
     message: str | None = Field(default=None, description="The autoscaler's last decision, as a sentence.")
 
 
+class AdapterStatus(ShoalModel):
+    name: str = Field(description="The adapter's name (spec.adapters[].name).")
+    serving_source: str | None = Field(
+        default=None, description="Adapter source the router loads into the engines now. Unset: the adapter serves nothing yet."
+    )
+    candidate_source: str | None = Field(
+        default=None, description="Adapter source being evaluated, or blocked by its evaluation, if any."
+    )
+    last_evaluation: EvaluationRecord | None = Field(default=None, description="The latest evaluation of this adapter and its verdict.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready (the adapter serves the source the spec names) and Evaluated (the latest candidate has a verdict).",
+    )
+
+
 class ModelTierStatus(ShoalModel):
     observed_generation: int | None = Field(default=None, description="The metadata.generation this status was computed from.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Available, Progressing, ResolvedRefs, ScalingActive, Evaluated, AdaptersReady, Drifting.")
     replicas: int | None = Field(default=None, description="Pods of this tier that exist (any version).")
     ready_replicas: int | None = Field(default=None, description="Pods of this tier that are ready to serve.")
     updated_replicas: int | None = Field(default=None, description="Pods running the current spec.")
@@ -837,6 +861,9 @@ class ModelTierStatus(ShoalModel):
     candidate_checkpoint: str | None = Field(default=None, description="Checkpoint URI being evaluated or rolled out, if any.")
     last_evaluation: EvaluationRecord | None = Field(default=None, description="The latest evaluation and its verdict.")
     autoscaler: AutoscalerStatus | None = Field(default=None, description="The autoscaler's latest observation and decision.")
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list, description="Per adapter of spec.adapters: what serves, what is being evaluated, and why."
+    )
 
 
 class ModelTier(KubeObject):

@@ -7,6 +7,7 @@ configuration (which points at other tiers' Services) always agree.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from .base import API_VERSION
@@ -104,6 +105,10 @@ HOP_HEADER = "x-shoal-hop"
 EVAL_CONTAINER = "eval"
 # The checkpoint a pod template (Deployment) or evaluation Job is for.
 CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
+# The adapter (its name and candidate source) an adapter's evaluation Job is for. A Job
+# with ADAPTER_ANNOTATION evaluates an adapter, never a checkpoint.
+ADAPTER_ANNOTATION = "shoal.dev/adapter"
+ADAPTER_SOURCE_ANNOTATION = "shoal.dev/adapter-source"
 
 
 def eval_job_name(tier_name: str, checkpoint: str) -> str:
@@ -113,3 +118,17 @@ def eval_job_name(tier_name: str, checkpoint: str) -> str:
     Job instead of starting a second evaluation of the same checkpoint.
     """
     return f"{tier_name}-eval-{hashlib.sha256(checkpoint.encode()).hexdigest()[:8]}"
+
+
+def adapter_eval_job_name(tier_name: str, adapter: str, source: str) -> str:
+    """The evaluation Job of one candidate source of an adapter:
+    ``<tier>-lora-<adapter, as a DNS label, shortened>-<8 hex of sha256(adapter, source)>``.
+
+    Deterministic like `eval_job_name`, at most 63 characters (a Job's name is also a label
+    value of its pods). The hash covers the exact adapter name, so two adapters whose
+    names shorten to the same label still get two Jobs.
+    """
+    digest = hashlib.sha256(f"{adapter}\0{source}".encode()).hexdigest()[:8]
+    room = 63 - len(tier_name) - len("-lora--") - len(digest)
+    slug = re.sub(r"[^a-z0-9-]+", "-", adapter.lower())[: max(0, room)].strip("-")
+    return f"{tier_name}-lora-{slug}-{digest}" if slug else f"{tier_name}-lora-{digest}"
