@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--endpoint", help="base URL of an OpenAI-compatible API (…/v1) serving the candidate")
     target.add_argument("--model", help="model name to request from --endpoint, or the served name with --serve-checkpoint")
     target.add_argument("--serve-checkpoint", help="start `vllm serve` on this checkpoint URI inside the pod and evaluate it")
+    target.add_argument("--candidate-model", help=(
+        "with --serve-checkpoint: the model name to evaluate on the started engine, when it is not --model "
+        "(a LoRA adapter loaded with --engine-arg=--lora-modules --engine-arg=NAME=PATH)"
+    ))
     target.add_argument("--engine-arg", action="append", default=[], help="extra `vllm serve` argument (repeatable)")
     target.add_argument("--engine-port", type=int, default=0, help="loopback port of the started engine (default: a free port)")
     target.add_argument("--engine-ready-timeout-seconds", type=float, default=1800.0, help="model loading deadline (default 1800)")
@@ -119,6 +123,7 @@ class Settings:
     candidate: runner.Target | None  # None: started from serve_checkpoint
     serve_checkpoint: str | None
     served_model_name: str
+    candidate_model: str  # what is requested from the started engine: served_model_name or an adapter
     baseline: runner.Target | None
     engine_argv: list[str] | None
     engine_args: list[str]
@@ -156,6 +161,8 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         raise EvalError("give exactly one of --endpoint (with --model) or --serve-checkpoint")
     if args.endpoint is not None and not args.model:
         raise EvalError("--endpoint needs --model")
+    if args.candidate_model and args.serve_checkpoint is None:
+        raise EvalError("--candidate-model names a model of the engine started by --serve-checkpoint")
     if args.dataset is None and spec.dataset.uri is None:
         raise EvalError("spec.dataset.configMapRef is mounted by the Job: pass its file with --dataset")
     baseline = None
@@ -187,6 +194,7 @@ def load_settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         candidate=candidate,
         serve_checkpoint=args.serve_checkpoint,
         served_model_name=served_model_name,
+        candidate_model=args.candidate_model or served_model_name,
         baseline=baseline,
         engine_argv=engine_argv,
         engine_args=list(args.engine_arg),
@@ -398,7 +406,7 @@ def execute(
                     if time.monotonic() >= deadline:
                         raise EvalTimedOut(f"the engine did not start within the evaluation's timeout: {error}") from error
                     raise EvalError(f"the candidate engine failed: {error}") from error
-                candidate = runner.Target(process.base_url, settings.served_model_name)
+                candidate = runner.Target(process.base_url, settings.candidate_model)
             remaining = deadline - time.monotonic()
             try:
                 outcome = asyncio.run(asyncio.wait_for(_evaluate(settings, candidate), timeout=max(1.0, remaining)))
