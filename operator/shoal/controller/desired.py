@@ -20,4 +20,5 @@ def tier_manifests(tier: ModelTier, plan: TierPlan, observed: TierObservation) -
         checkpoint=plan.checkpoint,
         policy=observed.route_policy,
         peers=observed.peers,
+        adapters=plan.adapters.serving(),
     )

@@ -41,7 +41,7 @@ from shoal.kube.view import View
 from shoal.plan.conditions import Cond, EventSpec, merge_conditions, status_merge_patch
 from shoal.plan.policy import entry_model_tier, policy_status
 from shoal.plan.tier import TierObservation, TierPlan, plan_tier
-from shoal.render.evaljob import EvalJobContext, render_eval_job
+from shoal.render.evaljob import AdapterEvalJobContext, EvalJobContext, render_adapter_eval_job, render_eval_job
 from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
@@ -296,12 +296,20 @@ class Reconcilers:
         self._service_applies[key] = task
 
     async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan, observed: TierObservation) -> None:
-        """Delete superseded evaluation Jobs; create the candidate's (by name, so never twice)."""
+        """Delete superseded evaluation Jobs; create the candidates' (by name, so never twice):
+        the checkpoint's and each adapter's."""
         existing = {job["metadata"]["name"] for job, _ in observed.eval_jobs}
-        for job in plan.delete_jobs:
+        for job in (*plan.delete_jobs, *plan.adapters.delete_jobs):
             await self.kube.delete("batch/v1", "Job", tier.namespace, job)
+        wanted = []
         if plan.create_job_for is not None:
-            job = render_eval_job(tier, EvalJobContext(checkpoint=plan.create_job_for, serving_checkpoint=tier.status.serving_checkpoint))
+            wanted.append(render_eval_job(tier, EvalJobContext(checkpoint=plan.create_job_for, serving_checkpoint=tier.status.serving_checkpoint)))
+        for request in plan.adapters.create_jobs:
+            wanted.append(render_adapter_eval_job(tier, AdapterEvalJobContext(
+                adapter=request.adapter, source=request.source, base_checkpoint=request.base_checkpoint,
+                serving_source=request.serving_source,
+            )))
+        for job in wanted:
             name = job["metadata"]["name"]
             if name not in existing and not self.view.recently_written("Job", tier.namespace, name):
                 self.view.remember(await self.kube.apply(job))

@@ -77,7 +77,10 @@ def observe_tier(view: View, tier: ModelTier, secrets: SecretKeys) -> TierObserv
         secrets=secrets,
         config_maps=config_map_keys(view, ns, config_map_names),
         eval_jobs=view.evaluation_jobs(ns, tier.name)
-        if tier.spec.rollout.evaluation is not None or tier.status.candidate_checkpoint is not None
+        if tier.spec.rollout.evaluation is not None
+        or tier.status.candidate_checkpoint is not None
+        or tier.spec.adapters
+        or tier.status.adapters
         else [],
     )
 

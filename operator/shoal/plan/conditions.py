@@ -14,7 +14,7 @@ from typing import Any
 
 from shoal.api.times import rfc3339
 
-ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated", "Drifting"]
+ORDER = ["Ready", "Available", "Progressing", "ResolvedRefs", "ScalingActive", "Evaluated", "AdaptersReady", "Drifting"]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from shoal.api import conditions as C
 from shoal.api.modeltier import EvaluationRecord, ModelTier
-from shoal.api.naming import CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
+from shoal.api.naming import ADAPTER_ANNOTATION, ADAPTER_SOURCE_ANNOTATION, CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
 from shoal.api.times import parse_rfc3339
 
 from .conditions import Cond, EventSpec
@@ -54,13 +54,16 @@ class EvalJobObservation:
     """One evaluation Job as observed (the controller reads these off the Job and its pod)."""
 
     name: str
-    checkpoint: str  # the Job's shoal.dev/checkpoint annotation
+    # The Job's shoal.dev/checkpoint annotation; for an adapter's Job, the candidate
+    # adapter source (shoal.dev/adapter-source), so the verdict names what was evaluated.
+    checkpoint: str
     state: JobState
     failed_reason: str | None = None  # the Job's Failed condition reason, e.g. DeadlineExceeded
     exit_code: int | None = None  # the evaluation container's terminated exit code
     termination_message: str | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    adapter: str | None = None  # the Job's shoal.dev/adapter annotation: None for a checkpoint's Job
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,12 @@ def eval_job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> Eva
             if cs.get("name") == EVAL_CONTAINER and terminated:
                 exit_code = terminated.get("exitCode")
                 message = terminated.get("message") or None
+    annotations = meta.get("annotations") or {}
+    adapter = annotations.get(ADAPTER_ANNOTATION)
     return EvalJobObservation(
         name=meta.get("name", ""),
-        checkpoint=(meta.get("annotations") or {}).get(CHECKPOINT_ANNOTATION, ""),
+        checkpoint=annotations.get(ADAPTER_SOURCE_ANNOTATION, "") if adapter is not None else annotations.get(CHECKPOINT_ANNOTATION, ""),
+        adapter=adapter,
         state=state,
         failed_reason=failed.get("reason") if failed else None,
         exit_code=exit_code,

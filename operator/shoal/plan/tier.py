@@ -17,6 +17,7 @@ from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoint, tier_selector
 
 from .conditions import Cond, EventSpec, find, flips, status_merge_patch, update_conditions
+from .adapters import AdaptersPlan, plan_adapters
 from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
 
 __all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
@@ -70,6 +71,9 @@ class TierPlan:
     # The candidate whose evaluation Job must exist, and Jobs that must go.
     create_job_for: str | None = None
     delete_jobs: tuple[str, ...] = ()
+    # Each adapter's gate: what serves (the router ConfigMap lists plan.adapters.serving()),
+    # the adapter evaluation Jobs to create and to delete.
+    adapters: AdaptersPlan = field(default_factory=AdaptersPlan)
 
     def status_merge_patch(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         """The status fields that differ from what is stored, or None when nothing does."""
@@ -78,7 +82,7 @@ class TierPlan:
 
 # Status fields rebuilt from observations on every pass. Others (the autoscaler's part)
 # are written by their own planners and left alone here.
-_OBSERVED_FIELDS = frozenset({"observedGeneration", "conditions", "replicas", "readyReplicas", "updatedReplicas", "selector", "endpoint"})
+_OBSERVED_FIELDS = frozenset({"observedGeneration", "conditions", "replicas", "readyReplicas", "updatedReplicas", "selector", "endpoint", "adapters"})
 
 
 def referenced_objects(tier: ModelTier) -> tuple[set[str], set[str]]:
@@ -96,6 +100,10 @@ def referenced_objects(tier: ModelTier) -> tuple[set[str], set[str]]:
     evaluation = spec.rollout.evaluation
     if evaluation and evaluation.dataset.config_map_ref:
         config_maps.add(evaluation.dataset.config_map_ref.name)
+    for adapter in spec.adapters:
+        own = adapter.rollout.evaluation
+        if own and own.dataset.config_map_ref:
+            config_maps.add(own.dataset.config_map_ref.name)
     return secrets, config_maps
 
 
@@ -131,6 +139,11 @@ def missing_refs(tier: ModelTier, observed: TierObservation) -> list[MissingRef]
     if evaluation and evaluation.dataset.config_map_ref:
         ref = evaluation.dataset.config_map_ref
         config_map(ref.name, ref.key, "spec.rollout.evaluation.dataset.configMapRef")
+    for i, adapter in enumerate(spec.adapters):
+        own = adapter.rollout.evaluation
+        if own and own.dataset.config_map_ref:
+            ref = own.dataset.config_map_ref
+            config_map(ref.name, ref.key, f"spec.adapters[{i}].rollout.evaluation.dataset.configMapRef")
     return missing
 
 
@@ -213,16 +226,20 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
     template_ckpt = None
     if dep is not None:
         template_ckpt = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CHECKPOINT_ANNOTATION)
+    jobs = tuple(eval_job_observation(job, pods) for job, pods in observed.eval_jobs)
     rollout = plan_rollout(
         tier,
         RolloutObservation(
-            jobs=tuple(eval_job_observation(job, pods) for job, pods in observed.eval_jobs),
+            jobs=tuple(j for j in jobs if j.adapter is None),
             deployment_checkpoint=template_ckpt,
             deployment_complete=dep is not None and _complete(dep),
         ),
         now,
     )
-    status, conds = tier_status(tier, observed, now, previous_status, rollout)
+    # Adapters are evaluated on the base checkpoint that serves (or, while nothing serves
+    # yet, the one being rolled out); none while no checkpoint may serve.
+    adapters = plan_adapters(tier, tuple(j for j in jobs if j.adapter is not None), rollout.serving_checkpoint or rollout.deploy_checkpoint, now)
+    status, conds = tier_status(tier, observed, now, previous_status, rollout, adapters)
     events = [
         EventSpec(
             type="Normal" if c["status"] == "True" or c["reason"] in _QUIET_REASONS else "Warning",
@@ -238,9 +255,10 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
         replicas=desired_replicas(tier, dep) if serving_allowed else 0,
         checkpoint=rollout.deploy_checkpoint or tier.spec.model.served_uri(),
         status=status,
-        events=rollout.events + events,
+        events=rollout.events + adapters.events + events,
         create_job_for=rollout.create_job_for,
         delete_jobs=rollout.delete_jobs,
+        adapters=adapters,
     )
 
 
@@ -255,7 +273,12 @@ _QUIET_REASONS = {C.REASON_DEPLOYMENT_PENDING, C.REASON_WAITING_FOR_PODS, C.REAS
 
 
 def tier_status(
-    tier: ModelTier, observed: TierObservation, now: datetime, previous_status: dict[str, Any], rollout: RolloutPlan
+    tier: ModelTier,
+    observed: TierObservation,
+    now: datetime,
+    previous_status: dict[str, Any],
+    rollout: RolloutPlan,
+    adapters: AdaptersPlan | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The status rebuilt from observations, and its conditions."""
     missing = missing_refs(tier, observed)
@@ -338,7 +361,14 @@ def tier_status(
     if rollout.progressing is not None:
         wanted = [c for c in wanted if c.type != C.PROGRESSING] + [rollout.progressing]
     status.update(rollout.status_fields())
+    adapters_ready = adapters.condition() if adapters is not None else None
+    if adapters is not None and adapters_ready is not None:
+        wanted.append(adapters_ready)
+        status["adapters"] = adapters.status_adapters(previous_status.get("adapters"), tier.generation, now)
 
     conds = update_conditions(previous_status.get("conditions"), wanted, tier.generation, now)
+    if adapters_ready is None:
+        # The tier lists no adapters (any more): the condition goes with them.
+        conds = [c for c in conds if c.get("type") != C.ADAPTERS_READY]
     status["conditions"] = conds
     return status, conds

@@ -1,4 +1,5 @@
-"""ModelTier + candidate checkpoint -> the evaluation Job (batch/v1) running `shoal eval`.
+"""ModelTier + candidate checkpoint (or adapter source) -> the evaluation Job (batch/v1)
+running `shoal eval`.
 
 Pure: the validated tier and a small context in, a manifest dict out.
 
@@ -18,6 +19,15 @@ pass, 1 fail, 2 error) and its termination message (plan/rollout.py).
   override the GPU count), so the candidate is evaluated on the hardware it will serve on.
 - The pod passes the "restricted" Pod Security Standard like the tier's pods; the root
   filesystem stays writable because vLLM writes compilation caches at start-up.
+
+An adapter's candidate source gets a Job of its own (``render_adapter_eval_job``; why a
+Job and not the serving pods: plan/adapters.py). Its engine serves the base checkpoint
+with the tier's LoRA settings and loads the candidate with ``--lora-modules`` under the
+adapter's own name, which is what ``shoal eval --candidate-model`` evaluates. With
+``baseline: serving`` the baseline is on the same engine: the serving source loaded under
+``<adapter>@serving`` (a name no adapter can have), or the base model while the adapter
+serves nothing yet. So the paired comparison sees both versions on one engine, and no
+evaluation request reaches a serving pod.
 """
 
 from __future__ import annotations
@@ -26,18 +36,21 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.api.modeltier import ModelTier
+from shoal.api.modeltier import EvaluationSpec, ModelTier
 from shoal.api.naming import (
+    ADAPTER_ANNOTATION,
+    ADAPTER_SOURCE_ANNOTATION,
     COMPONENT_EVALUATION,
     CHECKPOINT_ANNOTATION,
     EVAL_CONTAINER,
+    adapter_eval_job_name,
     child_metadata,
     eval_job_name,
     tier_endpoint,
     tier_labels,
 )
 
-from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, engine_args, engine_runtime_env, model_location, placement
+from .deployment import MODEL_CACHE_MOUNT, RUN_AS_USER, adapter_location, engine_args, engine_runtime_env, model_location, placement
 
 DATASET_MOUNT = "/etc/shoal/dataset"
 TERMINATION_LOG = "/dev/termination-log"
@@ -75,10 +88,23 @@ def engine_extra_args(tier: ModelTier, checkpoint: str) -> list[str]:
     return out
 
 
-def _env(tier: ModelTier, spec_json: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class AdapterEvalJobContext:
+    """What an adapter's evaluation Job needs beyond the tier's spec."""
+
+    adapter: str  # spec.adapters[].name
+    source: str  # the candidate source
+    base_checkpoint: str  # the checkpoint the engine serves (the tier's serving one)
+    # The adapter's serving source, the baseline with baseline: serving; None: the base model.
+    serving_source: str | None = None
+
+
+# The name the serving version of an adapter is loaded under in its evaluation's engine.
+SERVING_SUFFIX = "@serving"
+
+
+def _env(tier: ModelTier, evaluation: EvaluationSpec, spec_json: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "SHOAL_EVAL_SPEC", "value": spec_json}, *engine_runtime_env()]
-    evaluation = tier.spec.rollout.evaluation
-    assert evaluation is not None
     judges = [s.judge for s in evaluation.scorers if s.judge is not None and s.judge.api_key_secret_ref is not None]
     if judges:
         ref = judges[0].api_key_secret_ref
@@ -94,17 +120,57 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
     if evaluation is None:
         raise ValueError(f"ModelTier {tier.name} has no spec.rollout.evaluation")
     spec = tier.spec
-    name = eval_job_name(tier.name, ctx.checkpoint)
-    labels = tier_labels(tier.name, component=COMPONENT_EVALUATION)
-
     compare = evaluation.baseline == "serving" and ctx.serving_checkpoint is not None
-    settings = evaluation.model_copy(update={"baseline": "serving" if compare else "none"})
-    spec_json = json.dumps(settings.to_wire(), sort_keys=True, separators=(",", ":"))
+    args = _eval_args(tier, evaluation, serve=ctx.checkpoint, evaluated=ctx.checkpoint)
+    if compare:
+        # The tier's Service answers with the serving checkpoint (its router sidecar).
+        args += ["--baseline-endpoint", tier_endpoint(tier.name, tier.namespace), "--baseline-model", spec.model.name]
+    return _job(
+        tier, evaluation, args, compare=compare, name=eval_job_name(tier.name, ctx.checkpoint),
+        annotations={CHECKPOINT_ANNOTATION: ctx.checkpoint}, sources=(ctx.checkpoint,),
+    )
 
+
+def render_adapter_eval_job(tier: ModelTier, ctx: AdapterEvalJobContext) -> dict[str, Any]:
+    """The evaluation Job of one candidate source of an adapter (see the module docstring).
+    Raises ValueError if the adapter is not listed or has no evaluation."""
+    adapter = tier.spec.adapter(ctx.adapter)
+    evaluation = tier.spec.adapter_evaluation(adapter) if adapter is not None else None
+    if evaluation is None:
+        raise ValueError(f"ModelTier {tier.name} lists no adapter {ctx.adapter!r} with an evaluation")
+    spec = tier.spec
+    modules = [f"{ctx.adapter}={_adapter_path(ctx.source)}"]
+    if ctx.serving_source is not None and evaluation.baseline == "serving":
+        modules.append(f"{ctx.adapter}{SERVING_SUFFIX}={_adapter_path(ctx.serving_source)}")
+    args = _eval_args(tier, evaluation, serve=ctx.base_checkpoint, evaluated=ctx.source)
+    args += ["--candidate-model", ctx.adapter, "--engine-arg=--lora-modules", *(f"--engine-arg={m}" for m in modules)]
+    compare = evaluation.baseline == "serving"
+    if compare:
+        # The Job's own engine: the serving version under its second name, else the base.
+        baseline = f"{ctx.adapter}{SERVING_SUFFIX}" if ctx.serving_source is not None else spec.model.name
+        args += ["--baseline-endpoint", f"http://127.0.0.1:{spec.engine.port}/v1", "--baseline-model", baseline]
+    sources = (ctx.base_checkpoint, ctx.source, *((ctx.serving_source,) if ctx.serving_source else ()))
+    return _job(
+        tier, evaluation, args, compare=compare, name=adapter_eval_job_name(tier.name, ctx.adapter, ctx.source),
+        annotations={ADAPTER_ANNOTATION: ctx.adapter, ADAPTER_SOURCE_ANNOTATION: ctx.source}, sources=sources,
+    )
+
+
+def _adapter_path(source: str) -> str:
+    """What the engine loads for an adapter source. A source vLLM cannot load at run time
+    (see render/deployment.py `adapter_location`) is passed as written: the engine then
+    fails to start and the verdict is JobError, with the engine's complaint in the log."""
+    path, _ = adapter_location(source)
+    return path if path is not None else source
+
+
+def _eval_args(tier: ModelTier, evaluation: EvaluationSpec, *, serve: str, evaluated: str) -> list[str]:
+    """`shoal eval` on an engine of the tier's settings serving `serve`; the verdict names `evaluated`."""
+    spec = tier.spec
     args = [
         "eval",
-        "--serve-checkpoint", ctx.checkpoint,
-        "--checkpoint", ctx.checkpoint,
+        "--serve-checkpoint", serve,
+        "--checkpoint", evaluated,
         "--model", spec.model.name,
         "--engine-port", str(spec.engine.port),
         "--engine-ready-timeout-seconds", str(spec.engine.startup_timeout_seconds),
@@ -112,10 +178,26 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
         "--termination-log", TERMINATION_LOG,
     ]
     # `--engine-arg=VALUE` keeps argparse from reading a value that starts with "--" as a flag.
-    args += [f"--engine-arg={a}" for a in engine_extra_args(tier, ctx.checkpoint)]
-    if compare:
-        # The tier's Service answers with the serving checkpoint (its router sidecar).
-        args += ["--baseline-endpoint", tier_endpoint(tier.name, tier.namespace), "--baseline-model", spec.model.name]
+    return args + [f"--engine-arg={a}" for a in engine_extra_args(tier, serve)]
+
+
+def _job(
+    tier: ModelTier,
+    evaluation: EvaluationSpec,
+    args: list[str],
+    *,
+    compare: bool,
+    name: str,
+    annotations: dict[str, str],
+    sources: tuple[str, ...],
+) -> dict[str, Any]:
+    """The Job around `shoal eval ARGS`: `sources` are the URIs its engine reads (a pvc://
+    one's claim is mounted read-only)."""
+    spec = tier.spec
+    labels = tier_labels(tier.name, component=COMPONENT_EVALUATION)
+    settings = evaluation.model_copy(update={"baseline": "serving" if compare else "none"})
+    spec_json = json.dumps(settings.to_wire(), sort_keys=True, separators=(",", ":"))
+    args = list(args)
 
     mounts: list[dict[str, Any]] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
@@ -132,10 +214,14 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
         mounts.append({"name": "dataset", "mountPath": DATASET_MOUNT, "readOnly": True})
         volumes.append({"name": "dataset", "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]}})
         args += ["--dataset", f"{DATASET_MOUNT}/{ref.key}"]
-    _, _, pvc = model_location(ctx.checkpoint)
-    if pvc is not None:
-        mounts.append({"name": pvc["volume"]["name"], "mountPath": pvc["mountPath"], "readOnly": True})
-        volumes.append(pvc["volume"])
+    for source in sources:
+        if not source.startswith("pvc://"):
+            continue
+        # The claim alone (pvc://CLAIM), mounted once however many paths on it are read.
+        _, _, pvc = model_location("pvc://" + source[len("pvc://"):].split("/", 1)[0])
+        if pvc is not None and all(v["name"] != pvc["volume"]["name"] for v in volumes):
+            mounts.append({"name": pvc["volume"]["name"], "mountPath": pvc["mountPath"], "readOnly": True})
+            volumes.append(pvc["volume"])
 
     gpu = spec.resources.gpu
     gpus = evaluation.resources.gpu_count if evaluation.resources.gpu_count is not None else gpu.count
@@ -151,7 +237,7 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["shoal"],
         "args": args,
-        "env": _env(tier, spec_json),
+        "env": _env(tier, evaluation, spec_json),
         "resources": {"requests": requests, "limits": limits},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -184,7 +270,6 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
         **placement(tier, gpus),
     }
 
-    annotations = {CHECKPOINT_ANNOTATION: ctx.checkpoint}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

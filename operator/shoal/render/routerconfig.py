@@ -46,6 +46,8 @@ def render_router_config(
     policy: RoutePolicy | None,
     tiers: dict[str, ModelTier],
     namespace: str,
+    *,
+    adapters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The sidecar config of `tier`'s pods, as a dict ready to be dumped as JSON.
 
@@ -56,10 +58,13 @@ def render_router_config(
         is left out of the ladder (the controller reports it with ResolvedRefs=False), so
         the other rungs keep serving.
     namespace: where the tier's Services live.
+    adapters: adapter name -> the source `tier` serves, as this pass decided
+        (plan/adapters.py); None: read from the tier's status (`serving_adapters`).
 
     If the policy does not list `tier` itself, its rung is added first so the pod still
     serves what its own Service receives.
     """
+    serving = serving_adapters(tier) if adapters is None else adapters
     local_rung_name = tier.name
     local_seen = False
     rungs: list[dict[str, Any]] = []
@@ -68,21 +73,23 @@ def render_router_config(
             adapter = ref.model_tier_ref.adapter if ref.model_tier_ref is not None else None
             if ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name and adapter is None and not local_seen:
                 local_rung_name, local_seen = ref.name, True
-                rungs.append(_local(tier, ref))
+                rungs.append(_local(tier, ref, serving))
             elif ref.model_tier_ref is not None and ref.model_tier_ref.name == tier.name:
                 # An adapter of this pod's own engine (or a second base rung): the engine
-                # directly, under the adapter's name.
-                if adapter is None or tier.spec.adapter(adapter) is not None:
-                    rungs.append(_on_adapter(_local(tier, ref), tier, adapter))
+                # directly, under the adapter's name. An adapter that serves nothing yet
+                # (its first source not passed) is left out until it does.
+                if adapter is None or adapter in serving:
+                    rungs.append(_on_adapter(_local(tier, ref, serving), serving, adapter))
             elif ref.model_tier_ref is not None:
                 target = tiers.get(ref.model_tier_ref.name)
                 # A missing ModelTier or adapter is left out (ResolvedRefs=False says why).
-                if target is not None and (adapter is None or target.spec.adapter(adapter) is not None):
-                    rungs.append(_on_adapter(_service(target, ref, namespace), target, adapter))
+                target_serving = serving_adapters(target) if target is not None else {}
+                if target is not None and (adapter is None or adapter in target_serving):
+                    rungs.append(_on_adapter(_service(target, ref, namespace, target_serving), target_serving, adapter))
             elif ref.external is not None:
                 rungs.append(_external(ref))
     if not any(r["kind"] == "local" for r in rungs):
-        rungs.insert(0, _local(tier, None))
+        rungs.insert(0, _local(tier, None, serving))
 
     config: dict[str, Any] = {
         "version": 1,
@@ -91,8 +98,8 @@ def render_router_config(
         "tiers": rungs,
         "engine": {"metricsUrl": f"http://127.0.0.1:{tier.spec.engine.port}/metrics"},
     }
-    if tier.spec.adapters:
-        config["adapters"] = [_adapter(tier, a.name) for a in tier.spec.adapters]
+    if serving:
+        config["adapters"] = [_adapter(tier, name, source) for name, source in serving.items()]
     if policy is not None:
         spec = policy.spec
         rung_names = {r["name"] for r in rungs}
@@ -137,14 +144,26 @@ def _shadow(shadow: ShadowSpec | None, rung_names: set[str]) -> dict[str, Any] |
 
 
 def serving_adapters(tier: ModelTier) -> dict[str, str]:
-    """Adapter name -> the source it serves now."""
-    return {a.name: a.source for a in tier.spec.adapters}
+    """Adapter name -> the source it serves now, in spec order, as the tier's status says.
+
+    An adapter with an evaluation (its own or the tier's) serves the status's
+    ``adapters[].servingSource``: only a source that passed, and nothing before its first
+    source passed. One without serves its spec source as soon as it is committed. The
+    tier's own pass renders from its plan instead (the `adapters` argument of
+    `render_router_config`), so a promotion reaches the ConfigMap in the pass that decides it.
+    """
+    status = {a.name: a.serving_source for a in tier.status.adapters}
+    serving: dict[str, str] = {}
+    for adapter in tier.spec.adapters:
+        source = status.get(adapter.name) if tier.spec.adapter_evaluation(adapter) is not None else adapter.source
+        if source is not None:
+            serving[adapter.name] = source
+    return serving
 
 
-def _adapter(tier: ModelTier, name: str) -> dict[str, Any]:
+def _adapter(tier: ModelTier, name: str, source: str) -> dict[str, Any]:
     spec = tier.spec.adapter(name)
     assert spec is not None
-    source = serving_adapters(tier)[name]
     path, reason = adapter_location(source)
     entry: dict[str, Any] = {"name": name, "source": source}
     if path is not None:
@@ -156,7 +175,7 @@ def _adapter(tier: ModelTier, name: str) -> dict[str, Any]:
     return entry
 
 
-def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
+def _local(tier: ModelTier, ref: TierRef | None, serving: dict[str, str]) -> dict[str, Any]:
     rung: dict[str, Any] = {
         "name": ref.name if ref else tier.name,
         "kind": "local",
@@ -164,10 +183,10 @@ def _local(tier: ModelTier, ref: TierRef | None) -> dict[str, Any]:
         "model": tier.spec.model.name,
         "outputUSDPerToken": self_hosted_usd_per_token(tier),
     }
-    return _with_adapters(_with_ref(rung, ref), tier)
+    return _with_adapters(_with_ref(rung, ref), tier, serving)
 
 
-def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
+def _service(target: ModelTier, ref: TierRef, namespace: str, serving: dict[str, str]) -> dict[str, Any]:
     rung: dict[str, Any] = {
         "name": ref.name,
         "kind": "service",
@@ -175,7 +194,7 @@ def _service(target: ModelTier, ref: TierRef, namespace: str) -> dict[str, Any]:
         "model": target.spec.model.name,
         "outputUSDPerToken": self_hosted_usd_per_token(target),
     }
-    return _with_adapters(_with_ref(rung, ref), target)
+    return _with_adapters(_with_ref(rung, ref), target, serving)
 
 
 def _external(ref: TierRef) -> dict[str, Any]:
@@ -195,26 +214,26 @@ def _external(ref: TierRef) -> dict[str, Any]:
     return _with_ref(rung, ref)
 
 
-def _on_adapter(rung: dict[str, Any], tier: ModelTier, adapter: str | None) -> dict[str, Any]:
+def _on_adapter(rung: dict[str, Any], serving: dict[str, str], adapter: str | None) -> dict[str, Any]:
     """A rung serving one of `tier`'s adapters: its model is the adapter's name, and its
     adapter source (part of the cache key, beside the base checkpoint the sidecar learns
     live) names the adapter's serving source."""
     if adapter is None:
         return rung
     rung["model"] = adapter
-    rung["adapterSource"] = serving_adapters(tier)[adapter]
+    rung["adapterSource"] = serving[adapter]
     return rung
 
 
-def _with_adapters(rung: dict[str, Any], tier: ModelTier) -> dict[str, Any]:
-    """A tier's adapters are model names that select its rung (aliases) and are sent to
-    its engine unchanged (adapters, with the serving source for the cache key)."""
-    if tier.spec.adapters:
-        rung["adapters"] = serving_adapters(tier)
-        centers = {a.name: a.cost.cost_center for a in tier.spec.adapters if a.cost.cost_center}
+def _with_adapters(rung: dict[str, Any], tier: ModelTier, serving: dict[str, str]) -> dict[str, Any]:
+    """A tier's serving adapters are model names that select its rung (aliases) and are
+    sent to its engine unchanged (adapters, with the serving source for the cache key)."""
+    if serving:
+        rung["adapters"] = dict(serving)
+        centers = {a.name: a.cost.cost_center for a in tier.spec.adapters if a.cost.cost_center and a.name in serving}
         if centers:
             rung["adapterCostCenters"] = centers
-        rung["aliases"] = list(dict.fromkeys([*rung.get("aliases", []), *(a.name for a in tier.spec.adapters)]))
+        rung["aliases"] = list(dict.fromkeys([*rung.get("aliases", []), *serving]))
     return rung
 
 

@@ -58,8 +58,11 @@ def render_tier(
     checkpoint: str,
     policy: RoutePolicy | None = None,
     peers: dict[str, ModelTier] | None = None,
+    adapters: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    config = render_router_config(tier, policy, peers or {}, tier.namespace)
+    """`adapters`: adapter name -> the source to serve, as the pass's plan decided (None:
+    as the tier's status says, see render/routerconfig.py `serving_adapters`)."""
+    config = render_router_config(tier, policy, peers or {}, tier.namespace, adapters=adapters)
     ctx = DeploymentContext(
         replicas=replicas,
         checkpoint=checkpoint,

@@ -1,0 +1,256 @@
+"""The eval-gated promotion of LoRA adapter sources, as a pure decision per adapter.
+
+    serving A --(spec names B)--> evaluating B --(Job passes)--> serving B
+                                              \\--(Job fails, times out, errors)--> B blocked, A serves
+
+A newer source C supersedes B at any step (B's Job is deleted, C is evaluated); setting
+the spec back to the serving source withdraws the candidate the same way.
+
+Where the candidate runs. Each candidate is evaluated in its own Job (render/evaljob.py):
+the Job starts an engine on the serving base checkpoint with the candidate loaded as a
+LoRA adapter under the adapter's own name (the name clients send), and, when the
+evaluation compares with the serving version (``baseline: serving``), the serving
+source under a second name in the same engine (without one, the base model itself is the
+baseline). Nothing runs on the serving pods: their traffic never shares a batch with the
+evaluation, their GPU memory never holds an adapter that might not pass, and the paired
+comparison runs both versions on one engine. The price is an engine start per evaluation
+(loading the base weights again, minutes for a large model on a GPU) where loading the
+candidate on a serving pod under a hidden name would take seconds; an evaluation already
+takes minutes to run its dataset, and a promotion is a commit, not a request, so the
+isolation is worth it (benchmarks/adapters has both times).
+
+What is decided here, for each adapter of ``spec.adapters``:
+
+- The evaluation is ``adapters[].rollout.evaluation``, else the tier's
+  ``spec.rollout.evaluation``. An adapter with neither keeps the ungated behaviour: a new
+  source serves as soon as it is committed.
+- A brand-new adapter (nothing serving yet) with an evaluation serves nothing until its
+  first source passes, like a tier's first checkpoint under ``firstCheckpoint: evaluate``:
+  an adapter is a fine-tune, and a fine-tune that never passed must not answer clients.
+- The candidate is evaluated on the base checkpoint the tier serves (its rolled-out
+  checkpoint; the one being rolled out while nothing serves yet). While no base
+  checkpoint may serve (a first checkpoint waiting for its own evaluation), the candidate
+  waits.
+- On Passed, ``servingSource`` moves to the candidate in the same pass: the router
+  ConfigMap rendered from this plan lists the new source, and each sidecar swaps the
+  adapter in its engine without restarting the pod (router/adapters.py). There is no
+  rollout to wait for, unlike a checkpoint.
+
+Every pass is computed from the ModelTier (spec, ``status.adapters``) and the observed
+adapter evaluation Jobs, with the clock passed in, so an operator restarted at any step
+reaches the same decision. What cannot be observed again (the serving source, the
+verdict) is recorded in the status once. The Job whose verdict promoted a source is
+deleted only on the pass after the status says it serves, so a restart between the
+ConfigMap write and the status write finds the verdict again instead of re-evaluating.
+Verdicts are read as for checkpoints (plan/rollout.py's ``verdict_from_job``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from shoal.api import conditions as C
+from shoal.api.modeltier import AdapterSpec, AdapterStatus, EvaluationRecord, ModelTier
+from shoal.api.naming import adapter_eval_job_name
+
+from .conditions import Cond, EventSpec, merge_conditions
+from .rollout import EvalJobObservation, verdict_from_job
+
+Step = Literal["Serving", "Evaluating", "Blocked", "Waiting"]
+
+# Event reasons (recorded on the ModelTier; each message names the adapter).
+EVENT_EVALUATING = "AdapterEvaluating"  # A candidate source's evaluation Job was started.
+EVENT_PROMOTED = "AdapterPromoted"  # A source now serves (after a pass, or ungated).
+EVENT_BLOCKED = "AdapterBlocked"  # A candidate's evaluation failed, timed out or errored.
+EVENT_SUPERSEDED = "AdapterSuperseded"  # A newer source (or a revert) replaced the candidate.
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterJobRequest:
+    """An adapter evaluation Job that must exist (created by name, so never twice)."""
+
+    adapter: str
+    source: str  # the candidate
+    base_checkpoint: str  # the engine's model
+    serving_source: str | None  # the baseline with baseline: serving; None: the base model
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterDecision:
+    name: str
+    step: Step
+    serving_source: str | None
+    candidate_source: str | None
+    last_evaluation: EvaluationRecord | None
+    ready: Cond
+    evaluated: Cond
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptersPlan:
+    adapters: tuple[AdapterDecision, ...] = ()
+    create_jobs: tuple[AdapterJobRequest, ...] = ()
+    delete_jobs: tuple[str, ...] = ()
+    events: list[EventSpec] = field(default_factory=list)
+
+    def serving(self) -> dict[str, str]:
+        """Adapter name -> the source the router loads, in spec order; adapters that serve
+        nothing yet are left out."""
+        return {d.name: d.serving_source for d in self.adapters if d.serving_source is not None}
+
+    def condition(self) -> Cond | None:
+        """The tier-level AdaptersReady condition; None when the tier lists no adapters."""
+        if not self.adapters:
+            return None
+        waiting = [d for d in self.adapters if d.step != "Serving"]
+        if not waiting:
+            count = len(self.adapters)
+            return Cond(C.ADAPTERS_READY, "True", C.REASON_ADAPTERS_SERVING,
+                        f"Every adapter serves the source its spec names ({count} adapter{'s' if count != 1 else ''}).")
+        # A blocked adapter needs a person; an evaluating one only needs time.
+        order = {"Blocked": 0, "Evaluating": 1, "Waiting": 2}
+        first = min(waiting, key=lambda d: order[d.step])
+        return Cond(C.ADAPTERS_READY, "False", first.ready.reason, " ".join(d.ready.message for d in waiting))
+
+    def status_adapters(self, previous: list[dict[str, Any]] | None, generation: int | None, now: datetime) -> list[dict[str, Any]]:
+        """``status.adapters`` in wire form, each adapter's conditions merged with the stored
+        ones (transition times move only on a flip). Unset fields are left out, as the API
+        server stores them."""
+        before = {a.get("name"): a for a in previous or [] if isinstance(a, dict)}
+        out: list[dict[str, Any]] = []
+        for d in self.adapters:
+            old = before.get(d.name) or {}
+            entry: dict[str, Any] = {"name": d.name}
+            if d.serving_source is not None:
+                entry["servingSource"] = d.serving_source
+            if d.candidate_source is not None:
+                entry["candidateSource"] = d.candidate_source
+            if d.last_evaluation is not None:
+                entry["lastEvaluation"] = d.last_evaluation.to_wire()
+            entry["conditions"] = merge_conditions(old.get("conditions"), [d.ready, d.evaluated], generation, now)
+            out.append(entry)
+        return out
+
+
+def _evaluated(name: str, record: EvaluationRecord | None, desired: str, serving: str | None) -> Cond:
+    keeps = f" {serving} keeps serving." if serving else f" {name} serves nothing until a source passes."
+    if record is None or record.checkpoint != desired:
+        return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
+    detail = f" {record.message}" if record.message else ""
+    if record.verdict == "Running":
+        return Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name}." + keeps)
+    if record.verdict == "Passed":
+        return Cond(C.EVALUATED, "True", C.REASON_PASSED, f"{desired} passed its evaluation.{detail}")
+    reason = {"Failed": C.REASON_FAILED, "TimedOut": C.REASON_TIMED_OUT}.get(record.verdict, C.REASON_JOB_ERROR)
+    return Cond(
+        C.EVALUATED, "False", reason,
+        f"{desired} is blocked: its evaluation ended {record.verdict}.{detail}{keeps} "
+        f"Set the source of adapter {name} to a new version (or back to the serving one) to continue.",
+    )
+
+
+def _scores(record: EvaluationRecord) -> str:
+    parts = [f"{m.name} {m.value:.3f} [{m.lower:.3f}, {m.upper:.3f}]" for m in record.metrics if m.lower is not None and m.upper is not None]
+    return (", ".join(parts) + ". ") if parts else ""
+
+
+def plan_adapter(
+    tier: ModelTier,
+    adapter: AdapterSpec,
+    jobs: tuple[EvalJobObservation, ...],
+    base_checkpoint: str | None,
+    now: datetime,
+) -> tuple[AdapterDecision, AdapterJobRequest | None, tuple[str, ...], list[EventSpec]]:
+    """One adapter's next step: (decision, Job to create, Jobs to delete, events). Pure."""
+    name, desired = adapter.name, adapter.source
+    previous = next((a for a in tier.status.adapters if a.name == name), None) or AdapterStatus(name=name)
+    serving, last = previous.serving_source, previous.last_evaluation
+    mine = [j for j in jobs if j.adapter == name]
+    events: list[EventSpec] = []
+
+    if previous.candidate_source is not None and previous.candidate_source not in (desired, serving):
+        events.append(EventSpec("Normal", EVENT_SUPERSEDED,
+                                f"Adapter {name}: candidate {previous.candidate_source} was replaced by {desired}; its evaluation is cancelled."))
+    stale = tuple(sorted(j.name for j in mine if j.checkpoint != desired or desired == serving))
+
+    def decision(step: Step, serving_source: str | None, candidate: str | None, record: EvaluationRecord | None,
+                 evaluated: Cond, ready: Cond) -> AdapterDecision:
+        return AdapterDecision(name=name, step=step, serving_source=serving_source, candidate_source=candidate,
+                               last_evaluation=record, ready=ready, evaluated=evaluated)
+
+    def serves(source: str, record: EvaluationRecord | None, evaluated: Cond) -> AdapterDecision:
+        return decision("Serving", source, None, record, evaluated,
+                        Cond(C.READY, "True", C.REASON_ADAPTERS_SERVING, f"Adapter {name} serves {source}."))
+
+    # The spec asks for what already serves. The verdict that promoted it stays reported,
+    # so the status a promotion wrote is also what the next pass computes (a fixed point).
+    if desired == serving:
+        passed = last if last is not None and last.checkpoint == desired and last.verdict == "Passed" else None
+        return serves(desired, last, _evaluated(name, passed, desired, serving)), None, stale, events
+
+    evaluation = tier.spec.adapter_evaluation(adapter)
+    if evaluation is None:
+        how = f"(was {serving}; no evaluation is configured)." if serving else "(no evaluation is configured)."
+        events.append(EventSpec("Normal", EVENT_PROMOTED, f"Adapter {name} now serves {desired} {how}"))
+        return serves(desired, last, _evaluated(name, None, desired, desired)), None, stale, events
+
+    keeps = f" {serving} keeps serving." if serving else " It serves nothing until a source passes."
+    if base_checkpoint is None:
+        ready = Cond(C.READY, "False", C.REASON_WAITING_FOR_BASE,
+                     f"Adapter {name}: {desired} waits for a base checkpoint to serve before it can be evaluated.{keeps}")
+        evaluated = Cond(C.EVALUATED, "Unknown", C.REASON_WAITING_FOR_BASE, ready.message)
+        return decision("Waiting", serving, desired, last, evaluated, ready), None, stale, events
+
+    record = last if last is not None and last.checkpoint == desired else None
+    request = None
+    if record is None or record.verdict == "Running":
+        job = next((j for j in mine if j.checkpoint == desired), None)
+        verdict = verdict_from_job(job, evaluation.timeout_seconds, now) if job is not None else None
+        if verdict is not None:
+            record = verdict
+        else:
+            request = AdapterJobRequest(adapter=name, source=desired, base_checkpoint=base_checkpoint, serving_source=serving)
+            if record is None:
+                record = EvaluationRecord(checkpoint=desired, verdict="Running", job_name=adapter_eval_job_name(tier.name, name, desired), start_time=now)
+                events.append(EventSpec("Normal", EVENT_EVALUATING,
+                                        f"Adapter {name}: evaluating {desired} in Job {record.job_name} before it serves."))
+
+    evaluated = _evaluated(name, record, desired, serving)
+    if record.verdict == "Passed":
+        if last is None or last.checkpoint != desired or last.verdict != "Passed":
+            events.append(EventSpec("Normal", EVENT_PROMOTED,
+                                    f"Adapter {name} now serves {desired}" + (f" (was {serving}). " if serving else ". ")
+                                    + f"Its evaluation passed. {_scores(record)}".rstrip()))
+        # Only the other sources' Jobs go now; this one goes once the status says it serves.
+        return serves(desired, record, evaluated), None, tuple(sorted(j.name for j in mine if j.checkpoint != desired)), events
+    if record.verdict == "Running":
+        ready = Cond(C.READY, "False", C.REASON_EVALUATING, f"Adapter {name}: evaluating {desired} before it serves.{keeps}")
+        return decision("Evaluating", serving, desired, record, evaluated, ready), request, stale, events
+    if last is None or last.checkpoint != desired or last.verdict != record.verdict:
+        events.append(EventSpec("Warning", EVENT_BLOCKED,
+                                f"Adapter {name}: {desired} is blocked, its evaluation ended {record.verdict}. {_scores(record)}"
+                                + (record.message or "")))
+    ready = Cond(C.READY, "False", evaluated.reason, f"Adapter {name}: {evaluated.message}")
+    return decision("Blocked", serving, desired, record, evaluated, ready), None, stale, events
+
+
+def plan_adapters(
+    tier: ModelTier, jobs: tuple[EvalJobObservation, ...], base_checkpoint: str | None, now: datetime
+) -> AdaptersPlan:
+    """Every adapter's next step; Jobs of adapters no longer listed are deleted. Pure."""
+    decisions: list[AdapterDecision] = []
+    creates: list[AdapterJobRequest] = []
+    deletes: list[str] = []
+    events: list[EventSpec] = []
+    listed = {a.name for a in tier.spec.adapters}
+    for adapter in tier.spec.adapters:
+        decided, request, stale, said = plan_adapter(tier, adapter, jobs, base_checkpoint, now)
+        decisions.append(decided)
+        if request is not None:
+            creates.append(request)
+        deletes += stale
+        events += said
+    deletes += [j.name for j in jobs if j.adapter not in listed]
+    return AdaptersPlan(adapters=tuple(decisions), create_jobs=tuple(creates), delete_jobs=tuple(sorted(set(deletes))), events=events)
