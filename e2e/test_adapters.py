@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from e2e.helpers import wait_for
+from e2e.helpers import condition, wait_for
 from e2e.test_modeltier import ready_tier, tier, tier_pods
 from shoal.devcluster.kubectl import KubectlError
 
@@ -58,7 +58,6 @@ def test_repointing_an_adapter_updates_the_sidecar_config_and_restarts_no_pod(ku
 
 
 def test_a_policy_rung_on_an_adapter_resolves_once_the_tier_lists_it(kubectl, namespace, running_operator):
-    from e2e.helpers import condition
 
     policy = {
         "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy", "metadata": {"name": "tasks", "namespace": namespace},
@@ -87,3 +86,152 @@ def test_a_policy_rung_on_an_adapter_resolves_once_the_tier_lists_it(kubectl, na
         return [(t["name"], t["kind"], t["model"]) for t in config["tiers"]]
 
     wait_for(lambda: ladder() == [("refunds", "local", "refunds"), ("base", "local", "m")], 60, "the adapter rung in the sidecar config")
+
+
+# --- eval-gated promotion (plan/adapters.py) ---------------------------------------------
+# The adapter's evaluation Job does not run vLLM here: kwok finishes its pod with the exit
+# code and termination message the test asks for (devcluster/stages/job-pod-exit.yaml), as
+# in e2e/test_rollout.py. The operator, the Jobs, the ConfigMap and the pods are real.
+
+V1, V2, V3, V4 = (f"hf://acme/refunds-lora-v{i}" for i in (1, 2, 3, 4))
+
+
+def _gate(exit_code: int | None, source: str = "", verdict: str = "", exact_match: float = 0.0) -> dict:
+    """An adapter evaluation whose pod kwok ends with `exit_code` (None: never ends)."""
+    if exit_code is None:
+        annotations = {"shoal.dev/simulate-hold": "true"}
+    else:
+        record = json.dumps({
+            "checkpoint": source, "verdict": verdict, "items": 200,
+            "metrics": [{"name": "exact_match", "value": exact_match, "lower": exact_match - 0.05, "upper": exact_match + 0.04}],
+            "message": f"exact_match {exact_match:.2f} against a threshold of 0.80.",
+        })
+        annotations = {"shoal.dev/simulate-exit-code": str(exit_code), "shoal.dev/simulate-termination-message": record}
+    return {
+        "dataset": {"configMapRef": {"name": "refunds-dataset", "key": "items.jsonl"}},
+        "scorers": [{"type": "exactMatch"}],
+        "thresholds": [{"metric": "exact_match", "min": 0.8}],
+        "baseline": "serving",
+        "timeoutSeconds": 60,
+        "podAnnotations": annotations,
+    }
+
+
+def _gated(source: str, evaluation: dict) -> dict:
+    return {"name": "refunds", "source": source, "rollout": {"evaluation": evaluation}}
+
+
+@pytest.fixture
+def refunds_dataset(kubectl, namespace) -> str:
+    kubectl.run("create", "configmap", "refunds-dataset", "-n", namespace,
+                '--from-literal=items.jsonl={"prompt": "Refund order 7?", "reference": "yes"}')
+    return "refunds-dataset"
+
+
+def _adapter_status(kubectl, namespace: str) -> dict:
+    got = kubectl("get", "modeltier", "lora", "-n", namespace)
+    return next((a for a in got.get("status", {}).get("adapters", []) if a["name"] == "refunds"), {})
+
+
+def _adapter_condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def _config_sources(kubectl, namespace: str) -> dict[str, str]:
+    data = kubectl("get", "configmap", "lora-router", "-n", namespace)["data"]["router.json"]
+    return {a["name"]: a["source"] for a in json.loads(data).get("adapters", [])}
+
+
+def _serving_pods(kubectl, namespace: str) -> set[str]:
+    return {p["metadata"]["uid"] for p in tier_pods(kubectl, "lora", namespace)
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") == "inference"}
+
+
+def _adapter_jobs(kubectl, namespace: str) -> list[dict]:
+    return kubectl("get", "jobs", "-n", namespace, "-l", "shoal.dev/tier=lora")["items"]
+
+
+def _patch_adapters(kubectl, namespace: str, *adapters: dict) -> None:
+    kubectl.run("patch", "modeltier", "lora", "-n", namespace, "--type=merge", "-p",
+                json.dumps({"spec": {"adapters": list(adapters)}}))
+
+
+def test_an_adapter_source_serves_only_after_its_evaluation_passes_and_a_failing_one_stays_blocked_without_restarts(
+        kubectl, running_operator, namespace, refunds_dataset):
+    # A new adapter with an evaluation serves nothing until its first source passes.
+    kubectl.apply([tier("lora", namespace, replicas=2, adapters=[_gated(V1, _gate(0, V1, "Passed", 0.9)), ADAPTERS[1]])])
+    wait_for(lambda: _adapter_status(kubectl, namespace).get("servingSource") == V1, 90, f"{V1} to pass and serve")
+    assert _config_sources(kubectl, namespace) == {"refunds": V1, "triage": "hf://acme/triage-lora"}
+    ready_tier(kubectl, "lora", namespace)
+    pods = _serving_pods(kubectl, namespace)
+    generation = kubectl("get", "deployment", "lora", "-n", namespace)["metadata"]["generation"]
+
+    # V2 passes: the ConfigMap lists it, the same pods serve it.
+    _patch_adapters(kubectl, namespace, _gated(V2, _gate(0, V2, "Passed", 0.92)), ADAPTERS[1])
+    promoted = wait_for(lambda: (s := _adapter_status(kubectl, namespace)).get("servingSource") == V2 and s, 90, f"{V2} to be promoted")
+    assert "candidateSource" not in promoted
+    assert (promoted["lastEvaluation"]["checkpoint"], promoted["lastEvaluation"]["verdict"]) == (V2, "Passed")
+    assert promoted["lastEvaluation"]["metrics"][0]["value"] == pytest.approx(0.92)
+    assert (_adapter_condition(promoted, "Ready")["status"], _adapter_condition(promoted, "Evaluated")["reason"]) == ("True", "Passed")
+    wait_for(lambda: _config_sources(kubectl, namespace)["refunds"] == V2, 30, "the router ConfigMap to list the new source")
+    wait_for(lambda: _adapter_jobs(kubectl, namespace) == [], 60, "the promoted source's Job cleaned up")
+
+    # V3 fails: V2 keeps serving, the status says why.
+    _patch_adapters(kubectl, namespace, _gated(V3, _gate(1, V3, "Failed", 0.6)), ADAPTERS[1])
+    blocked = wait_for(lambda: (s := _adapter_status(kubectl, namespace)) and _adapter_condition(s, "Evaluated").get("reason") == "Failed" and s,
+                       90, f"{V3} to be blocked")
+    assert (blocked["servingSource"], blocked["candidateSource"]) == (V2, V3)
+    assert blocked["lastEvaluation"]["verdict"] == "Failed"
+    ready = _adapter_condition(blocked, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Failed")
+    assert f"{V3} is blocked: its evaluation ended Failed. exact_match 0.60 against a threshold of 0.80. {V2} keeps serving." in ready["message"]
+    got = kubectl("get", "modeltier", "lora", "-n", namespace)
+    tier_level = condition(got, "AdaptersReady")
+    assert (tier_level["status"], tier_level["reason"]) == ("False", "Failed")
+    assert _config_sources(kubectl, namespace)["refunds"] == V2
+
+    assert _serving_pods(kubectl, namespace) == pods
+    assert kubectl("get", "deployment", "lora", "-n", namespace)["metadata"]["generation"] == generation
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lora")["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"AdapterEvaluating", "AdapterPromoted", "AdapterBlocked"} <= reasons, reasons
+
+
+def test_an_adapter_evaluation_resumes_after_an_operator_restart_and_a_newer_source_supersedes_it(
+        kubectl, running_operator, namespace, refunds_dataset):
+    kubectl.apply([tier("lora", namespace, adapters=[_gated(V1, _gate(0, V1, "Passed", 0.9))])])
+    wait_for(lambda: _adapter_status(kubectl, namespace).get("servingSource") == V1, 90, f"{V1} to pass and serve")
+    ready_tier(kubectl, "lora", namespace)
+    pods = _serving_pods(kubectl, namespace)
+
+    # V2's evaluation never ends; its Job is the one the operator promises.
+    _patch_adapters(kubectl, namespace, _gated(V2, _gate(None)))
+    (job,) = wait_for(lambda: [j for j in _adapter_jobs(kubectl, namespace) if j["metadata"]["annotations"].get("shoal.dev/adapter-source") == V2],
+                      60, "the evaluation Job of V2")
+    assert job["metadata"]["annotations"]["shoal.dev/adapter"] == "refunds"
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:5] == ["eval", "--serve-checkpoint", "hf://org/model", "--checkpoint", V2]
+    assert args[args.index("--candidate-model") + 1] == "refunds"
+    assert "--engine-arg=refunds=acme/refunds-lora-v2" in args
+    # baseline: serving compares with V1, loaded beside V2 in the Job's own engine.
+    assert "--engine-arg=refunds@serving=acme/refunds-lora-v1" in args
+    assert args[args.index("--baseline-model") + 1] == "refunds@serving"
+    assert args[args.index("--baseline-endpoint") + 1] == "http://127.0.0.1:8000/v1"
+    wait_for(lambda: _adapter_condition(_adapter_status(kubectl, namespace), "Evaluated").get("reason") == "Evaluating", 30, "Evaluating")
+
+    # The operator dies mid-evaluation and comes back: same candidate, the same single Job.
+    running_operator.kill()
+    running_operator.start()
+    status = _adapter_status(kubectl, namespace)
+    assert (status["servingSource"], status["candidateSource"]) == (V1, V2)
+    assert [j["metadata"]["name"] for j in _adapter_jobs(kubectl, namespace)] == [job["metadata"]["name"]]
+    assert _config_sources(kubectl, namespace) == {"refunds": V1}
+
+    # V3 supersedes V2 (its Job goes) and passes.
+    _patch_adapters(kubectl, namespace, _gated(V3, _gate(0, V3, "Passed", 0.95)))
+    wait_for(lambda: _adapter_status(kubectl, namespace).get("servingSource") == V3, 90, f"{V3} to be promoted")
+    wait_for(lambda: _config_sources(kubectl, namespace) == {"refunds": V3}, 30, "the router ConfigMap on V3")
+    wait_for(lambda: _adapter_jobs(kubectl, namespace) == [], 60, "every adapter Job cleaned up")
+    assert _serving_pods(kubectl, namespace) == pods
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lora")["items"]
+    assert "AdapterSuperseded" in {e["reason"] for e in events}

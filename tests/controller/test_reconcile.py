@@ -7,6 +7,7 @@ recorder; the plan/ and render/ code is the real one.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -239,3 +240,110 @@ async def _release(event: asyncio.Event) -> None:
     event.set()
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+# --- adapters: eval-gated promotion ----------------------------------------------------------
+
+REFUNDS_V1, REFUNDS_V2 = "hf://acme/refunds-v1", "hf://acme/refunds-v2"
+ADAPTER_EVALUATION = {
+    "dataset": {"uri": "https://data.example/refunds.jsonl"},
+    "scorers": [{"type": "exactMatch"}],
+    "thresholds": [{"metric": "exact_match", "min": 0.8}],
+}
+
+
+def _gated_tier(source: str, **status: Any) -> dict[str, Any]:
+    body = tier_body(adapters=[{"name": "refunds", "source": source, "rollout": {"evaluation": ADAPTER_EVALUATION}}])
+    if status:
+        body["status"] = status
+    return body
+
+
+def _router_adapters(h: Harness) -> dict[str, str]:
+    config = json.loads(h.view.get("ConfigMap", "llm", "small-router")["data"]["router.json"])
+    return {a["name"]: a["source"] for a in config.get("adapters", [])}
+
+
+def _adapter_status(h: Harness) -> dict[str, Any]:
+    (only,) = h.view.tier("llm", "small")["status"]["adapters"]
+    return only
+
+
+def _finish_job(h: Harness, name: str, exit_code: int) -> None:
+    """What the Job controller and kubelet do: the eval container exits, the Job ends (the
+    Job as the Jobs' watch shows it)."""
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "llm", "annotations": {
+            "shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": _adapter_status(h)["candidateSource"]}},
+        "status": {"startTime": "2026-01-01T00:00:00Z",
+                   "conditions": [{"type": "Complete" if exit_code == 0 else "Failed", "status": "True"}]},
+    }
+    h.view.eval_jobs[("llm", "small")] = [job]
+    h.view.job_pods[("llm", name)] = [{"metadata": {"name": f"{name}-x"}, "status": {"containerStatuses": [
+        {"name": "eval", "state": {"terminated": {"exitCode": exit_code}}}]}}]
+
+
+def _ready_gated_tier(source: str, **status: Any) -> Harness:
+    h = Harness(_gated_tier(source, **status))
+    h.kube.calls.clear()
+    h.tier_pass()
+    h.kube.deliver()
+    h.make_deployment_ready()
+    h.settle()
+    return h
+
+
+def test_an_adapter_source_reaches_the_router_config_only_after_its_job_passes_and_the_job_goes_after_the_status_says_so():
+    h = Harness(_gated_tier(REFUNDS_V1))
+    h.tier_pass()
+    (created,) = [c for c in h.kube.calls if c[:2] == ("apply", "Job")]
+    name = created[2]
+    assert name.startswith("small-lora-refunds-")
+    h.kube.deliver()
+    h.make_deployment_ready()
+    h.settle()
+    # A brand-new gated adapter serves nothing while its first source is evaluated.
+    assert _router_adapters(h) == {}
+    assert _adapter_status(h)["candidateSource"] == REFUNDS_V1
+    assert "servingSource" not in _adapter_status(h)
+
+    _finish_job(h, name, 0)
+    h.kube.calls.clear()
+    h.tier_pass()
+    # The ConfigMap first, then the Events, then the status; the Job stays for this pass.
+    assert h.kube.calls == [
+        ("apply", "ConfigMap", "small-router"),
+        ("event", "ModelTier", "small", "AdapterPromoted"),
+        ("patch-status", "ModelTier", "small", ("adapters", "conditions")),
+    ]
+    h.kube.deliver()
+    assert _router_adapters(h) == {"refunds": REFUNDS_V1}
+    assert (_adapter_status(h)["servingSource"], _adapter_status(h)["lastEvaluation"]["verdict"]) == (REFUNDS_V1, "Passed")
+    h.kube.calls.clear()
+    h.tier_pass()
+    assert h.kube.calls == [("delete", "Job", name)]
+
+
+def test_a_failed_adapter_evaluation_keeps_the_serving_source_in_the_router_config_and_writes_no_deployment():
+    h = _ready_gated_tier(REFUNDS_V1, adapters=[{"name": "refunds", "servingSource": REFUNDS_V1}])
+    assert _router_adapters(h) == {"refunds": REFUNDS_V1}
+    body = h.view.tier("llm", "small")
+    put(h.view, {**body, "metadata": {**body["metadata"], "generation": 2, "resourceVersion": "500"},
+                 "spec": _gated_tier(REFUNDS_V2)["spec"]})
+    h.kube.calls.clear()
+    h.settle()
+    adapter = _adapter_status(h)
+    assert (adapter["servingSource"], adapter["candidateSource"]) == (REFUNDS_V1, REFUNDS_V2)
+    name = adapter["lastEvaluation"]["jobName"]
+
+    _finish_job(h, name, 1)
+    h.settle()
+    adapter = _adapter_status(h)
+    assert (adapter["servingSource"], adapter["candidateSource"], adapter["lastEvaluation"]["verdict"]) == (REFUNDS_V1, REFUNDS_V2, "Failed")
+    tier_level = next(c for c in h.view.tier("llm", "small")["status"]["conditions"] if c["type"] == "AdaptersReady")
+    assert (tier_level["status"], tier_level["reason"]) == ("False", "Failed")
+    assert _router_adapters(h) == {"refunds": REFUNDS_V1}
+    # The blocked source's Job stays for inspection; the Deployment was never written.
+    assert ("delete", "Job", name) not in h.kube.calls
+    assert not [c for c in h.kube.calls if c[:2] == ("apply", "Deployment")]

@@ -264,3 +264,25 @@ def test_baseline_requests_are_pinned_to_the_serving_tiers_own_engine_and_the_sp
     override = parser.parse_args([*map(str, ["--spec", spec, "--dataset", dataset_file, "--endpoint", "http://127.0.0.1:1/v1", "--model", "m",
                                                "--baseline-endpoint", "http://x/v1", "--baseline-model", "m", "--regression-rule", "provenRegression"])])
     assert load_settings(override, {}).regression_rule == "provenRegression"
+
+
+def test_candidate_model_evaluates_an_adapter_on_the_started_engine_and_needs_one(tmp_path, dataset_file):
+    from shoal.evaluate.commands import EvalError, add_arguments, engine_argv, load_settings
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    spec = write_spec(tmp_path)
+    args = parser.parse_args([
+        "--spec", str(spec), "--dataset", str(dataset_file), "--serve-checkpoint", "hf://acme/base", "--model", "base",
+        "--candidate-model", "refunds", "--engine-arg=--enable-lora", "--engine-arg=--lora-modules", "--engine-arg=refunds=/a/v2",
+    ])
+    settings = load_settings(args, {})
+    # The engine serves the base under its name; the adapter is what gets requested.
+    assert (settings.served_model_name, settings.candidate_model) == ("base", "refunds")
+    argv = engine_argv(settings, 9000)
+    assert argv[argv.index("--served-model-name") + 1] == "base"
+    assert argv[-3:] == ["--enable-lora", "--lora-modules", "refunds=/a/v2"]
+    with pytest.raises(EvalError, match="--candidate-model names a model of the engine started by --serve-checkpoint"):
+        load_settings(parser.parse_args(["--spec", str(spec), "--dataset", str(dataset_file), "--endpoint", "http://x/v1",
+                                         "--model", "m", "--candidate-model", "refunds"]), {})

@@ -146,3 +146,44 @@ def test_on_its_own_tier_an_adapter_rung_goes_to_the_local_engine_and_the_base_s
     refunds, base = config["tiers"]
     assert (refunds["kind"], refunds["url"], refunds["model"]) == ("local", "http://127.0.0.1:8000/v1", "support-refunds")
     assert (base["kind"], base["model"]) == ("local", "support-8b")
+
+
+GATE = {"dataset": {"uri": "https://data.example/refunds.jsonl"}, "scorers": [{"type": "exactMatch"}]}
+
+
+def _gated(body, adapter_status):
+    """small with support-refunds gated by its own evaluation (support-triage is not)."""
+    adapters = [dict(ADAPTERS[0], rollout={"evaluation": GATE}), ADAPTERS[1]]
+    body["spec"]["adapters"] = adapters
+    body["status"] = {**body.get("status", {}), "adapters": adapter_status}
+    return ModelTier.from_body(body)
+
+
+def test_a_gated_adapter_serves_its_status_source_and_nothing_before_its_first_source_passed(small_tier_body):
+    from shoal.render.routerconfig import serving_adapters
+
+    new = _gated(small_tier_body, [])
+    assert serving_adapters(new) == {"support-triage": "hf://acme/triage-lora"}
+    config = json.loads(_render(new)[0]["data"]["router.json"])
+    assert [a["name"] for a in config["adapters"]] == ["support-triage"]
+    assert config["tiers"][0]["aliases"] == ["support-triage"]
+    assert "adapterCostCenters" not in config["tiers"][0]
+
+    candidate = _gated(small_tier_body, [{"name": "support-refunds", "servingSource": "pvc://adapters/refunds/v2", "candidateSource": "pvc://adapters/refunds/v3"}])
+    assert serving_adapters(candidate) == {"support-refunds": "pvc://adapters/refunds/v2", "support-triage": "hf://acme/triage-lora"}
+
+
+def test_the_pass_renders_the_sources_its_plan_decided_and_a_policy_rung_waits_for_a_serving_adapter(small_tier_body, large_tier_body):
+    from shoal.render.routerconfig import render_router_config
+
+    tasks = _gated(small_tier_body, [])
+    promoted = render_tier(tasks, replicas=1, checkpoint=tasks.spec.model.served_uri(), adapters={"support-refunds": "pvc://adapters/refunds/v3"})
+    assert [a["source"] for a in json.loads(promoted[0]["data"]["router.json"])["adapters"]] == ["pvc://adapters/refunds/v3"]
+
+    large = ModelTier.from_body(large_tier_body)
+    policy = _ladder_policy(
+        {"name": "refunds", "modelTierRef": {"name": "small", "adapter": "support-refunds"}},
+        {"name": "big", "modelTierRef": {"name": "large"}},
+    )
+    # The large tier's sidecar reads small's status: refunds serves nothing yet, its rung waits.
+    assert [t["name"] for t in render_router_config(large, policy, {"small": tasks, "large": large}, "llm")["tiers"]] == ["big"]

@@ -8,7 +8,8 @@ import kubernetes_validate
 import pytest
 
 from shoal.api.modeltier import EvaluationSpec, ModelTier
-from shoal.render.evaljob import EvalJobContext, engine_extra_args, render_eval_job
+from shoal.api.naming import adapter_eval_job_name
+from shoal.render.evaljob import AdapterEvalJobContext, EvalJobContext, engine_extra_args, render_adapter_eval_job, render_eval_job
 
 CANDIDATE = "s3://acme-models/support-8b/ckpt-0043"
 SERVING = "s3://acme-models/support-8b/ckpt-0042"
@@ -159,3 +160,74 @@ def test_a_tier_without_evaluation_has_no_job(small_tier_body):
 
 def test_the_job_validates_against_the_kubernetes_schema(job):
     kubernetes_validate.validate(job, "1.34.0", strict=True)
+
+
+# --- an adapter's evaluation Job ------------------------------------------------------------
+
+ADAPTER_V1, ADAPTER_V2 = "pvc://loras/refunds/v1", "pvc://adapters-next/refunds/v2"
+
+
+def adapter_tier(body, evaluation=EVALUATION, *, own: bool = True) -> ModelTier:
+    adapter = {"name": "refunds", "source": ADAPTER_V2}
+    if own:
+        adapter["rollout"] = {"evaluation": evaluation}
+    else:
+        body["spec"]["rollout"] = {"evaluation": evaluation}
+    body["spec"]["adapters"] = [adapter]
+    return ModelTier.from_body(body)
+
+
+def adapter_job(tier: ModelTier, serving: str | None = ADAPTER_V1) -> dict:
+    return render_adapter_eval_job(tier, AdapterEvalJobContext(adapter="refunds", source=ADAPTER_V2, base_checkpoint=SERVING, serving_source=serving))
+
+
+def test_an_adapter_job_serves_the_base_with_the_candidate_loaded_and_compares_with_the_serving_version_on_the_same_engine(small_tier_body):
+    job = adapter_job(adapter_tier(small_tier_body))
+    args = container(job)["args"]
+    assert args[:8] == ["eval", "--serve-checkpoint", SERVING, "--checkpoint", ADAPTER_V2, "--model", "support-8b", "--engine-port"]
+    engine = [a.removeprefix("--engine-arg=") for a in args if a.startswith("--engine-arg=")]
+    assert engine[engine.index("--enable-lora"):engine.index("--enable-lora") + 5] == ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
+    assert engine[-3:] == ["--lora-modules", "refunds=/mnt/models/adapters-next/refunds/v2", "refunds@serving=/mnt/models/loras/refunds/v1"]
+    tail = args[args.index("--candidate-model"):]
+    assert tail[:2] == ["--candidate-model", "refunds"]
+    assert args[args.index("--baseline-endpoint"):args.index("--baseline-endpoint") + 4] == [
+        "--baseline-endpoint", "http://127.0.0.1:8000/v1", "--baseline-model", "refunds@serving"]
+    assert json.loads(env(job)["SHOAL_EVAL_SPEC"]["value"])["baseline"] == "serving"
+    # The base's claim is not needed (s3://); both adapters' claims are mounted read-only, once each.
+    pod = job["spec"]["template"]["spec"]
+    claims = sorted(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claims == ["adapters-next", "loras"]
+    assert {"name": "pvc-loras", "mountPath": "/mnt/models/loras", "readOnly": True} in container(job)["volumeMounts"]
+
+
+def test_an_adapter_job_is_named_and_annotated_for_the_adapter_and_source_and_is_no_checkpoint_job(small_tier_body):
+    job = adapter_job(adapter_tier(small_tier_body))
+    assert job["metadata"]["name"] == adapter_eval_job_name("small", "refunds", ADAPTER_V2)
+    assert job["metadata"]["annotations"] == {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": ADAPTER_V2}
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": ADAPTER_V2}
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "evaluation"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 1800
+
+
+def test_a_new_adapter_is_compared_with_the_base_model_and_the_tiers_evaluation_applies_without_its_own(small_tier_body):
+    job = adapter_job(adapter_tier(small_tier_body, own=False), serving=None)
+    args = container(job)["args"]
+    assert args[args.index("--baseline-model") + 1] == "support-8b"
+    assert not [a for a in args if "@serving" in a]
+
+
+def test_an_adapter_job_without_a_comparison_has_no_baseline(small_tier_body):
+    job = adapter_job(adapter_tier(small_tier_body, {**EVALUATION, "baseline": "none"}))
+    args = container(job)["args"]
+    assert "--baseline-endpoint" not in args
+    assert [a for a in args if a.startswith("--engine-arg=refunds")] == ["--engine-arg=refunds=/mnt/models/adapters-next/refunds/v2"]
+
+
+def test_the_adapter_job_passes_the_kubernetes_schema(small_tier_body):
+    kubernetes_validate.validate(adapter_job(adapter_tier(small_tier_body)), "1.34.0", strict=True)
+
+
+def test_an_adapter_without_any_evaluation_has_no_job(small_tier_body):
+    small_tier_body["spec"]["adapters"] = [{"name": "refunds", "source": ADAPTER_V2}]
+    with pytest.raises(ValueError, match="lists no adapter 'refunds' with an evaluation"):
+        adapter_job(ModelTier.from_body(small_tier_body))
