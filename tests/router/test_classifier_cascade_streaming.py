@@ -105,3 +105,21 @@ def test_pass_through_streams_are_relayed_unverified(fresh_engines, start_router
     assert "".join(c.choices[0].delta.content or "" for c in raw.parse()) == "I'm not sure"
     assert raw.headers["x-shoal-tier"] == "small"
     assert router.metric("shoal_cascade_verdicts_total", {"tier": "small", "verdict": "refusal"}) is None
+
+
+def test_a_stream_too_long_to_hold_is_sent_on_unverified_without_the_logprobs_the_router_asked_for(fresh_engines, start_router, tmp_path):
+    cascade = {"tiers": ["small"], "verifiers": ["refusal", "logprobs"], "meanLogprob": -1.0, "streaming": "buffer"}
+    router = start_router(ladder_config(fresh_engines, tmp_path, rules=[], cascade=cascade))
+    # About 8 MiB of SSE with the log-probabilities, over the 4 MiB a held stream may take:
+    # a refusal with unsure tokens that verifying would have rejected.
+    reply = "I'm not sure" + " w" * 32000
+    fresh_engines["small"].configure(reply=reply, token_logprob=-3.0)
+    with httpx.stream("POST", f"{router.base_url}/chat/completions", json={"model": "x", "messages": ASK, "stream": True}, timeout=60) as response:
+        assert response.headers["x-shoal-tier"] == "small"
+        body = b"".join(response.iter_bytes())
+    assert fresh_engines["small"].stats()["last_body"]["logprobs"] is True
+    assert b'"logprobs":{' not in body
+    events = [json.loads(line[len(b"data: "):]) for line in body.split(b"\n") if line.startswith(b"data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == reply
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert router.metric("shoal_cascade_verdicts_total", {"tier": "small"}) is None

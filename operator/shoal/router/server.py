@@ -850,17 +850,17 @@ class Router:
         size = len(chunks[0])
         try:
             async with asyncio.timeout(total):
-                while chunk := await upstream.readany():
+                while size <= STREAM_BODY_LIMIT and (chunk := await upstream.readany()):
                     chunks.append(chunk)
                     size += len(chunk)
-                    if size > STREAM_BODY_LIMIT:
-                        log.warning("tier %s: stream longer than %d bytes, sent unverified", tier.name, STREAM_BODY_LIMIT)
-                        edit = StreamStripper() if asked else None
-                        return await self._relay_stream(call, attempt, upstream, checkpoint, first_byte, total, b"".join(chunks), edit)
         except TimeoutError as exc:
             raise UpstreamFailure(TIMEOUT, tier.name, f"tier {tier.name}: stream not complete within {total:g}s") from exc
         except UpstreamError as exc:
             raise UpstreamFailure(UPSTREAM_BROKE, tier.name, f"tier {tier.name}: stream broke before its end") from exc
+        if size > STREAM_BODY_LIMIT:
+            log.warning("tier %s: stream longer than %d bytes, sent unverified", tier.name, STREAM_BODY_LIMIT)
+            edit = StreamStripper() if asked else None
+            return await self._relay_stream(call, attempt, upstream, checkpoint, first_byte, total, b"".join(chunks), edit)
         self.metrics.child(self.metrics.upstream_latency, tier.name).observe(time.perf_counter() - attempt.started)
         body = b"".join(chunks)
         logprobs = None
