@@ -15,8 +15,9 @@ One request, in order (a `call.Call` carries it through):
      whose cause decides the metric, whether to climb, and the client's error. Once a
      byte has reached the client there is no retry: a stream that breaks ends with an
      SSE error event;
-  6. a non-streamed answer passes the `verify` hooks; tokens and cost are counted from
-     the response's usage; the `complete` hooks run once the client has it all.
+  6. a non-streamed answer (or a stream the cascade holds back whole, `streaming:
+     buffer`) passes the `verify` hooks; tokens and cost are counted from the response's
+     usage; the `complete` hooks run once the client has it all.
 
 Every response carries `x-request-id` (the client's, else the engine's, else one made
 here), the same id as the request's log line.
