@@ -230,7 +230,7 @@ def report(without: dict, with_lora: dict, load_avg: tuple[float, float, float],
               f"| new adapter source written to the sidecar's configuration (reload poll 1 s, unload + load) | "
               f"median {statistics.median(serve):.1f} s (min {min(serve):.1f}, max {max(serve):.1f}, {len(serve)} swaps) |",
               f"| engine restart (floor of a full-checkpoint rollout: every pod restarts) | {with_lora['startup_s']:.0f} s per engine |",
-              "", "The adapter figures exclude the evaluation (not built yet for adapters) and the kubelet's ConfigMap "
+              "", "The adapter figures exclude the evaluation (timed by gate.py, in the last section) and the kubelet's ConfigMap "
               "propagation (up to a minute by default; the sidecar polls its mounted file every second).", ""]
     return "\n".join(lines)
 
