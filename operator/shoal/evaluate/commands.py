@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
 from shoal.api.naming import HOP_HEADER
+from shoal.api.outcomes import ItemOutcomes, item_passed
 
 from . import dataset as datasets
 from . import engine as engines
@@ -232,6 +233,7 @@ class Outcome:
     errors: int = 0
     details: dict[str, Any] | None = None
     paired_level: float | None = None  # level of the paired difference intervals, if not the spec's
+    outcomes: ItemOutcomes | None = None  # per item, in dataset order (api/outcomes.py)
 
 
 async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
@@ -366,12 +368,31 @@ async def _evaluate(settings: Settings, candidate: runner.Target) -> Outcome:
         ]
     }
     errors = sum(1 for r in cand_results if r.error)
-    return Outcome(record, EXIT_PASSED if verdict.passed else EXIT_FAILED, errors, details, decision.paired_level)
+    return Outcome(
+        record, EXIT_PASSED if verdict.passed else EXIT_FAILED, errors, details, decision.paired_level,
+        item_outcomes(data.items, data_items, cand_scores, base_scores),
+    )
 
 
-def _write_termination(path: Path, record: EvaluationRecord, stderr: TextIO) -> None:
+def item_outcomes(
+    dataset_items: Sequence[datasets.Item],
+    scored_items: Sequence[datasets.Item],
+    candidate: Mapping[str, Sequence[float | None]],
+    baseline: Mapping[str, Sequence[float | None]] | None,
+) -> ItemOutcomes:
+    """Per item of the dataset, in dataset order (items a sequential run never reached have
+    no outcome), whether the candidate (and the baseline) answered it well."""
+
+    def in_dataset_order(scores: Mapping[str, Sequence[float | None]]) -> list[bool | None]:
+        by_id = {item.id: item_passed([column[i] for column in scores.values()]) for i, item in enumerate(scored_items)}
+        return [by_id.get(item.id) for item in dataset_items]
+
+    return ItemOutcomes.encode(in_dataset_order(candidate), in_dataset_order(baseline) if baseline is not None else None)
+
+
+def _write_termination(path: Path, record: EvaluationRecord, stderr: TextIO, outcomes: ItemOutcomes | None = None) -> None:
     try:
-        path.write_text(report.termination_message(record))
+        path.write_text(report.termination_message(record, outcomes=outcomes))
     except OSError as error:
         # Outside a pod there may be no /dev/termination-log; the verdict is still on
         # stdout and in the exit code, so this is worth a warning, not a different verdict.
@@ -431,7 +452,7 @@ def execute(
         ),
         file=stdout,
     )
-    _write_termination(settings.termination_log, record, stderr)
+    _write_termination(settings.termination_log, record, stderr, outcome.outcomes)
     if settings.output_json is not None:
         settings.output_json.write_text(json.dumps({"verdict": record.to_wire(), **(outcome.details or {})}, indent=1, default=str))
     return outcome.exit_code

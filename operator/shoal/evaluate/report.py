@@ -6,7 +6,8 @@ so the operator reads the Job's termination message with
 ``status.lastEvaluation`` after adding the Job name. Kubernetes keeps at most 4096 bytes
 of a termination message; ``termination_message`` rounds numbers to 4 decimals and, if
 that is still too long, drops the echoed thresholds, then shortens the message, so the
-JSON always parses.
+JSON always parses. The per-item outcomes (api/outcomes.py) ride beside the record under
+"outcomes" when they fit; they are the first thing left out when the message is too long.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from shoal.api.modeltier import EvaluationRecord, MetricResult, ThresholdSpec
+from shoal.api.outcomes import MESSAGE_KEY, ItemOutcomes
 
 TERMINATION_MESSAGE_LIMIT_BYTES = 4096
 
@@ -31,10 +33,14 @@ def _round(record: EvaluationRecord) -> EvaluationRecord:
     return record.model_copy(update={"metrics": metrics})
 
 
-def termination_message(record: EvaluationRecord, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES) -> str:
-    """Compact JSON of ``record`` that fits in ``limit`` bytes."""
+def termination_message(record: EvaluationRecord, limit: int = TERMINATION_MESSAGE_LIMIT_BYTES, outcomes: ItemOutcomes | None = None) -> str:
+    """Compact JSON of ``record`` (with ``outcomes`` when they fit) in at most ``limit`` bytes."""
     record = _round(record)
     text = json.dumps(record.to_wire(), separators=(",", ":"))
+    if outcomes is not None:
+        with_outcomes = json.dumps({**record.to_wire(), MESSAGE_KEY: outcomes.to_wire()}, separators=(",", ":"))
+        if len(with_outcomes.encode()) <= limit:
+            return with_outcomes
     if len(text.encode()) <= limit:
         return text
     record = record.model_copy(update={"thresholds": []})

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from shoal.api import conditions as C
 from shoal.api.modeltier import EvaluationRecord, ModelTier
 from shoal.api.naming import ADAPTER_ANNOTATION, ADAPTER_SOURCE_ANNOTATION, CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
+from shoal.api.outcomes import split_message
 from shoal.api.times import parse_rfc3339
 
 from .conditions import Cond, EventSpec
@@ -153,7 +154,9 @@ def verdict_from_job(job: EvalJobObservation, timeout_seconds: int, now: datetim
     reported: EvaluationRecord | None = None
     if job.termination_message:
         try:
-            reported = EvaluationRecord.model_validate_json(job.termination_message)
+            # The per-item outcomes beside the record (api/outcomes.py) are for the
+            # classifier's learning only, never for the status.
+            reported = EvaluationRecord.model_validate_json(split_message(job.termination_message)[0])
         except ValidationError:
             reported = None
     exit_code = 0 if job.state == "Succeeded" and job.exit_code is None else job.exit_code
