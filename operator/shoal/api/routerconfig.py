@@ -102,6 +102,10 @@ class AdapterConfig(ShoalModel):
 
 class ClassifierConfig(ShoalModel):
     path: str = Field(description="Path of the classifier trained by `shoal router train` (JSON).")
+    learned_path: str | None = Field(
+        default=None,
+        description="Path of the model the operator learned from evaluations; used instead of `path` whenever the file exists (it appears and changes without a restart).",
+    )
     confidence_threshold: float = Field(default=0.7, ge=0, le=1, description="Below this confidence the request starts one tier up.")
     target_shares: dict[str, float] | None = Field(
         default=None, description="Share of classifier-routed requests to hold on each named tier (v2 models, shoal.router.share)."

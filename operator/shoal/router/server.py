@@ -29,6 +29,7 @@ started with, so a reload never disturbs requests in flight.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -130,6 +131,9 @@ class Snapshot:
     tiers: dict[str, UpstreamTier]
     local: UpstreamTier
     classifier: Classifier | None
+    # The loaded model's version (sha256 of the file, as the RoutePolicy status names it)
+    # and whether it is the operator's learned one.
+    classifier_info: dict[str, str] | None
     auth: dict[str, str]  # tier name -> "Bearer ..." (never logged)
     peers: tuple[UpstreamTier, ...]  # in-cluster tiers served by other sidecars
     models_body: bytes
@@ -151,14 +155,27 @@ class Snapshot:
                     raise InvalidConfig(f"tier {tier.name}: API key file {tier.api_key_file} is unreadable: {exc.strerror}") from exc
                 auth[tier.name] = f"Bearer {key}"
         classifier = None
+        classifier_info: dict[str, str] | None = None
         if config.classifier is not None:
             watched.append(config.classifier.path)
+            path = config.classifier.path
+            if config.classifier.learned_path is not None:
+                # The operator's learned model, once it exists (a missing file is part of
+                # the watched signature, so its appearance is a reload like any change).
+                watched.append(config.classifier.learned_path)
+                if Path(config.classifier.learned_path).is_file():
+                    path = config.classifier.learned_path
             try:
-                classifier = Classifier.load(config.classifier.path)
+                raw = Path(path).read_bytes()
+                classifier_info = {
+                    "version": "sha256:" + hashlib.sha256(raw).hexdigest()[:16],
+                    "source": "learned" if path == config.classifier.learned_path else "configured",
+                }
+                classifier = Classifier.load(path)
                 if config.classifier.target_shares:
                     classifier = hold_shares(classifier, config.classifier.target_shares)
             except (OSError, ValueError) as exc:
-                raise InvalidConfig(f"classifier {config.classifier.path}: {exc}") from exc
+                raise InvalidConfig(f"classifier {path}: {exc}") from exc
         names = []
         for tier in config.tiers:
             names.append(tier.name)
@@ -171,6 +188,7 @@ class Snapshot:
             tiers={t.name: t for t in config.tiers},
             local=config.tier(config.local_tier),
             classifier=classifier,
+            classifier_info=classifier_info,
             auth=auth,
             peers=tuple(t for t in config.tiers if t.kind == "service"),
             models_body=json.dumps(models).encode(),
@@ -383,6 +401,7 @@ class Router:
             "running": self.engine_running,
             # This sidecar's view of its peers (for people and tests; peers ignore it).
             "peers": self.peers.describe(),
+            "classifier": self.snapshot.classifier_info,
         }
         return web.json_response(state)
 
