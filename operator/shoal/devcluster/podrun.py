@@ -131,7 +131,11 @@ def _rewrite_file(name: str, content: bytes, rewrite: Rewriter) -> bytes:
     """A configuration file with in-cluster paths and URLs rewritten (JSON or YAML only)."""
     try:
         if name.endswith(".json"):
-            return (json.dumps(rewrite.walk(json.loads(content)), indent=2) + "\n").encode()
+            data = json.loads(content)
+            walked = rewrite.walk(data)
+            # Nothing to rewrite: the bytes as the kubelet would deliver them (a model's
+            # version is the sha256 of its file).
+            return content if walked == data else (json.dumps(walked, indent=2) + "\n").encode()
         if name.endswith((".yaml", ".yml")):
             return yaml.safe_dump(rewrite.walk(yaml.safe_load(content)), sort_keys=False).encode()
     except (ValueError, yaml.YAMLError):
@@ -140,7 +144,12 @@ def _rewrite_file(name: str, content: bytes, rewrite: Rewriter) -> bytes:
 
 
 def _volume_files(volume: Mapping[str, Any], namespace: str, objects: Objects) -> dict[str, tuple[bytes, int]]:
-    """The files of a configMap or secret volume: relative path -> (content, mode)."""
+    """The files of a configMap, secret or projected volume: relative path -> (content, mode)."""
+    if "projected" in volume:
+        projected: dict[str, tuple[bytes, int]] = {}
+        for source in volume["projected"].get("sources") or []:
+            projected.update(_volume_files({"name": volume["name"], **source}, namespace, objects))
+        return projected
     if "configMap" in volume:
         source, data_of, kind = volume["configMap"], objects.config_maps, "ConfigMap"
     else:
@@ -155,6 +164,8 @@ def _volume_files(volume: Mapping[str, Any], namespace: str, objects: Objects) -
     items = source.get("items") or [{"key": k, "path": k} for k in data]
     files = {}
     for item in items:
+        if item["key"] not in data and source.get("optional"):
+            continue  # as the kubelet does: an optional source's missing key is no file
         if item["key"] not in data:
             raise CannotRun(f"{kind} {namespace}/{name} has no key {item['key']!r} (volume {volume['name']})")
         raw = data[item["key"]]
@@ -265,7 +276,7 @@ def plan_pod(
     files: dict[Path, tuple[bytes, int]] = {}
     directories = [workdir]
     for name, volume in volumes.items():
-        if "configMap" in volume or "secret" in volume:
+        if "configMap" in volume or "secret" in volume or "projected" in volume:
             for path, (content, mode) in _volume_files(volume, namespace, objects).items():
                 files[local[name] / path] = (_rewrite_file(path, content, rewrite), mode)
         else:
