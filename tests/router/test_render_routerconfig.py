@@ -92,7 +92,11 @@ def test_small_tier_config_points_at_local_engine_services_and_external_key_file
     assert frontier["outputUSDPerToken"] == pytest.approx(1e-5)
     assert "token" not in str(frontier.get("model"))
     assert [r["name"] for r in config["rules"]] == ["code"]
-    assert config["classifier"] == {"path": "/etc/shoal/classifier/model.json", "confidenceThreshold": 0.6}
+    assert config["classifier"] == {
+        "path": "/etc/shoal/classifier/model.json",
+        "learnedPath": "/etc/shoal/classifier/learned/model.json",
+        "confidenceThreshold": 0.6,
+    }
     assert config["cache"]["ttlSeconds"] == 30
     assert "entryTier" not in config["escalation"]
     RouterConfig.model_validate(config)

@@ -58,6 +58,24 @@ def router_configmap_name(tier_name: str) -> str:
     return f"{tier_name}-router"
 
 
+def learned_classifier_configmap_name(policy_name: str) -> str:
+    """The operator's ConfigMap of a RoutePolicy's learned classifier (render/classifier.py)."""
+    return f"{policy_name}-classifier"
+
+
+# Keys of that ConfigMap: the learned model the sidecars load, and the kept per-item
+# outcomes of evaluations (read by the operator only; never mounted).
+LEARNED_MODEL_KEY = "model.json"
+KEPT_OUTCOMES_KEY = "evaluations.json"
+# Where the learned model appears in the sidecar's classifier volume.
+LEARNED_MODEL_PATH = "learned/model.json"
+# Annotations of that ConfigMap, which the RoutePolicy status is rebuilt from.
+CLASSIFIER_BASE_ANNOTATION = "shoal.dev/classifier-base"  # "<configmap>/<key>@<resourceVersion>" of the user's model
+LEARNED_FROM_ANNOTATION = "shoal.dev/learned-from"  # status.classifier.learnedFrom as JSON
+LEARNED_AT_ANNOTATION = "shoal.dev/learned-at"
+LEARNING_MESSAGE_ANNOTATION = "shoal.dev/learning-message"  # what the latest promotion did, as a sentence
+
+
 def service_host(service_name: str, namespace: str) -> str:
     return f"{service_name}.{namespace}.svc"
 

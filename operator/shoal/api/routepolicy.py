@@ -10,6 +10,7 @@ from a cache, and is costed.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -165,6 +166,22 @@ class ClassifierSpec(ShoalModel):
             "when the traffic mix drifts. The largest tier takes what is left. Empty: the model's own thresholds."
         ),
     )
+    learn_from_evaluations: Literal["enabled", "disabled"] = Field(
+        default="enabled",
+        description=(
+            "enabled: when a ModelTier of this ladder (not the largest rung) promotes a checkpoint after an evaluation, "
+            "the step above that rung is recalibrated from the evaluation's per-item outcomes (v2 models): the model's "
+            "expected share of requests that tier fails moves by the change in failure rate the evaluation measured "
+            "against the checkpoint it replaces (baseline: serving, or the kept outcomes of that checkpoint's own "
+            "evaluation on the same dataset). The result goes to the ConfigMap <policy>-classifier, which the sidecars "
+            "prefer over configMapRef and reload without a restart; status.classifier names the version and its data. "
+            "Needs the evaluation dataset in a ConfigMap. disabled: the sidecars use configMapRef as it is."
+        ),
+    )
+
+    def learns(self) -> bool:
+        """Whether the sidecars prefer a model learned from evaluations (and the operator learns one)."""
+        return self.mode == "enabled" and self.config_map_ref is not None and self.learn_from_evaluations == "enabled"
 
     @model_validator(mode="after")
     def _needs_model(self) -> ClassifierSpec:
@@ -387,10 +404,34 @@ class RoutePolicySpec(ShoalModel):
         return [t.external.api_key_secret_ref for t in self.tiers if t.external and t.external.api_key_secret_ref]
 
 
+class LearnedFrom(ShoalModel):
+    model_tier: str = Field(description="The ModelTier whose promoted checkpoint was evaluated.")
+    rung: str = Field(description="The policy's tier (rung) whose step up was recalibrated.")
+    checkpoint: str = Field(description="The promoted checkpoint.")
+    evaluation_job: str = Field(description="The evaluation Job whose per-item outcomes were used.")
+    dataset_digest: str = Field(description="sha256 of the evaluation dataset whose prompts were used.")
+    items: int = Field(description="Items with an outcome for both the promoted checkpoint and the one it replaced.")
+    compared_with: Literal["baseline", "previousEvaluation"] = Field(
+        description="baseline: the serving checkpoint, scored in the same Job; previousEvaluation: the kept outcomes of the replaced checkpoint's own evaluation."
+    )
+    failure_rate: float = Field(description="Share of those items the promoted checkpoint failed.")
+    previous_failure_rate: float = Field(description="Share of those items the checkpoint it replaced failed.")
+
+
+class ClassifierStatus(ShoalModel):
+    version: str | None = Field(default=None, description="sha256 (first 16 hex digits) of the model file the sidecars load; they report it at /shoal/state.")
+    source: Literal["ConfigMap", "Learned"] = Field(description="ConfigMap: spec.classifier.configMapRef as it is; Learned: recalibrated from evaluations (learnedFrom).")
+    config_map: str = Field(description="The ConfigMap (and key) the sidecars read the model from.")
+    learned_from: LearnedFrom | None = Field(default=None, description="The evaluation the learned model's last recalibration came from.")
+    learned_at: datetime | None = Field(default=None, description="When the learned model was written.")
+    message: str | None = Field(default=None, description="What the operator did with the latest promotion's outcomes, as a sentence.")
+
+
 class RoutePolicyStatus(ShoalModel):
     observed_generation: int | None = Field(default=None, description="The metadata.generation this status was computed from.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready and ResolvedRefs.")
     endpoint: str | None = Field(default=None, description="In-cluster base URL of the policy's OpenAI-compatible API (the entry Service).")
+    classifier: ClassifierStatus | None = Field(default=None, description="Which classifier the sidecars use and where it came from (classifier.mode enabled).")
 
 
 class RoutePolicy(KubeObject):

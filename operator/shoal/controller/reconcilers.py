@@ -39,12 +39,14 @@ from shoal.kube.errors import Conflict, Forbidden, Invalid, KubeError, Namespace
 from shoal.kube.observe import SecretKeys, observe_policy, observe_tier, secret_names_of_policy, secret_names_of_tier
 from shoal.kube.view import View
 from shoal.plan.conditions import Cond, EventSpec, merge_conditions, status_merge_patch
+from shoal.plan.learning import status_patch_field
 from shoal.plan.policy import entry_model_tier, policy_status
 from shoal.plan.tier import TierObservation, TierPlan, plan_tier
 from shoal.render.evaljob import AdapterEvalJobContext, EvalJobContext, render_adapter_eval_job, render_eval_job
 from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
+from .learning import ClassifierLearning
 from .drift import DriftWatch
 from .clock import Clock
 from .desired import tier_manifests
@@ -93,6 +95,7 @@ class Reconcilers:
         requeue: Callable[[ObjectKey], None],
         autoscaler: Autoscaler | None = None,
         drift: DriftWatch | None = None,
+        learning: ClassifierLearning | None = None,
     ) -> None:
         self.kube = kube
         self.view = view
@@ -101,6 +104,8 @@ class Reconcilers:
         self.requeue = requeue
         self.autoscaler = autoscaler
         self.drift = drift
+        # A RoutePolicy's classifier learned from evaluations (controller/learning.py).
+        self.learning = learning if learning is not None else ClassifierLearning(kube, view, clock)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # A tier's Service apply in flight (see _apply_service_unblocked).
         self._service_applies: dict[tuple[str, str], asyncio.Task[bool]] = {}
@@ -347,7 +352,12 @@ class Reconcilers:
         observed = observe_policy(self.view, policy, await self._secret_keys(namespace, secret_names_of_policy(policy)))
         await self._apply(render_entry_service(policy, entry_model_tier(policy, observed)))
         wanted = policy_status(policy, observed, self.clock.now(), body.get("status"))
-        patch = status_merge_patch(wanted, body.get("status"))
+        classifier = await self.learning.run(policy)
+        if classifier is not None:
+            wanted["classifier"] = classifier
+        patch = status_merge_patch(wanted, body.get("status"), rebuilt=frozenset({"classifier"}))
+        if patch and patch.get("classifier") is not None:
+            patch["classifier"] = status_patch_field(classifier, (body.get("status") or {}).get("classifier"))
         if patch:
             before = {c["type"]: c for c in (body.get("status") or {}).get("conditions", [])}
             ready = next(c for c in wanted["conditions"] if c["type"] == C.READY)

@@ -12,7 +12,7 @@ whose world it is part of:
 - a Deployment, Pod, Job, Service, PodDisruptionBudget or ConfigMap of Shoal's: its owner
   (the shoal.dev/tier or shoal.dev/route-policy label).
 - anyone else's ConfigMap: the tiers and policies of its namespace whose references did
-  not resolve (one of them may name it).
+  not resolve (one of them may name it), and the policies whose classifier model it holds.
 """
 
 from __future__ import annotations
@@ -98,7 +98,15 @@ class Triggers:
         if labels.get(TIER_LABEL) or labels.get(POLICY_LABEL):
             self.child_event(body)
             return
-        self.unresolved_in((body.get("metadata") or {}).get("namespace") or "")
+        meta = body.get("metadata") or {}
+        namespace = meta.get("namespace") or ""
+        self.unresolved_in(namespace)
+        # A policy's classifier model changed: its learned model (built on the old one) is
+        # dropped and its status names the new version (controller/learning.py).
+        for policy in self.view.policies_in(namespace):
+            ref = (((policy.get("spec") or {}).get("classifier") or {}).get("configMapRef") or {})
+            if ref.get("name") == meta.get("name"):
+                self.add(("RoutePolicy", namespace, policy["metadata"]["name"]))
 
     def unresolved_in(self, namespace: str) -> None:
         """Queue the tiers and policies of `namespace` whose references did not resolve."""

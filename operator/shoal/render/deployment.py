@@ -27,6 +27,8 @@ from shoal.api.naming import (
     CHECKPOINT_ANNOTATION,
     CONFIG_KEY,
     CONFIG_MOUNT,
+    LEARNED_MODEL_KEY,
+    LEARNED_MODEL_PATH,
     SECRETS_MOUNT,
     child_metadata,
     router_configmap_name,
@@ -70,6 +72,9 @@ class DeploymentContext:
     secret_mounts: tuple[SecretMount, ...] = field(default_factory=tuple)
     # ConfigMap holding the RoutePolicy's trained classifier, mounted for the router.
     classifier_config_map: str | None = None
+    # The operator's ConfigMap of the classifier learned from evaluations (optional in the
+    # volume: it exists once a promotion taught the classifier; learnFromEvaluations).
+    learned_classifier_config_map: str | None = None
 
 
 def model_location(uri: str) -> tuple[str, list[str], dict[str, Any] | None]:
@@ -304,7 +309,22 @@ def _volumes(tier: ModelTier, ctx: DeploymentContext) -> list[dict[str, Any]]:
         {"name": "router-config", "configMap": {"name": router_configmap_name(tier.name)}},
         {"name": "shadow-labels", "emptyDir": {"sizeLimit": LABELS_VOLUME_LIMIT}},
     ]
-    if ctx.classifier_config_map:
+    if ctx.classifier_config_map and ctx.learned_classifier_config_map:
+        # Both models in one volume: the user's as mounted before, and the learned one under
+        # learned/ once it exists. Its later versions arrive by the kubelet's ConfigMap sync
+        # and the sidecar reloads them, so a promotion never changes this pod template.
+        volumes.append({
+            "name": "classifier",
+            "projected": {"sources": [
+                {"configMap": {"name": ctx.classifier_config_map}},
+                {"configMap": {
+                    "name": ctx.learned_classifier_config_map,
+                    "optional": True,
+                    "items": [{"key": LEARNED_MODEL_KEY, "path": LEARNED_MODEL_PATH}],
+                }},
+            ]},
+        })
+    elif ctx.classifier_config_map:
         volumes.append({"name": "classifier", "configMap": {"name": ctx.classifier_config_map}})
     _, _, pvc = model_location(checkpoint)
     if pvc is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import tier_endpoint
+from shoal.api.naming import LEARNED_MODEL_PATH, tier_endpoint
 from shoal.api.routepolicy import RoutePolicy, TierRef
 from shoal.api.routerconfig import CLASSIFIER_DIR, LABELS_DIR, RouterConfig, secret_file_path
 from shoal.api.shadow import ShadowSpec
@@ -107,6 +107,7 @@ def render_router_config(
         if spec.classifier.mode == "enabled" and spec.classifier.config_map_ref is not None:
             config["classifier"] = {
                 "path": f"{CLASSIFIER_DIR}/{spec.classifier.config_map_ref.key}",
+                **({"learnedPath": f"{CLASSIFIER_DIR}/{LEARNED_MODEL_PATH}"} if spec.classifier.learns() else {}),
                 "confidenceThreshold": spec.classifier.confidence_threshold,
                 **({"targetShares": dict(spec.classifier.target_shares)} if spec.classifier.target_shares else {}),
             }

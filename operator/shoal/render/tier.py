@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from shoal.api.modeltier import ModelTier
-from shoal.api.naming import CONFIG_KEY, child_metadata, router_configmap_name, tier_labels
+from shoal.api.naming import CONFIG_KEY, child_metadata, learned_classifier_configmap_name, router_configmap_name, tier_labels
 from shoal.api.routepolicy import RoutePolicy
 
 from .deployment import DeploymentContext, SecretMount, render_deployment
@@ -72,6 +72,9 @@ def render_tier(
             policy.spec.classifier.config_map_ref.name
             if policy and policy.spec.classifier.mode == "enabled" and policy.spec.classifier.config_map_ref
             else None
+        ),
+        learned_classifier_config_map=(
+            learned_classifier_configmap_name(policy.name) if policy is not None and policy.spec.classifier.learns() else None
         ),
     )
     manifests = [

@@ -1,0 +1,299 @@
+"""Every evaluation teaches the router: pure decisions about a RoutePolicy's learned classifier.
+
+When a ModelTier of a policy's ladder promotes a checkpoint (its status says the
+checkpoint serves and its last evaluation, of that checkpoint, passed), the evaluation's
+per-item outcomes (api/outcomes.py, read off the finished Job's pod) recalibrate the
+step above that tier's rung (router/learning.py). The result and the kept outcomes live
+in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
+owner of these facts; the RoutePolicy's status.classifier is rebuilt from it on every pass.
+
+    user model M (configMapRef, resourceVersion R)
+      --(first seen, or R changed)--> base "M@R", no learned model; the outcomes of the
+                                      promotions visible now are kept as references:
+                                      M is taken to describe the checkpoints serving now
+      --(tier T promotes C, evaluated in Job J)--> J's outcomes are kept; with a reference
+                                      (J's own baseline, else the kept outcomes of T's
+                                      previous evaluation on the same dataset) the step
+                                      above T's rung of the current model (learned, else
+                                      M) is recalibrated -> learned model, learnedFrom J
+
+A promotion is handled once: its Job's name is in the kept outcomes afterwards. Reading
+the dataset and the user's model takes requests (the controller's part); deciding what to
+read and what to write is here, with the clock passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from shoal.api.base import ConfigMapKeyReference
+from shoal.api.modeltier import ModelTier
+from shoal.api.naming import (
+    CLASSIFIER_BASE_ANNOTATION,
+    KEPT_OUTCOMES_KEY,
+    LEARNED_AT_ANNOTATION,
+    LEARNED_FROM_ANNOTATION,
+    LEARNED_MODEL_KEY,
+    LEARNING_MESSAGE_ANNOTATION,
+    learned_classifier_configmap_name,
+)
+from shoal.api.outcomes import ItemOutcomes, split_message
+from shoal.api.routepolicy import RoutePolicy
+from shoal.api.times import rfc3339
+from shoal.router.learning import CannotLearn, recalibrate
+
+__all__ = [
+    "DatasetPrompts", "LearnedState", "Promotion", "base_of", "classifier_status", "learn", "model_text", "promotions", "reseed", "status_patch_field", "version_of",
+]
+
+
+# Kept outcomes per ModelTier: the newest is the reference for its next promotion and marks
+# its current promotion as handled; a few more say where earlier versions came from.
+KEEP_PER_TIER = 4
+
+
+def keep(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last KEEP_PER_TIER entries of each ModelTier, in their order."""
+    counts: dict[Any, int] = {}
+    out = []
+    for entry in reversed(kept):
+        tier = entry.get("modelTier")
+        counts[tier] = counts.get(tier, 0) + 1
+        if counts[tier] <= KEEP_PER_TIER:
+            out.append(entry)
+    return out[::-1]
+
+
+def model_text(model: dict[str, Any]) -> str:
+    """The learned model as stored (its sha256 is the version the status and sidecars name)."""
+    return json.dumps(model, separators=(",", ":"), sort_keys=True)
+
+
+def version_of(text: str | bytes) -> str:
+    """The version of a model file: what the sidecar reports for the same bytes."""
+    raw = text.encode() if isinstance(text, str) else text
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def base_of(policy: RoutePolicy, resource_version: str | None) -> str:
+    ref = policy.spec.classifier.config_map_ref
+    assert ref is not None
+    return f"{ref.name}/{ref.key}@{resource_version or ''}"
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A checkpoint a rung's ModelTier promoted after an evaluation with per-item outcomes."""
+
+    model_tier: str
+    rung: str
+    checkpoint: str
+    job: str
+    dataset_digest: str
+    dataset: ConfigMapKeyReference | None  # None: the dataset is not in a ConfigMap
+    outcomes: ItemOutcomes
+
+    def kept(self) -> dict[str, Any]:
+        return {
+            "modelTier": self.model_tier, "checkpoint": self.checkpoint, "job": self.job,
+            "datasetDigest": self.dataset_digest, "outcomes": self.outcomes.to_wire(),
+        }
+
+
+@dataclass(frozen=True)
+class LearnedState:
+    """What the policy's learned-classifier ConfigMap says (empty when it does not exist)."""
+
+    base: str | None = None
+    model: str | None = None
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    learned_from: dict[str, Any] | None = None
+    learned_at: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_config_map(cls, cm: dict[str, Any] | None) -> LearnedState:
+        if cm is None:
+            return cls()
+        annotations = (cm.get("metadata") or {}).get("annotations") or {}
+        data = cm.get("data") or {}
+        try:
+            kept = json.loads(data.get(KEPT_OUTCOMES_KEY) or "[]")
+            learned_from = json.loads(annotations[LEARNED_FROM_ANNOTATION]) if LEARNED_FROM_ANNOTATION in annotations else None
+        except ValueError:
+            kept, learned_from = [], None
+        return cls(
+            base=annotations.get(CLASSIFIER_BASE_ANNOTATION),
+            model=data.get(LEARNED_MODEL_KEY),
+            kept=kept if isinstance(kept, list) else [],
+            learned_from=learned_from if isinstance(learned_from, dict) else None,
+            learned_at=annotations.get(LEARNED_AT_ANNOTATION),
+            message=annotations.get(LEARNING_MESSAGE_ANNOTATION),
+        )
+
+    def handled(self, promotion: Promotion) -> bool:
+        return any(k.get("job") == promotion.job and k.get("checkpoint") == promotion.checkpoint for k in self.kept)
+
+
+def promotions(policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Mapping[tuple[str, str], str]) -> list[Promotion]:
+    """The promotions of the policy's rungs (below the largest) that left per-item outcomes.
+
+    tiers: the rungs' ModelTiers by name; messages: (ModelTier, Job) -> the evaluation
+    container's termination message, for the Jobs still there.
+    """
+    found = []
+    for ref in policy.spec.tiers[:-1]:
+        target = ref.model_tier_ref
+        if target is None or target.adapter is not None or target.name not in tiers:
+            continue
+        tier = tiers[target.name]
+        record = tier.status.last_evaluation
+        serving = tier.status.serving_checkpoint
+        if record is None or record.verdict != "Passed" or record.checkpoint != serving or not record.job_name or not record.dataset_digest:
+            continue
+        message = messages.get((tier.name, record.job_name))
+        outcomes = split_message(message)[1] if message else None
+        if outcomes is None:
+            continue
+        evaluation = tier.spec.rollout.evaluation
+        dataset = evaluation.dataset.config_map_ref if evaluation is not None else None
+        found.append(Promotion(tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes))
+    return found
+
+
+def reseed(policy: RoutePolicy, base: str, visible: list[Promotion], previous: LearnedState) -> LearnedState:
+    """The state for a user model seen for the first time (or changed): no learned model,
+    and the promotions visible now kept as references, not learned from."""
+    kept = keep(list(previous.kept) + [p.kept() for p in visible if not previous.handled(p)])
+    ref = policy.spec.classifier.config_map_ref
+    assert ref is not None
+    message = (
+        f"Using the model in ConfigMap {ref.name} (key {ref.key}), taken to describe the checkpoints serving now; "
+        "later promotions recalibrate it."
+    )
+    return LearnedState(base=base, model=None, kept=kept, message=message)
+
+
+@dataclass(frozen=True)
+class DatasetPrompts:
+    """An evaluation dataset as read for learning: its digest and, per item in dataset
+    order, what the router classifies (the last user message); or why it could not be read."""
+
+    digest: str | None = None
+    prompts: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def learn(
+    promotion: Promotion,
+    state: LearnedState,
+    *,
+    base_model: str | None,
+    dataset: DatasetPrompts | None,
+    now: datetime,
+) -> LearnedState:
+    """The state after handling one promotion: its outcomes kept, and (when there is a
+    reference to compare with and everything needed could be read) the model recalibrated.
+
+    base_model: the model to start from (state.model when there is one, else the user's
+    model text; None when it could not be read); dataset: the evaluation dataset as read
+    (None when it was not read: the promotion has no dataset ConfigMap).
+    """
+    kept = keep([*state.kept, promotion.kept()])
+
+    def only_kept(why: str) -> LearnedState:
+        message = f"{promotion.model_tier} promoted {promotion.checkpoint} (Job {promotion.job}): its outcomes are kept, the classifier is unchanged: {why}."
+        return LearnedState(state.base, state.model, kept, state.learned_from, state.learned_at, message)
+
+    reference = promotion.outcomes.baseline()
+    compared_with = "baseline"
+    if reference is None:
+        earlier = [
+            k for k in state.kept
+            if k.get("modelTier") == promotion.model_tier and k.get("datasetDigest") == promotion.dataset_digest and k.get("job") != promotion.job
+        ]
+        if earlier:
+            try:
+                reference = ItemOutcomes.model_validate(earlier[-1]["outcomes"]).candidate()
+            except ValueError:
+                reference = None
+        compared_with = "previousEvaluation"
+    if reference is None:
+        return only_kept(
+            "the evaluation ran without a baseline and no earlier evaluation of this ModelTier on the same dataset is kept "
+            "(these outcomes are the reference for the next promotion)"
+        )
+    if promotion.dataset is None:
+        return only_kept("the evaluation dataset is not in a ConfigMap, so its prompts cannot be read")
+    if dataset is None or dataset.problem is not None:
+        why = dataset.problem if dataset is not None else "it was not read"
+        return only_kept(f"the dataset ConfigMap {promotion.dataset.name} (key {promotion.dataset.key}) cannot be used: {why}")
+    if base_model is None:
+        return only_kept("the classifier's model could not be read")
+    if dataset.digest != promotion.dataset_digest:
+        return only_kept(f"the dataset ConfigMap {promotion.dataset.name} changed since the evaluation (digest {dataset.digest})")
+    try:
+        model = json.loads(base_model)
+        if not isinstance(model, dict):
+            raise CannotLearn("the classifier's model is not a JSON object")
+        learned, summary = recalibrate(
+            model, promotion.rung, list(dataset.prompts[: promotion.outcomes.items]), promotion.outcomes.candidate(), reference,
+        )
+    except CannotLearn as exc:
+        return only_kept(str(exc))
+    except ValueError as exc:
+        return only_kept(f"the classifier's model does not load: {exc}")
+    learned_from = {
+        "modelTier": promotion.model_tier, "rung": promotion.rung, "checkpoint": promotion.checkpoint,
+        "evaluationJob": promotion.job, "datasetDigest": promotion.dataset_digest, "items": summary.items,
+        "comparedWith": compared_with, "failureRate": round(summary.failure_rate, 4),
+        "previousFailureRate": round(summary.previous_failure_rate, 4),
+    }
+    message = (
+        f"Recalibrated the step above {promotion.rung} from Job {promotion.job}: {promotion.checkpoint} failed "
+        f"{summary.failure_rate:.1%} of {summary.items} items against {summary.previous_failure_rate:.1%} for the checkpoint "
+        f"it replaced; the predicted share of requests {promotion.rung} needs help with moved from "
+        f"{summary.mean_helps_before:.3f} to {summary.mean_helps_after:.3f} on the evaluation's prompts."
+    )
+    return LearnedState(state.base, model_text(learned), kept, learned_from, rfc3339(now), message)
+
+
+def classifier_status(policy: RoutePolicy, state: LearnedState, user_version: str | None) -> dict[str, Any] | None:
+    """status.classifier in wire form (None: the policy routes without a classifier)."""
+    spec = policy.spec.classifier
+    if spec.mode != "enabled" or spec.config_map_ref is None:
+        return None
+    user = {"source": "ConfigMap", "configMap": f"{spec.config_map_ref.name}/{spec.config_map_ref.key}"}
+    if user_version is not None:
+        user["version"] = user_version
+    if spec.learn_from_evaluations != "enabled":
+        return {**user, "message": "learnFromEvaluations is disabled: the sidecars use the configured model as it is."}
+    if state.message is not None:
+        user["message"] = state.message
+    if state.model is None:
+        return user
+    status: dict[str, Any] = {
+        "version": version_of(state.model),
+        "source": "Learned",
+        "configMap": f"{learned_classifier_configmap_name(policy.name)}/{LEARNED_MODEL_KEY}",
+    }
+    if state.learned_from is not None:
+        status["learnedFrom"] = state.learned_from
+    if state.learned_at is not None:
+        status["learnedAt"] = state.learned_at
+    if state.message is not None:
+        status["message"] = state.message
+    return status
+
+
+def status_patch_field(wanted: dict[str, Any] | None, stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """status.classifier as a merge patch: a field the new value no longer has is set to
+    null (a merge patch merges nested objects, so leaving it out would keep it)."""
+    if wanted is None:
+        return None
+    return {**{k: None for k in (stored or {}) if k not in wanted}, **wanted}
