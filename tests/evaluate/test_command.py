@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shoal.api.modeltier import EvaluationRecord
+from shoal.api.outcomes import ItemOutcomes, split_message
 from shoal.testing.fake_engine import start_fake_engine
 
 PARIS_ITEMS = "\n".join(
@@ -67,8 +68,10 @@ def test_a_right_answering_endpoint_passes_with_exit_0_and_a_passed_verdict(tmp_
     assert exact == {"name": "exact_match", "value": 1.0, "lower": 0.9124, "upper": 1.0}
     assert [m["name"] for m in message["metrics"]] == ["exact_match", "latency_p50_seconds", "latency_p95_seconds"]
     assert message["thresholds"] == [{"metric": "exact_match", "min": 0.8}]
-    # The operator reads it back with the API model.
-    assert EvaluationRecord.model_validate(message).verdict == "Passed"
+    # The operator reads it back with the API model, once the per-item outcomes are set aside.
+    record, outcomes = split_message(json.dumps(message))
+    assert EvaluationRecord.model_validate_json(record).verdict == "Passed"
+    assert outcomes is not None and outcomes.candidate() == [True] * 40 and outcomes.baseline() is None
     assert "exact_match          1.000  [0.912, 1.000]" in process.stdout
     assert "verdict: Passed" in process.stdout
 
@@ -105,6 +108,32 @@ def test_a_regression_against_the_serving_endpoint_fails_even_above_the_threshol
     assert exact["deltaUpper"] < -0.02
     assert message["message"].startswith("exact_match regressed against the serving checkpoint: difference -0.150")
     assert "difference 95% interval" in process.stdout
+
+
+def test_the_verdict_carries_both_checkpoints_per_item_outcomes_in_dataset_order(tmp_path):
+    # France and Spain items interleaved: the candidate (always "Paris") passes only the
+    # French ones, the serving checkpoint (always "Madrid") only the Spanish ones.
+    lines = [
+        json.dumps({"id": f"q{i}", "prompt": "capital of Spain?" if i % 3 == 0 else "capital of France?",
+                    "reference": "Madrid" if i % 3 == 0 else "Paris"})
+        for i in range(60)
+    ]
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(lines))
+    spec = write_spec(tmp_path, baseline="serving", thresholds=[{"metric": "exact_match", "min": 0.1}], maxRegression=1.0)
+    with start_fake_engine(model="new", reply="Paris") as candidate, start_fake_engine(model="old", reply="Madrid") as serving:
+        process, message = shoal_eval(
+            tmp_path, "--spec", str(spec), "--dataset", str(data),
+            "--endpoint", candidate.base_url, "--model", "new",
+            "--baseline-endpoint", serving.base_url, "--baseline-model", "old",
+        )
+    assert process.returncode in (0, 1), process.stderr
+    outcomes = ItemOutcomes.model_validate(message["outcomes"])
+    assert outcomes.items == 60
+    assert outcomes.candidate() == [i % 3 != 0 for i in range(60)]
+    assert outcomes.baseline() == [i % 3 == 0 for i in range(60)]
+    # Bitmaps only: no prompt, reference or answer text travels with them.
+    assert "capital" not in json.dumps(message) and "Paris" not in json.dumps(message["outcomes"])
 
 
 def test_an_unreachable_endpoint_is_an_error_with_exit_2(tmp_path, dataset_file):

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from shoal.api.modeltier import EvaluationRecord, MetricResult, ThresholdSpec
+from shoal.api.outcomes import MAX_ITEMS, ItemOutcomes, split_message
 from shoal.evaluate import engine, report
 
 
@@ -96,3 +97,44 @@ def test_the_report_table_shows_each_interval_and_the_paired_difference():
     assert "[0.100, 0.150]" in table
     assert "[-0.100, -0.050]" in table
     assert "min 0.5" in table
+
+
+def test_outcomes_of_the_largest_described_dataset_with_a_baseline_fit_beside_a_typical_record():
+    # 5,000 items: only the first 2,048 are described; with a baseline that is four
+    # bitmaps of 256 bytes, and the message stays under 4096 bytes with the record whole.
+    candidate = [i % 3 != 0 for i in range(5000)]
+    baseline = [None if i % 7 == 0 else i % 2 == 0 for i in range(5000)]
+    outcomes = ItemOutcomes.encode(candidate, baseline)
+    text = report.termination_message(record(message="x" * 300), outcomes=outcomes)
+    assert len(text.encode()) <= 4096
+    record_json, read = split_message(text)
+    assert EvaluationRecord.model_validate_json(record_json) == EvaluationRecord.model_validate_json(report.termination_message(record(message="x" * 300)))
+    assert read is not None and read.items == MAX_ITEMS == 2048
+    assert read.candidate() == candidate[:2048]
+    assert read.baseline() == baseline[:2048]
+
+
+def test_outcomes_are_left_out_before_anything_of_the_record_is_cut():
+    outcomes = ItemOutcomes.encode([True] * 2048, [False] * 2048)
+    long_message = "y" * 2800
+    text = report.termination_message(record(message=long_message), outcomes=outcomes)
+    assert "outcomes" not in json.loads(text)
+    assert json.loads(text)["message"] == long_message
+
+
+def test_a_job_whose_message_carries_outcomes_gives_the_same_status_record_as_one_without():
+    from datetime import datetime, timezone
+
+    from shoal.plan.rollout import EvalJobObservation, verdict_from_job
+
+    now = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    plain = report.termination_message(record(verdict="Passed"))
+    with_outcomes = report.termination_message(record(verdict="Passed"), outcomes=ItemOutcomes.encode([True, False, None]))
+    assert "outcomes" in json.loads(with_outcomes)
+    verdicts = [
+        verdict_from_job(EvalJobObservation(name="small-eval-1", checkpoint="s3://models/ckpt-0043", state="Succeeded", exit_code=0, termination_message=m), 600, now)
+        for m in (plain, with_outcomes)
+    ]
+    assert verdicts[0] == verdicts[1]
+    assert verdicts[1].metrics[0].name == "exact_match"
+    assert "outcomes" not in json.dumps(verdicts[1].to_wire())

@@ -1,0 +1,121 @@
+"""Recalibrating a v2 step from evaluation outcomes (router/learning.py), on real outcomes.
+
+The data: GSM8K questions with RouteLLM's published per-prompt outcomes of a weak and a
+strong model (tests/router/data/README.md). The model is trained on 200 of them; the
+other 100 play the evaluation dataset, whose "serving checkpoint" outcomes are the weak
+model's and whose candidate outcomes are changed on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shoal.router.classifier import DifficultyModel, read_examples, train, train_difficulty
+from shoal.router.learning import PRIOR_ITEMS, CannotLearn, recalibrate
+
+DATA = Path(__file__).parent / "data" / "gsm8k-outcomes-sample.jsonl"
+
+
+@pytest.fixture(scope="module")
+def examples():
+    examples, order = read_examples(DATA)
+    assert order == ["small", "large"] and len(examples) == 300
+    return examples
+
+
+@pytest.fixture(scope="module")
+def model_json(examples) -> dict:
+    return train_difficulty(examples[:200], ["small", "large"], bits=12, epochs=4).to_json()
+
+
+def share_kept_small(model: dict, prompts: list[str]) -> float:
+    parsed = DifficultyModel.from_json(model)
+    return sum(parsed.tier_for(p) == "small" for p in prompts) / len(prompts)
+
+
+def evaluation(examples):
+    items = examples[200:]
+    return [e.prompt for e in items], [e.outcomes["small"] for e in items]
+
+
+def test_a_checkpoint_that_fails_more_items_keeps_fewer_requests_on_its_tier(examples, model_json):
+    prompts, serving = evaluation(examples)
+    # The candidate loses every second item the serving checkpoint answered well.
+    right = 0
+    worse = []
+    for ok in serving:
+        right += ok
+        worse.append(ok and right % 2 == 1)
+    traffic = [e.prompt for e in examples]
+    before = share_kept_small(model_json, traffic)
+    learned, summary = recalibrate(model_json, "small", prompts, worse, serving)
+    after = share_kept_small(learned, traffic)
+    assert summary.items == 100
+    assert summary.previous_failure_rate == pytest.approx(sum(not ok for ok in serving) / 100)
+    assert summary.failure_rate == pytest.approx(sum(not ok for ok in worse) / 100)
+    assert summary.failure_rate > summary.previous_failure_rate + 0.2
+    # The predicted need for help rises by the shrunk change in failure rate...
+    change = (summary.failure_rate - summary.previous_failure_rate) * 100 / (100 + PRIOR_ITEMS)
+    assert summary.mean_helps_after - summary.mean_helps_before == pytest.approx(change, abs=1e-6)
+    assert summary.intercept_after > summary.intercept_before
+    # ...and at the same threshold clearly fewer requests stay on the small tier.
+    assert after < before - 0.15, (before, after)
+    # Only the helps intercept of that step moved.
+    assert learned["steps"][0]["helps"]["weights"] == model_json["steps"][0]["helps"]["weights"]
+    assert learned["steps"][0]["hurts"] == model_json["steps"][0]["hurts"]
+    assert learned["steps"][0]["threshold"] == model_json["steps"][0]["threshold"]
+    assert learned["info"]["recalibrated"]["items"] == 100
+
+
+def test_a_checkpoint_that_fails_fewer_items_keeps_more_requests_and_an_equal_one_changes_nothing(examples, model_json):
+    prompts, serving = evaluation(examples)
+    traffic = [e.prompt for e in examples]
+    better = [True] * len(serving)
+    learned, summary = recalibrate(model_json, "small", prompts, better, serving)
+    assert summary.failure_rate == 0.0
+    assert share_kept_small(learned, traffic) > share_kept_small(model_json, traffic) + 0.1
+    same, unchanged = recalibrate(model_json, "small", prompts, serving, serving)
+    assert unchanged.intercept_after == pytest.approx(unchanged.intercept_before, abs=1e-6)
+    assert share_kept_small(same, traffic) == share_kept_small(model_json, traffic)
+
+
+def test_few_items_move_the_model_less_than_many_with_the_same_rates(examples, model_json):
+    prompts, serving = evaluation(examples)
+    ten = recalibrate(model_json, "small", prompts[:10], [False] * 10, [True] * 10)[1]
+    hundred = recalibrate(model_json, "small", prompts, [False] * 100, [True] * 100)[1]
+    assert ten.mean_helps_after - ten.mean_helps_before == pytest.approx(10 / 30, abs=1e-6)
+    # 100 items would move it by 100/120 = 0.83: past certainty, so it stops at the bound.
+    assert hundred.mean_helps_before + 100 / 120 > 1
+    assert hundred.mean_helps_after == pytest.approx(0.999, abs=1e-6)
+
+
+def test_unscored_items_are_left_out_of_the_comparison(examples, model_json):
+    prompts, serving = evaluation(examples)
+    candidate = [None if i % 2 else ok for i, ok in enumerate(serving)]
+    previous = [None if i % 5 == 0 else ok for i, ok in enumerate(serving)]
+    summary = recalibrate(model_json, "small", prompts, candidate, previous)[1]
+    assert summary.items == sum(1 for i in range(100) if i % 2 == 0 and i % 5 != 0) == 40
+
+
+def test_what_cannot_be_learned_says_why(examples, model_json):
+    prompts, serving = evaluation(examples)
+    v1 = train([("add 2 and 2", "small"), ("prove it", "large")], ["small", "large"], epochs=1).to_json()
+    with pytest.raises(CannotLearn, match="not a v2 model"):
+        recalibrate(v1, "small", prompts, serving, serving)
+    with pytest.raises(CannotLearn, match="no step above 'large'"):
+        recalibrate(model_json, "large", prompts, serving, serving)
+    with pytest.raises(CannotLearn, match="no evaluation item has an outcome for both"):
+        recalibrate(model_json, "small", prompts, [None] * 100, serving)
+
+
+def test_the_learned_model_is_a_loadable_v2_model_with_calibration_moved_along(examples, model_json, tmp_path):
+    prompts, serving = evaluation(examples)
+    learned, summary = recalibrate(model_json, "small", prompts, [False] * 100, serving)
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(learned))
+    loaded = DifficultyModel.from_json(json.loads(path.read_text()))
+    moved = summary.mean_helps_after - summary.mean_helps_before
+    assert loaded.calibration[0][0] == pytest.approx(model_json["calibration"][0][0] + moved, abs=1e-3)
