@@ -77,9 +77,16 @@ class FakeKube:
     """Records requests; answers as the API server does. `fail` makes the next call of a
     method raise (a dropped connection, a conflict)."""
 
-    def __init__(self, view: View, secrets: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        view: View,
+        secrets: dict[tuple[str, str], dict[str, Any]] | None = None,
+        config_maps: dict[tuple[str, str], dict[str, Any]] | None = None,
+    ) -> None:
         self.view = view
         self.secrets = secrets or {}
+        # Whole ConfigMaps a GET returns (the view keeps other people's as key names only).
+        self.config_maps = config_maps or {}
         self.calls: list[tuple[Any, ...]] = []
         self.events: list[dict[str, Any]] = []
         self.written: list[dict[str, Any]] = []
@@ -104,6 +111,8 @@ class FakeKube:
     async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         self.calls.append(("get", kind, name))
         self._maybe_fail("get")
+        if kind == "ConfigMap":
+            return copy.deepcopy(self.config_maps.get((namespace or "", name)))
         return copy.deepcopy(self.secrets.get((namespace or "", name))) if kind == "Secret" else None
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

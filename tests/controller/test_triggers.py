@@ -62,3 +62,14 @@ def test_someone_elses_config_map_queues_only_objects_whose_references_did_not_r
     triggers.view.tiers[("llm", "lone")][0]["status"] = {"conditions": [{"type": "ResolvedRefs", "status": "False"}]}  # type: ignore[index]
     triggers.config_map_event({"metadata": {"namespace": "llm", "name": "dataset", "labels": {}}})
     assert queued == [("ModelTier", "llm", "lone")]
+
+
+def test_the_config_map_of_a_policys_classifier_model_queues_that_policy():
+    triggers, queued, _, _, _ = setup()
+    policy = triggers.view.policies[("llm", "ladder")][0]  # type: ignore[index]
+    policy["spec"]["classifier"] = {"mode": "enabled", "configMapRef": {"name": "router-model", "key": "model.json"}}
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "router-model", "labels": {}}})
+    assert queued == [("RoutePolicy", "llm", "ladder")]
+    queued.clear()
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "dataset", "labels": {}}})
+    assert queued == []

@@ -8,13 +8,18 @@ model's and whose candidate outcomes are changed on purpose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from shoal.router.classifier import DifficultyModel, read_examples, train, train_difficulty
+from shoal.router.classifier import DifficultyModel, Example, read_examples, train, train_difficulty
 from shoal.router.learning import PRIOR_ITEMS, CannotLearn, recalibrate
+
+from .conftest import ladder_config, wait_for
+from .test_classifier_router import EASY, HARD, tiers_for
+from .test_classifier_v2 import synthetic
 
 DATA = Path(__file__).parent / "data" / "gsm8k-outcomes-sample.jsonl"
 
@@ -119,3 +124,26 @@ def test_the_learned_model_is_a_loadable_v2_model_with_calibration_moved_along(e
     loaded = DifficultyModel.from_json(json.loads(path.read_text()))
     moved = summary.mean_helps_after - summary.mean_helps_before
     assert loaded.calibration[0][0] == pytest.approx(model_json["calibration"][0][0] + moved, abs=1e-3)
+
+
+def test_the_sidecar_switches_to_the_learned_model_when_its_file_appears_and_reports_its_version(fresh_engines, start_router, tmp_path):
+    examples = [Example(e.prompt, {"small": e.outcomes["small"], "frontier": e.outcomes["large"]}) for e in synthetic()]
+    configured = json.dumps(train_difficulty(examples, ["small", "frontier"], epochs=4).to_json())
+    user_path, learned_path = tmp_path / "model.json", tmp_path / "learned" / "model.json"
+    user_path.write_text(configured)
+    router = start_router(ladder_config(fresh_engines, tmp_path, rules=[], classifier={"path": str(user_path), "learnedPath": str(learned_path)}))
+    state = json.loads(router.get("/shoal/state")[1])
+    assert state["classifier"] == {"version": "sha256:" + hashlib.sha256(configured.encode()).hexdigest()[:16], "source": "configured"}
+    assert tiers_for(router, [HARD, EASY]) == [("frontier", "classifier"), ("small", "classifier")]
+
+    # A promoted small checkpoint failed every sum the one before answered: the learned
+    # model sends the easy prompt up too.
+    sums = [e.prompt for e in synthetic() if e.prompt.startswith("add")]
+    learned, _ = recalibrate(json.loads(configured), "small", sums, [False] * len(sums), [True] * len(sums))
+    text = json.dumps(learned)
+    learned_path.parent.mkdir()
+    learned_path.write_text(text)
+    version = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    wait_for(lambda: json.loads(router.get("/shoal/state")[1])["classifier"]["version"] == version, "the learned model loaded", timeout=30)
+    assert json.loads(router.get("/shoal/state")[1])["classifier"]["source"] == "learned"
+    assert tiers_for(router, [HARD, EASY]) == [("frontier", "classifier"), ("frontier", "classifier")]

@@ -1,0 +1,188 @@
+"""Pure decisions about a RoutePolicy's learned classifier (plan/learning.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from shoal.api.modeltier import ModelTier
+from shoal.api.outcomes import ItemOutcomes
+from shoal.api.routepolicy import RoutePolicy
+from shoal.plan.learning import (
+    KEEP_PER_TIER,
+    DatasetPrompts,
+    LearnedState,
+    base_of,
+    classifier_status,
+    keep,
+    learn,
+    model_text,
+    promotions,
+    reseed,
+    status_patch_field,
+    version_of,
+)
+from shoal.router.classifier import Example, train_difficulty
+
+NOW = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)
+DIGEST = "sha256:" + "ab" * 32
+PROMPTS = tuple(f"add {i} and {i + 3} please" if i % 2 else f"prove lemma {i} about compact manifolds rigorously" for i in range(40))
+
+
+def policy(**classifier) -> RoutePolicy:
+    return RoutePolicy.from_body({
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy",
+        "metadata": {"name": "support", "namespace": "llm", "uid": "uid-support"},
+        "spec": {
+            "tiers": [{"name": "small", "modelTierRef": {"name": "small-8b"}}, {"name": "large", "modelTierRef": {"name": "large-70b"}}],
+            "classifier": {"mode": "enabled", "configMapRef": {"name": "router-model", "key": "model.json"}, **classifier},
+        },
+    })
+
+
+def tier(name: str, *, serving: str, evaluated: str, verdict: str = "Passed", job: str = "small-8b-eval-0002", dataset: bool = True) -> ModelTier:
+    evaluation = {
+        "dataset": {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}} if dataset else {"uri": "https://example.com/items.jsonl"},
+        "scorers": [{"type": "exactMatch"}],
+        "thresholds": [{"metric": "exact_match", "min": 0.5}],
+    }
+    return ModelTier.from_body({
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
+        "metadata": {"name": name, "namespace": "llm"},
+        "spec": {
+            "model": {"name": "m", "source": "hf://org/m", "checkpoint": serving},
+            "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}},
+            "rollout": {"evaluation": evaluation},
+        },
+        "status": {
+            "servingCheckpoint": serving,
+            "lastEvaluation": {"checkpoint": evaluated, "verdict": verdict, "jobName": job, "datasetDigest": DIGEST, "items": 40},
+        },
+    })
+
+
+def message(candidate, baseline=None) -> str:
+    record = {"checkpoint": "s3://models/ckpt-0002", "verdict": "Passed", "datasetDigest": DIGEST, "items": 40}
+    return json.dumps({**record, "outcomes": ItemOutcomes.encode(candidate, baseline).to_wire()})
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    examples = [Example(p, {"small": i % 2 == 1, "large": True}) for i, p in enumerate(PROMPTS * 3)]
+    return model_text(train_difficulty(examples, ["small", "large"], bits=10, epochs=3).to_json())
+
+
+SERVING = [i % 2 == 1 for i in range(40)]  # the replaced checkpoint: the sums only
+WORSE = [i % 4 == 1 for i in range(40)]  # the promoted one: half of the sums
+
+
+def the_promotion(candidate=WORSE, baseline=SERVING, **tier_args):
+    small = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", **tier_args)
+    found = promotions(policy(), {"small-8b": small}, {("small-8b", "small-8b-eval-0002"): message(candidate, baseline)})
+    assert len(found) == 1
+    return found[0]
+
+
+def test_a_passed_evaluation_of_the_serving_checkpoint_is_a_promotion_with_its_outcomes():
+    promotion = the_promotion()
+    assert (promotion.model_tier, promotion.rung, promotion.checkpoint, promotion.job) == ("small-8b", "small", "s3://models/ckpt-0002", "small-8b-eval-0002")
+    assert promotion.dataset.name == "eval-items" and promotion.dataset_digest == DIGEST
+    assert promotion.outcomes.candidate() == WORSE
+
+
+@pytest.mark.parametrize(
+    ("case", "tiers", "messages"),
+    [
+        ("still rolling out", {"small-8b": tier("small-8b", serving="s3://models/ckpt-0001", evaluated="s3://models/ckpt-0002")}, None),
+        ("failed", {"small-8b": tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", verdict="Failed")}, None),
+        ("job gone", {"small-8b": tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002")}, {}),
+        ("no outcomes", {"small-8b": tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002")},
+         {("small-8b", "small-8b-eval-0002"): json.dumps({"checkpoint": "s3://models/ckpt-0002", "verdict": "Passed"})}),
+        ("largest rung", {"large-70b": tier("large-70b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002")}, None),
+    ],
+)
+def test_what_is_not_a_promotion_to_learn_from(case, tiers, messages):
+    if messages is None:
+        messages = {(name, "small-8b-eval-0002"): message(WORSE) for name in tiers}
+    assert promotions(policy(), tiers, messages) == [], case
+
+
+def test_a_new_user_model_is_taken_to_describe_the_checkpoints_serving_now():
+    state = reseed(policy(), "router-model/model.json@7", [the_promotion()], LearnedState())
+    assert state.model is None and state.base == "router-model/model.json@7"
+    assert [k["job"] for k in state.kept] == ["small-8b-eval-0002"]
+    assert state.handled(the_promotion())
+    assert "taken to describe the checkpoints serving now" in state.message
+
+
+def test_a_promotion_with_a_baseline_recalibrates_the_step_and_says_from_what(model):
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    learned = learn(the_promotion(), state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert learned.model is not None and learned.model != model
+    assert learned.learned_from == {
+        "modelTier": "small-8b", "rung": "small", "checkpoint": "s3://models/ckpt-0002", "evaluationJob": "small-8b-eval-0002",
+        "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+    }
+    assert learned.learned_at == "2026-11-29T23:00:00Z"
+    assert learned.message.startswith("Recalibrated the step above small from Job small-8b-eval-0002: s3://models/ckpt-0002 failed 75.0% of 40 items against 50.0%")
+    # The status names the version the sidecars will report for the same bytes.
+    status = classifier_status(policy(), learned, "sha256:0000000000000000")
+    assert status["version"] == version_of(learned.model.encode())
+    assert (status["source"], status["configMap"]) == ("Learned", "support-classifier/model.json")
+    assert status["learnedFrom"]["comparedWith"] == "baseline"
+    # No prompt text anywhere in what is kept or reported.
+    assert "lemma" not in json.dumps(learned.kept) + json.dumps(status)
+
+
+def test_without_a_baseline_the_kept_outcomes_of_the_tiers_previous_evaluation_are_the_reference(model):
+    earlier = {"modelTier": "small-8b", "checkpoint": "s3://models/ckpt-0001", "job": "small-8b-eval-0001", "datasetDigest": DIGEST,
+               "outcomes": ItemOutcomes.encode(SERVING).to_wire()}
+    state = LearnedState(base="router-model/model.json@7", kept=[earlier], message="seeded")
+    learned = learn(the_promotion(baseline=None), state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert learned.learned_from["comparedWith"] == "previousEvaluation"
+    assert learned.learned_from["previousFailureRate"] == 0.5
+    assert [k["job"] for k in learned.kept] == ["small-8b-eval-0001", "small-8b-eval-0002"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "dataset", "why"),
+    [
+        ({"baseline": None}, DatasetPrompts(DIGEST, PROMPTS), "no earlier evaluation of this ModelTier on the same dataset is kept"),
+        ({}, DatasetPrompts("sha256:" + "cd" * 32, PROMPTS), "changed since the evaluation"),
+        ({}, DatasetPrompts(problem="ConfigMap eval-items has no key items.jsonl"), "has no key items.jsonl"),
+        ({"dataset": False}, None, "not in a ConfigMap"),
+    ],
+)
+def test_a_promotion_that_cannot_teach_keeps_its_outcomes_and_says_why(model, kwargs, dataset, why):
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    after = learn(the_promotion(**kwargs), state, base_model=model, dataset=dataset, now=NOW)
+    assert after.model is None and after.learned_from is None
+    assert [k["job"] for k in after.kept] == ["small-8b-eval-0002"]
+    assert why in after.message
+    assert after.message.startswith("small-8b promoted s3://models/ckpt-0002 (Job small-8b-eval-0002): its outcomes are kept, the classifier is unchanged")
+
+
+def test_outcomes_are_kept_per_tier_and_bounded():
+    entries = [{"modelTier": "a" if i % 3 else "b", "job": f"j{i}"} for i in range(20)]
+    kept = keep(entries)
+    assert [e["job"] for e in kept if e["modelTier"] == "a"] == ["j14", "j16", "j17", "j19"]
+    assert [e["job"] for e in kept if e["modelTier"] == "b"] == ["j9", "j12", "j15", "j18"]
+    assert len(kept) == 2 * KEEP_PER_TIER
+
+
+def test_status_without_learning_names_the_users_model_and_why():
+    disabled = classifier_status(policy(learnFromEvaluations="disabled"), LearnedState(), "sha256:1111111111111111")
+    assert disabled == {
+        "source": "ConfigMap", "configMap": "router-model/model.json", "version": "sha256:1111111111111111",
+        "message": "learnFromEvaluations is disabled: the sidecars use the configured model as it is.",
+    }
+    assert classifier_status(policy(mode="disabled", configMapRef=None), LearnedState(), None) is None
+    assert base_of(policy(), "42") == "router-model/model.json@42"
+
+
+def test_a_status_field_that_is_gone_is_removed_by_the_merge_patch():
+    stored = {"source": "Learned", "version": "sha256:1", "learnedFrom": {"items": 3}, "learnedAt": "x", "configMap": "a"}
+    wanted = {"source": "ConfigMap", "version": "sha256:2", "configMap": "b"}
+    assert status_patch_field(wanted, stored) == {"learnedFrom": None, "learnedAt": None, **wanted}
