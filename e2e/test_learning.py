@@ -1,0 +1,186 @@
+"""Every evaluation teaches the router: a promotion produces a recalibrated classifier that
+the running sidecars load, on the real control plane with real sidecars.
+
+The dev cluster's fleet (``shoal.devcluster.fleet``, what `shoal dev up` runs) backs every
+pod of the two tiers with the real router sidecar (and the fake engine). The operator, the
+eval gate, the rollout and the learning are the real ones; kwok finishes the evaluation
+pod with the termination message the test asks for (``evaluation.podAnnotations``): the
+record `shoal eval` writes, with per-item outcomes of the candidate and of the serving
+checkpoint (``baseline: serving``), in the format tests/evaluate checks the program writes.
+
+What the fleet does in place of the kubelet: it writes a pod's ConfigMap volumes (also
+projected ones) to files and rewrites them when the ConfigMaps change, within a second;
+a kubelet takes up to its sync period (about a minute). Everything after that, noticing
+the new file and loading it, is the sidecar's own code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.helpers import wait_for
+from shoal.api.outcomes import ItemOutcomes
+from shoal.devcluster import fleet, processes
+from shoal.devcluster.cluster import FLEET, ControlPlane, stop_pod_processes
+from shoal.devcluster.commands import start_fleet
+from shoal.devcluster.engines import ENGINE_ANNOTATION
+from shoal.router.classifier import DifficultyModel, Example, train_difficulty
+
+pytestmark = pytest.mark.e2e
+
+CKPT_A = "s3://acme-models/learn-small/ckpt-0001"
+CKPT_B = "s3://acme-models/learn-small/ckpt-0002"
+ENGINE = "learning-fake"
+ENGINES = f"""\
+engines:
+  - name: {ENGINE}
+    kind: fake
+    fake: {{reply: "4"}}
+"""
+ROUTER_PORT = 8080
+PROMPTS = [f"add {i} and {i + 3} please" if i % 2 else f"prove lemma {i} about compact manifolds rigorously" for i in range(40)]
+DATASET = "\n".join(json.dumps({"id": f"q{i}", "prompt": p, "reference": "4"}) for i, p in enumerate(PROMPTS)) + "\n"
+DIGEST = "sha256:" + hashlib.sha256(DATASET.encode()).hexdigest()
+SERVING = [i % 2 == 1 for i in range(40)]  # ckpt-0001 answers the sums
+CANDIDATE = [i % 4 == 1 for i in range(40)]  # ckpt-0002 answers half of them
+
+
+def _version(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@pytest.fixture(scope="module")
+def running_fleet(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    nodes = tmp_path_factory.mktemp("fleet") / "engines.yaml"
+    nodes.write_text(ENGINES)
+    start_fleet(cluster, nodes)
+    try:
+        wait_for(lambda: fleet.read_status(cluster.state).get("pid"), 60, "the fleet's status file")
+        yield cluster.state
+    finally:
+        processes.stop(cluster.state, FLEET)
+        stop_pod_processes(cluster.state)
+
+
+def _user_model() -> str:
+    examples = [Example(p, {"small": i % 2 == 1, "large": True}) for i, p in enumerate(PROMPTS * 3)]
+    return json.dumps(train_difficulty(examples, ["small", "large"], bits=10, epochs=3).to_json())
+
+
+def _evaluation() -> dict:
+    record = {"checkpoint": CKPT_B, "verdict": "Passed", "items": 40, "datasetDigest": DIGEST,
+              "metrics": [{"name": "exact_match", "value": 0.25, "lower": 0.14, "upper": 0.4}],
+              "message": "exact_match 0.25 against a threshold of 0.10.",
+              "outcomes": ItemOutcomes.encode(CANDIDATE, SERVING).to_wire()}
+    return {
+        "dataset": {"configMapRef": {"name": "learn-dataset", "key": "items.jsonl"}},
+        "scorers": [{"type": "exactMatch"}],
+        "thresholds": [{"metric": "exact_match", "min": 0.1}],
+        "baseline": "serving",
+        "maxRegression": 1.0,
+        "podAnnotations": {"shoal.dev/simulate-exit-code": "0",
+                           "shoal.dev/simulate-termination-message": json.dumps(record)},
+    }
+
+
+def _tier(name: str, checkpoint: str, evaluation: dict | None = None) -> dict:
+    spec: dict = {
+        "model": {"name": f"{name}-model", "source": f"hf://org/{name}", "checkpoint": checkpoint},
+        "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}, "cpu": "1", "memory": "2Gi"},
+        "replicas": {"min": 1, "max": 1},
+        "router": {"routePolicy": "learn"},
+    }
+    if evaluation is not None:
+        spec["rollout"] = {"evaluation": evaluation}
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
+            "metadata": {"name": name, "annotations": {ENGINE_ANNOTATION: ENGINE}}, "spec": spec}
+
+
+POLICY = {
+    "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy", "metadata": {"name": "learn"},
+    "spec": {
+        "tiers": [{"name": "small", "modelTierRef": {"name": "learn-small"}},
+                  {"name": "large", "modelTierRef": {"name": "learn-large"}}],
+        "classifier": {"mode": "enabled", "configMapRef": {"name": "learn-router-model", "key": "model.json"}},
+    },
+}
+
+
+def _serving_sidecars(state: Path) -> dict[str, str]:
+    return {p["name"]: f"http://{p['ip']}:{ROUTER_PORT}" for p in fleet.read_status(state).get("pods", [])
+            if p["kind"] == "serving" and p["name"].startswith("learn-") and all(p["pids"].values())}
+
+
+def _loaded(url: str) -> dict | None:
+    with urllib.request.urlopen(url + "/shoal/state", timeout=5) as response:
+        return json.loads(response.read()).get("classifier")
+
+
+def _all_loaded(state: Path, tiers: set[str], classifier: dict) -> dict[str, dict] | None:
+    sidecars = _serving_sidecars(state)
+    if {name.rsplit("-", 2)[0] for name in sidecars} != tiers:
+        return None
+    loaded = {name: _loaded(url) for name, url in sidecars.items()}
+    return loaded if all(v == classifier for v in loaded.values()) else None
+
+
+def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a_restart(
+        kubectl, running_operator, namespace, running_fleet):
+    state = running_fleet
+    user_model = _user_model()
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": user_model}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-dataset"}, "data": {"items.jsonl": DATASET}},
+        POLICY, _tier("learn-small", CKPT_A, _evaluation()), _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+
+    # Before any promotion: the user's model, named by version, loaded by both tiers' sidecars.
+    status = wait_for(lambda: kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier"),
+                      90, "the policy's classifier status")
+    assert (status["source"], status["version"]) == ("ConfigMap", _version(user_model)), status
+    wait_for(lambda: _all_loaded(state, {"learn-small", "learn-large"}, {"version": _version(user_model), "source": "configured"}),
+             120, "both tiers' sidecars running the configured model")
+    large_before = {n: p["pids"] for n, p in ((p["name"], p) for p in fleet.read_status(state)["pods"]) if n.startswith("learn-large-")}
+    large_generation = kubectl("get", "deployment", "learn-large", "-n", namespace)["metadata"]["generation"]
+
+    # ckpt-0002 is evaluated against ckpt-0001 (it fails half the sums the old one answered),
+    # passes the gate, rolls out, and is promoted.
+    kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
+
+    def learned() -> dict | None:
+        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        return got if got.get("source") == "Learned" else None
+
+    status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier")
+    assert status["learnedFrom"] == {
+        "modelTier": "learn-small", "rung": "small", "checkpoint": CKPT_B,
+        "evaluationJob": status["learnedFrom"]["evaluationJob"], "datasetDigest": DIGEST, "items": 40,
+        "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+    }
+    assert status["learnedFrom"]["evaluationJob"].startswith("learn-small-eval-")
+    assert status["configMap"] == "learn-classifier/model.json"
+    cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
+    assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
+    assert cm["metadata"]["ownerReferences"][0]["name"] == "learn"
+    # The learned model asks for the large tier's help more often on the same prompts.
+    before = DifficultyModel.from_json(json.loads(user_model))
+    after = DifficultyModel.from_json(json.loads(cm["data"]["model.json"]))
+    assert sum(after.gains(p)[0] for p in PROMPTS) > sum(before.gains(p)[0] for p in PROMPTS)
+    # Outcomes stay in the ConfigMap: not in the RoutePolicy's or the ModelTier's status.
+    tier = kubectl("get", "modeltier", "learn-small", "-n", namespace)
+    assert "outcomes" not in json.dumps(tier["status"]) and "passed" not in json.dumps(status)
+    assert json.loads(cm["data"]["evaluations.json"])[-1]["checkpoint"] == CKPT_B
+
+    # Every sidecar of both tiers loads it: the new small pod and the large pod, whose
+    # processes and Deployment did not change (the file arrived in the mounted volume).
+    wait_for(lambda: _all_loaded(state, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
+             90, "every sidecar reporting the learned model's version")
+    assert {n: p["pids"] for n, p in ((p["name"], p) for p in fleet.read_status(state)["pods"]) if n.startswith("learn-large-")} == large_before
+    assert kubectl("get", "deployment", "learn-large", "-n", namespace)["metadata"]["generation"] == large_generation
