@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.helpers import wait_for
+from e2e.helpers import WaitTimeout, wait_for
 from shoal.api.outcomes import ItemOutcomes
 from shoal.devcluster import fleet, processes
 from shoal.devcluster.cluster import FLEET, ControlPlane, stop_pod_processes
@@ -154,11 +154,17 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
     kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
 
+    seen: dict = {}
+
     def learned() -> dict | None:
         got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
         return got if got.get("source") == "Learned" else None
 
-    status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier")
+    try:
+        status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
     assert status["learnedFrom"] == {
         "modelTier": "learn-small", "rung": "small", "checkpoint": CKPT_B,
         "evaluationJob": status["learnedFrom"]["evaluationJob"], "datasetDigest": DIGEST, "items": 40,

@@ -41,16 +41,30 @@ def config_map(name: str, data: dict[str, str], rv: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "llm", "resourceVersion": rv}, "data": data}
 
 
-def promoted(checkpoint: str, job: str) -> dict[str, Any]:
+def promoted(checkpoint: str, job: str, serving: str | None = None) -> dict[str, Any]:
+    """The small tier once `checkpoint` passed in `job`; it serves `serving` (default: that checkpoint)."""
     body = tier_body("small", rollout={"evaluation": {
         "dataset": {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}},
         "scorers": [{"type": "exactMatch"}], "thresholds": [{"metric": "exact_match", "min": 0.3}], "baseline": "serving",
     }})
     body["spec"]["model"]["checkpoint"] = checkpoint
     body["spec"]["router"] = {"routePolicy": "support"}
-    body["status"] = {"servingCheckpoint": checkpoint, "lastEvaluation": {
+    body["status"] = {"servingCheckpoint": serving or checkpoint, "lastEvaluation": {
         "checkpoint": checkpoint, "verdict": "Passed", "jobName": job, "datasetDigest": DIGEST, "items": 40}}
     return body
+
+
+def promote(h, checkpoint: str, job: str, candidate, baseline) -> None:
+    """What the cluster goes through: the candidate passes (its Job finished, the tier
+    rolls it out and a policy pass runs), then the promotion deletes the Job."""
+    put(h.view, promoted(checkpoint, job, serving=CKPT_1))
+    eval_job(h.view, checkpoint, job, candidate, baseline)
+    status = h.policy_pass()["status"]["classifier"]
+    assert status["source"] == "ConfigMap"
+    assert [(k["job"], k["promoted"]) for k in json.loads(h.learned()["data"][KEPT_OUTCOMES_KEY])][-1] == (job, False)
+    put(h.view, promoted(checkpoint, job))
+    h.view.eval_jobs[("llm", "small")] = []
+    del h.view.job_pods[("llm", job)]
 
 
 def eval_job(view, checkpoint: str, job: str, candidate, baseline) -> None:
@@ -98,7 +112,7 @@ def test_a_promotion_after_a_paired_evaluation_writes_a_learned_model_the_status
     assert "taken to describe the checkpoints serving now" in status["message"]
     cm = h.learned()
     assert LEARNED_MODEL_KEY not in cm["data"]
-    assert [k["job"] for k in json.loads(cm["data"][KEPT_OUTCOMES_KEY])] == ["small-eval-1"]
+    assert [(k["job"], k["promoted"]) for k in json.loads(cm["data"][KEPT_OUTCOMES_KEY])] == [("small-eval-1", True)]
     assert cm["metadata"]["ownerReferences"][0]["name"] == "support"
 
     # Steady state: nothing written, nothing read.
@@ -106,8 +120,7 @@ def test_a_promotion_after_a_paired_evaluation_writes_a_learned_model_the_status
     assert h.kube.calls == []
 
     # ckpt-0002 is promoted after an evaluation that scored it against ckpt-0001.
-    put(h.view, promoted(CKPT_2, "small-eval-2"))
-    eval_job(h.view, CKPT_2, "small-eval-2", WORSE, SERVING)
+    promote(h, CKPT_2, "small-eval-2", WORSE, SERVING)
     status = h.policy_pass()["status"]["classifier"]
     assert ("get", "ConfigMap", "router-model") in h.kube.calls and ("get", "ConfigMap", "eval-items") in h.kube.calls
     cm = h.learned()
@@ -132,8 +145,7 @@ def test_a_promotion_after_a_paired_evaluation_writes_a_learned_model_the_status
 def test_a_changed_user_model_drops_the_learned_one_and_opting_out_leaves_the_users():
     h = Harness()
     h.policy_pass()
-    put(h.view, promoted(CKPT_2, "small-eval-2"))
-    eval_job(h.view, CKPT_2, "small-eval-2", WORSE, SERVING)
+    promote(h, CKPT_2, "small-eval-2", WORSE, SERVING)
     h.policy_pass()
     assert LEARNED_MODEL_KEY in h.learned()["data"]
 

@@ -16,10 +16,11 @@ from shoal.plan.learning import (
     LearnedState,
     base_of,
     classifier_status,
+    evaluations,
     keep,
     learn,
     model_text,
-    promotions,
+    note,
     reseed,
     status_patch_field,
     version_of,
@@ -80,8 +81,8 @@ WORSE = [i % 4 == 1 for i in range(40)]  # the promoted one: half of the sums
 
 def the_promotion(candidate=WORSE, baseline=SERVING, **tier_args):
     small = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", **tier_args)
-    found = promotions(policy(), {"small-8b": small}, {("small-8b", "small-8b-eval-0002"): message(candidate, baseline)})
-    assert len(found) == 1
+    found = evaluations(policy(), {"small-8b": small}, {("small-8b", "small-8b-eval-0002"): message(candidate, baseline)}, LearnedState())
+    assert len(found) == 1 and found[0].promoted
     return found[0]
 
 
@@ -90,6 +91,23 @@ def test_a_passed_evaluation_of_the_serving_checkpoint_is_a_promotion_with_its_o
     assert (promotion.model_tier, promotion.rung, promotion.checkpoint, promotion.job) == ("small-8b", "small", "s3://models/ckpt-0002", "small-8b-eval-0002")
     assert promotion.dataset.name == "eval-items" and promotion.dataset_digest == DIGEST
     assert promotion.outcomes.candidate() == WORSE
+
+
+def test_a_passed_candidates_outcomes_are_kept_before_the_promotion_deletes_its_job(model):
+    rolling_out = tier("small-8b", serving="s3://models/ckpt-0001", evaluated="s3://models/ckpt-0002")
+    jobs = {("small-8b", "small-8b-eval-0002"): message(WORSE, SERVING)}
+    (candidate,) = evaluations(policy(), {"small-8b": rolling_out}, jobs, LearnedState())
+    assert not candidate.promoted
+    state = note(candidate, LearnedState(base="router-model/model.json@7", message="seeded"))
+    assert state.entry("small-8b-eval-0002")["promoted"] is False and state.model is None
+    assert state.handled(candidate)
+    # Promoted, and the Job is gone: the kept outcomes are what teaches.
+    serving = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002")
+    (promotion,) = evaluations(policy(), {"small-8b": serving}, {}, state)
+    assert promotion.promoted and promotion.outcomes.candidate() == WORSE and not state.handled(promotion)
+    learned = learn(promotion, state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert learned.model is not None and learned.entry("small-8b-eval-0002")["promoted"] is True
+    assert learned.handled(promotion) and len(learned.kept) == 1
 
 
 @pytest.mark.parametrize(
@@ -106,7 +124,7 @@ def test_a_passed_evaluation_of_the_serving_checkpoint_is_a_promotion_with_its_o
 def test_what_is_not_a_promotion_to_learn_from(case, tiers, messages):
     if messages is None:
         messages = {(name, "small-8b-eval-0002"): message(WORSE) for name in tiers}
-    assert promotions(policy(), tiers, messages) == [], case
+    assert [e for e in evaluations(policy(), tiers, messages, LearnedState()) if e.promoted] == [], case
 
 
 def test_a_new_user_model_is_taken_to_describe_the_checkpoints_serving_now():
@@ -138,18 +156,21 @@ def test_a_promotion_with_a_baseline_recalibrates_the_step_and_says_from_what(mo
 
 def test_without_a_baseline_the_kept_outcomes_of_the_tiers_previous_evaluation_are_the_reference(model):
     earlier = {"modelTier": "small-8b", "checkpoint": "s3://models/ckpt-0001", "job": "small-8b-eval-0001", "datasetDigest": DIGEST,
-               "outcomes": ItemOutcomes.encode(SERVING).to_wire()}
-    state = LearnedState(base="router-model/model.json@7", kept=[earlier], message="seeded")
+               "outcomes": ItemOutcomes.encode(SERVING).to_wire(), "promoted": True}
+    # A candidate that passed but was superseded before its promotion is no reference.
+    superseded = {**earlier, "job": "small-8b-eval-000x", "outcomes": ItemOutcomes.encode([False] * 40).to_wire(), "promoted": False}
+    state = LearnedState(base="router-model/model.json@7", kept=[earlier, superseded], message="seeded")
     learned = learn(the_promotion(baseline=None), state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
     assert learned.learned_from["comparedWith"] == "previousEvaluation"
     assert learned.learned_from["previousFailureRate"] == 0.5
-    assert [k["job"] for k in learned.kept] == ["small-8b-eval-0001", "small-8b-eval-0002"]
+    assert [(k["job"], k["promoted"]) for k in learned.kept] == [("small-8b-eval-0001", True), ("small-8b-eval-0002", True)]
+    assert not any(k["job"] == "small-8b-eval-000x" for k in learned.kept)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "dataset", "why"),
     [
-        ({"baseline": None}, DatasetPrompts(DIGEST, PROMPTS), "no earlier evaluation of this ModelTier on the same dataset is kept"),
+        ({"baseline": None}, DatasetPrompts(DIGEST, PROMPTS), "no evaluation of the checkpoint it replaced on the same dataset is kept"),
         ({}, DatasetPrompts("sha256:" + "cd" * 32, PROMPTS), "changed since the evaluation"),
         ({}, DatasetPrompts(problem="ConfigMap eval-items has no key items.jsonl"), "has no key items.jsonl"),
         ({"dataset": False}, None, "not in a ConfigMap"),
@@ -165,11 +186,15 @@ def test_a_promotion_that_cannot_teach_keeps_its_outcomes_and_says_why(model, kw
 
 
 def test_outcomes_are_kept_per_tier_and_bounded():
-    entries = [{"modelTier": "a" if i % 3 else "b", "job": f"j{i}"} for i in range(20)]
+    entries = [{"modelTier": "a" if i % 3 else "b", "job": f"j{i}", "promoted": i % 5 != 0} for i in range(20)]
     kept = keep(entries)
+    # Per tier: the last four promoted, and a newer one not promoted (j10 of tier a and j15
+    # of tier b are older than their tier's last promotion: superseded, dropped).
     assert [e["job"] for e in kept if e["modelTier"] == "a"] == ["j14", "j16", "j17", "j19"]
-    assert [e["job"] for e in kept if e["modelTier"] == "b"] == ["j9", "j12", "j15", "j18"]
-    assert len(kept) == 2 * KEEP_PER_TIER
+    assert [e["job"] for e in kept if e["modelTier"] == "b"] == ["j6", "j9", "j12", "j18"]
+    entries.append({"modelTier": "b", "job": "j20", "promoted": False})
+    assert [e["job"] for e in keep(entries) if e["modelTier"] == "b"] == ["j6", "j9", "j12", "j18", "j20"]
+    assert len(keep(entries)) == 2 * KEEP_PER_TIER + 1
 
 
 def test_status_without_learning_names_the_users_model_and_why():

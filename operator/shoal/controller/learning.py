@@ -30,8 +30,9 @@ from shoal.plan.learning import (
     LearnedState,
     base_of,
     classifier_status,
+    evaluations,
     learn,
-    promotions,
+    note,
     reseed,
     version_of,
 )
@@ -82,13 +83,16 @@ class ClassifierLearning:
         name = learned_classifier_configmap_name(policy.name)
         current = self.view.get("ConfigMap", ns, name)
         state = LearnedState.from_config_map(current)
-        visible = promotions(policy, self._rung_tiers(policy), self._messages(policy))
+        visible = evaluations(policy, self._rung_tiers(policy), self._messages(policy), state)
         base = base_of(policy, resource_version)
         if state.base != base:
             state = reseed(policy, base, visible, state)
         else:
             for promotion in visible:
                 if state.handled(promotion):
+                    continue
+                if not promotion.promoted:
+                    state = note(promotion, state)
                     continue
                 base_model = state.model if state.model is not None else await self._text(ns, ref)
                 dataset = await self._dataset(ns, promotion.dataset) if promotion.dataset is not None else None

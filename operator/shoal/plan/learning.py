@@ -2,22 +2,24 @@
 
 When a ModelTier of a policy's ladder promotes a checkpoint (its status says the
 checkpoint serves and its last evaluation, of that checkpoint, passed), the evaluation's
-per-item outcomes (api/outcomes.py, read off the finished Job's pod) recalibrate the
-step above that tier's rung (router/learning.py). The result and the kept outcomes live
-in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
+per-item outcomes (api/outcomes.py) recalibrate the step above that tier's rung
+(router/learning.py). They are read off the finished Job's pod as soon as the status says
+the evaluation passed, while the candidate rolls out: the promotion deletes the Job. The
+result and the kept outcomes live in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
 owner of these facts; the RoutePolicy's status.classifier is rebuilt from it on every pass.
 
     user model M (configMapRef, resourceVersion R)
-      --(first seen, or R changed)--> base "M@R", no learned model; the outcomes of the
-                                      promotions visible now are kept as references:
+      --(first seen, or R changed)--> base "M@R", no learned model; the promotions
+                                      visible now are kept as promoted references:
                                       M is taken to describe the checkpoints serving now
-      --(tier T promotes C, evaluated in Job J)--> J's outcomes are kept; with a reference
-                                      (J's own baseline, else the kept outcomes of T's
-                                      previous evaluation on the same dataset) the step
-                                      above T's rung of the current model (learned, else
-                                      M) is recalibrated -> learned model, learnedFrom J
+      --(tier T's candidate C passed in Job J)--> J's outcomes kept, not yet promoted
+      --(T promotes C)--> J kept as promoted; with a reference (J's own baseline, else
+                                      the kept outcomes of T's previous promoted
+                                      evaluation on the same dataset) the step above T's
+                                      rung of the current model (learned, else M) is
+                                      recalibrated -> learned model, learnedFrom J
 
-A promotion is handled once: its Job's name is in the kept outcomes afterwards. Reading
+A promotion is handled once: its Job is kept as promoted afterwards. Reading
 the dataset and the user's model takes requests (the controller's part); deciding what to
 read and what to write is here, with the clock passed in.
 """
@@ -48,23 +50,30 @@ from shoal.api.times import rfc3339
 from shoal.router.learning import CannotLearn, recalibrate
 
 __all__ = [
-    "DatasetPrompts", "LearnedState", "Promotion", "base_of", "classifier_status", "learn", "model_text", "promotions", "reseed", "status_patch_field", "version_of",
+    "DatasetPrompts", "Evaluation", "LearnedState", "base_of", "classifier_status", "evaluations", "learn", "model_text", "note", "reseed", "status_patch_field", "version_of",
 ]
 
 
-# Kept outcomes per ModelTier: the newest is the reference for its next promotion and marks
-# its current promotion as handled; a few more say where earlier versions came from.
+# Kept outcomes per ModelTier: the promoted ones (the newest is the reference for the next
+# promotion; a few more say where earlier versions came from) and a passed candidate newer
+# than them that has not been promoted yet.
 KEEP_PER_TIER = 4
 
 
 def keep(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last KEEP_PER_TIER entries of each ModelTier, in their order."""
-    counts: dict[Any, int] = {}
+    """Per ModelTier the last KEEP_PER_TIER promoted entries and the pending one newer than them, in order."""
+    promoted: dict[Any, int] = {}
+    pending: set[Any] = set()
     out = []
     for entry in reversed(kept):
         tier = entry.get("modelTier")
-        counts[tier] = counts.get(tier, 0) + 1
-        if counts[tier] <= KEEP_PER_TIER:
+        if entry.get("promoted"):
+            promoted[tier] = promoted.get(tier, 0) + 1
+            if promoted[tier] <= KEEP_PER_TIER:
+                out.append(entry)
+        elif tier not in pending and tier not in promoted:
+            # The newest candidate not promoted yet; one older than a promotion was superseded.
+            pending.add(tier)
             out.append(entry)
     return out[::-1]
 
@@ -87,8 +96,9 @@ def base_of(policy: RoutePolicy, resource_version: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Promotion:
-    """A checkpoint a rung's ModelTier promoted after an evaluation with per-item outcomes."""
+class Evaluation:
+    """A rung's ModelTier's passed evaluation with per-item outcomes; `promoted` when the
+    tier serves the evaluated checkpoint now."""
 
     model_tier: str
     rung: str
@@ -97,11 +107,12 @@ class Promotion:
     dataset_digest: str
     dataset: ConfigMapKeyReference | None  # None: the dataset is not in a ConfigMap
     outcomes: ItemOutcomes
+    promoted: bool
 
-    def kept(self) -> dict[str, Any]:
+    def kept(self, promoted: bool) -> dict[str, Any]:
         return {
             "modelTier": self.model_tier, "checkpoint": self.checkpoint, "job": self.job,
-            "datasetDigest": self.dataset_digest, "outcomes": self.outcomes.to_wire(),
+            "datasetDigest": self.dataset_digest, "outcomes": self.outcomes.to_wire(), "promoted": promoted,
         }
 
 
@@ -136,12 +147,25 @@ class LearnedState:
             message=annotations.get(LEARNING_MESSAGE_ANNOTATION),
         )
 
-    def handled(self, promotion: Promotion) -> bool:
-        return any(k.get("job") == promotion.job and k.get("checkpoint") == promotion.checkpoint for k in self.kept)
+    def entry(self, job: str) -> dict[str, Any] | None:
+        return next((k for k in self.kept if k.get("job") == job), None)
+
+    def handled(self, evaluation: Evaluation) -> bool:
+        """Its promotion was handled (or it is kept and not promoted yet, and is not now)."""
+        kept = self.entry(evaluation.job)
+        return kept is not None and (bool(kept.get("promoted")) or not evaluation.promoted)
+
+    def with_entry(self, evaluation: Evaluation, promoted: bool) -> list[dict[str, Any]]:
+        """The kept outcomes with this evaluation's entry added or replaced (bounded)."""
+        return keep([*(k for k in self.kept if k.get("job") != evaluation.job), evaluation.kept(promoted)])
 
 
-def promotions(policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Mapping[tuple[str, str], str]) -> list[Promotion]:
-    """The promotions of the policy's rungs (below the largest) that left per-item outcomes.
+def evaluations(
+    policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Mapping[tuple[str, str], str], state: LearnedState
+) -> list[Evaluation]:
+    """The passed evaluations of the policy's rungs (below the largest) whose per-item
+    outcomes are known: from the Job's termination message while the Job is there, else
+    as kept.
 
     tiers: the rungs' ModelTiers by name; messages: (ModelTier, Job) -> the evaluation
     container's termination message, for the Jobs still there.
@@ -153,23 +177,38 @@ def promotions(policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Ma
             continue
         tier = tiers[target.name]
         record = tier.status.last_evaluation
-        serving = tier.status.serving_checkpoint
-        if record is None or record.verdict != "Passed" or record.checkpoint != serving or not record.job_name or not record.dataset_digest:
+        if record is None or record.verdict != "Passed" or not record.job_name or not record.dataset_digest:
             continue
         message = messages.get((tier.name, record.job_name))
         outcomes = split_message(message)[1] if message else None
+        kept = state.entry(record.job_name)
+        if outcomes is None and kept is not None:
+            try:
+                outcomes = ItemOutcomes.model_validate(kept.get("outcomes"))
+            except ValueError:
+                outcomes = None
         if outcomes is None:
             continue
-        evaluation = tier.spec.rollout.evaluation
-        dataset = evaluation.dataset.config_map_ref if evaluation is not None else None
-        found.append(Promotion(tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes))
+        spec = tier.spec.rollout.evaluation
+        dataset = spec.dataset.config_map_ref if spec is not None else None
+        promoted = tier.status.serving_checkpoint == record.checkpoint
+        found.append(Evaluation(tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes, promoted))
     return found
 
 
-def reseed(policy: RoutePolicy, base: str, visible: list[Promotion], previous: LearnedState) -> LearnedState:
-    """The state for a user model seen for the first time (or changed): no learned model,
-    and the promotions visible now kept as references, not learned from."""
-    kept = keep(list(previous.kept) + [p.kept() for p in visible if not previous.handled(p)])
+def note(evaluation: Evaluation, state: LearnedState) -> LearnedState:
+    """A passed candidate's outcomes kept before its promotion (which deletes its Job)."""
+    return LearnedState(state.base, state.model, state.with_entry(evaluation, False), state.learned_from, state.learned_at, state.message)
+
+
+def reseed(policy: RoutePolicy, base: str, visible: list[Evaluation], previous: LearnedState) -> LearnedState:
+    """The state for a user model seen for the first time (or changed): no learned model;
+    the promotions visible now are kept as promoted references, not learned from, and
+    passed candidates as not yet promoted (their promotion will teach the new model)."""
+    state = previous
+    for evaluation in visible:
+        state = LearnedState(kept=state.with_entry(evaluation, evaluation.promoted))
+    kept = state.kept
     ref = policy.spec.classifier.config_map_ref
     assert ref is not None
     message = (
@@ -190,7 +229,7 @@ class DatasetPrompts:
 
 
 def learn(
-    promotion: Promotion,
+    promotion: Evaluation,
     state: LearnedState,
     *,
     base_model: str | None,
@@ -204,7 +243,7 @@ def learn(
     model text; None when it could not be read); dataset: the evaluation dataset as read
     (None when it was not read: the promotion has no dataset ConfigMap).
     """
-    kept = keep([*state.kept, promotion.kept()])
+    kept = state.with_entry(promotion, True)
 
     def only_kept(why: str) -> LearnedState:
         message = f"{promotion.model_tier} promoted {promotion.checkpoint} (Job {promotion.job}): its outcomes are kept, the classifier is unchanged: {why}."
@@ -215,7 +254,8 @@ def learn(
     if reference is None:
         earlier = [
             k for k in state.kept
-            if k.get("modelTier") == promotion.model_tier and k.get("datasetDigest") == promotion.dataset_digest and k.get("job") != promotion.job
+            if k.get("modelTier") == promotion.model_tier and k.get("datasetDigest") == promotion.dataset_digest
+            and k.get("job") != promotion.job and k.get("promoted")
         ]
         if earlier:
             try:
@@ -225,7 +265,7 @@ def learn(
         compared_with = "previousEvaluation"
     if reference is None:
         return only_kept(
-            "the evaluation ran without a baseline and no earlier evaluation of this ModelTier on the same dataset is kept "
+            "the evaluation ran without a baseline and no evaluation of the checkpoint it replaced on the same dataset is kept "
             "(these outcomes are the reference for the next promotion)"
         )
     if promotion.dataset is None:
