@@ -44,7 +44,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "patch"]
 - apiGroups: [""]
   # list/watch: the operator's in-memory view (its own children, and the key names of
-  # ConfigMaps a spec refers to).
+  # ConfigMaps a spec refers to). get: a RoutePolicy's classifier model and an evaluation
+  # dataset are read when a promotion recalibrates the classifier; create/patch: also the
+  # policy's <policy>-classifier ConfigMap.
   resources: ["services", "configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
