@@ -101,5 +101,8 @@ def test_the_rendered_router_config_carries_the_target_shares():
     policy = POLICY.model_copy(deep=True)
     policy.spec.classifier.target_shares = {"small": 0.8}
     config = render_router_config(TIERS["smol"], policy, TIERS, "ml")
-    assert config["classifier"] == {"path": "/etc/shoal/classifier/model.json", "confidenceThreshold": 0.6, "targetShares": {"small": 0.8}}
+    assert config["classifier"] == {
+        "path": "/etc/shoal/classifier/model.json", "learnedPath": "/etc/shoal/classifier/learned/model.json",
+        "confidenceThreshold": 0.6, "targetShares": {"small": 0.8},
+    }
     assert RouterConfig.model_validate(config).classifier.target_shares == {"small": 0.8}
