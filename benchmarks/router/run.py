@@ -5,12 +5,14 @@ no artificial latency), so what is measured is what each proxy adds.
 
     python benchmarks/router/run.py --setup          # once: peers into benchmarks/router/out/
     python benchmarks/router/run.py                  # all targets, writes RESULTS.md
+    python benchmarks/router/run.py --open-loop      # direct, shoal, shoal+uvloop at 500 req/s,
+                                                     # 30 s each in interleaved slices, with CPU use
 
 Measurements, per target:
   - closed loop (wrk, 1 thread, keep-alive): throughput and latency p50/p99 at
     concurrency 1, 16, 64 and 256;
-  - open loop at a steady 500 requests/s (latency measured from each request's scheduled
-    send time, so a stall is not hidden by coordinated omission): p50 and p99;
+  - open loop at a steady 500 requests/s (loadgen.py; latency measured from each request's
+    scheduled send time, so a stall is not hidden by coordinated omission): p50 and p99;
   - streaming: time to first SSE chunk over sequential requests, p50 and p99;
   - for shoal: peak RSS, and RSS with 2000 idle client connections open.
 
@@ -51,6 +53,12 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hello, how are
 MASTER_KEY = "sk-bench-0123456789abcdef"
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {MASTER_KEY}"}
 TARGETS = ("direct", "shoal", "shoal+uvloop", "litellm", "vllm-router", "nginx")
+# Every process of the benchmark (engine, proxies, load generators) runs in its own session.
+# Linux's autogroup scheduling shares the CPU between sessions first: started from one
+# session, the engine, the proxy and the generator would share one slice among themselves
+# while each process of other work on the machine had its own, and the proxy would be
+# measured starved. In a cluster each container has its own CPU share; so here.
+OWN_SESSION = {"start_new_session": True}
 
 
 def free_port() -> int:
@@ -101,7 +109,7 @@ def start_engine() -> Target:
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal.testing.fake_engine", "--port", str(port), "--model", MODEL, "--reply",
          "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, **OWN_SESSION,
     )
     wait_http(f"http://127.0.0.1:{port}/health", process=proc)
     return Target("engine", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
@@ -138,7 +146,7 @@ def start_shoal(engine: Target, uvloop: bool = False, baseline: bool = False) ->
         env["PYTHONPATH"] = f"{site}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "shoal.cli", "router", "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL, env=env, **OWN_SESSION,
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", process=proc)
     name = ("baseline" if baseline else "shoal") + ("+uvloop" if uvloop else "")
@@ -170,7 +178,7 @@ def start_litellm(engine: Target) -> Target:
     log = open(OUT / "litellm.log", "w")
     proc = subprocess.Popen(
         [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        stdout=log, stderr=subprocess.STDOUT, env=env, **OWN_SESSION,
     )
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=180, process=proc)
     return Target("litellm", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker")
@@ -185,7 +193,7 @@ def start_vllm_router(engine: Target) -> Target:
     log = open(OUT / "vllm-router.log", "w")
     proc = subprocess.Popen(
         [str(python), "-m", "vllm_router.launch_router", "--worker-urls", root, "--host", "127.0.0.1", "--port", str(port), "--policy", "round_robin"],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, **OWN_SESSION,
     )
     wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=120, process=proc)
     return Target("vllm-router", f"http://127.0.0.1:{port}/v1", proc, proc.pid)
@@ -230,7 +238,8 @@ def start_nginx(engine: Target) -> Target:
             """
         )
     )
-    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([binary, "-c", str(conf), "-p", str(prefix)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            **OWN_SESSION)
     wait_http(f"http://127.0.0.1:{port}/health", process=proc)
     return Target("nginx", f"http://127.0.0.1:{port}/v1", proc, proc.pid, note="1 worker process")
 
@@ -292,7 +301,7 @@ def wrk(url: str, concurrency: int, seconds: int) -> Closed:
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s", str(script), url + "/chat/completions"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, **OWN_SESSION,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
@@ -329,43 +338,13 @@ def measured_wrk(target: Target, concurrency: int, seconds: int) -> Closed:
     return got
 
 
-async def open_loop(url: str, rate: float, seconds: float) -> tuple[float, float, float, int]:
-    """Send at a fixed rate regardless of responses; latency from the scheduled time."""
-    payload = json.dumps(BODY).encode()
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=512)
-    async with aiohttp.ClientSession(connector=connector) as session:
+def open_loop(url: str, rate: float, seconds: float) -> tuple[float, float, float, int]:
+    """Send at a fixed rate regardless of responses (loadgen.py); latency from the scheduled time."""
+    import loadgen
 
-        async def one(scheduled: float) -> None:
-            nonlocal errors
-            try:
-                async with session.post(url + "/chat/completions", data=payload, headers=HEADERS) as r:
-                    await r.read()
-                    if r.status != 200:
-                        errors += 1
-                        return
-            except aiohttp.ClientError:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - scheduled)
-
-        # Warm the pool so connection set-up is not measured.
-        await asyncio.gather(*(one(time.perf_counter()) for _ in range(32)))
-        latencies.clear()
-        tasks = []
-        start = time.perf_counter() + 0.05
-        n = int(rate * seconds)
-        for i in range(n):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    return _pct(latencies, 50) * 1000, _pct(latencies, 99) * 1000, len(latencies) / elapsed, errors
+    got = loadgen.generate(url + "/chat/completions", json.dumps(BODY).encode(), rate, seconds)
+    latencies = sorted(got["fromScheduleMs"])
+    return _pct(latencies, 50), _pct(latencies, 99), len(latencies) / got["elapsedSeconds"], sum(got["errors"].values())
 
 
 async def ttft(url: str, requests: int) -> tuple[float, float]:
@@ -452,7 +431,7 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
                     closed[target.name][c].append(got)
                     print(f"  {target.name:12s} c={c:<4d} {got.rps:9.0f} req/s  p50 {got.p50_ms:7.2f} ms  p99 {got.p99_ms:7.2f} ms  errors {got.errors}  CPU {got.cpu_us:6.0f} us/req", flush=True)
         for target in list(live):
-            got = guarded(target, "open loop", lambda: asyncio.run(open_loop(target.url, 500, open_seconds)))
+            got = guarded(target, "open loop", lambda: open_loop(target.url, 500, open_seconds))
             if got is not None:
                 opened[target.name].append(got)
                 print(f"  {target.name:12s} open 500/s  p50 {got[0]:.2f} ms  p99 {got[1]:.2f} ms  ({got[2]:.0f}/s, errors {got[3]})", flush=True)
@@ -482,6 +461,131 @@ def run_rounds(targets: list[Target], results: dict[str, Result], concurrencies:
             _, r.rss_mb = rss_mb(target.pid)
             if target.name.startswith(("shoal", "baseline")):
                 r.rss_idle_mb = idle_connections_rss(target.url, target.pid)
+
+
+# --- open loop: a fixed arrival rate, targets side by side -----------------------------------
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, summed over its cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+@dataclass
+class OpenLoop:
+    """Everything one target got in the open-loop mode, summed over its slices."""
+
+    target: str
+    from_schedule_ms: list[float] = field(default_factory=list)
+    from_send_ms: list[float] = field(default_factory=list)
+    late_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    scheduled: int = 0
+    wall_s: float = 0.0
+    target_cpu_s: float | None = None  # the proxy process; None for direct
+    engine_cpu_s: float = 0.0
+    generator_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0  # CPU seconds of every process on the machine
+    connections: int = 0
+
+    def add(self, got: dict, wall_s: float, target_cpu_s: float | None, engine_cpu_s: float, machine_busy_s: float) -> None:
+        self.from_schedule_ms += got["fromScheduleMs"]
+        self.from_send_ms += got["fromSendMs"]
+        self.late_ms += got["lateMs"]
+        for why, n in got["errors"].items():
+            self.errors[why] = self.errors.get(why, 0) + n
+        self.scheduled += got["scheduled"]
+        self.wall_s += wall_s
+        if target_cpu_s is not None:
+            self.target_cpu_s = (self.target_cpu_s or 0.0) + target_cpu_s
+        self.engine_cpu_s += engine_cpu_s
+        self.generator_cpu_s += got["cpuSeconds"]
+        self.machine_busy_s += machine_busy_s
+        self.connections = max(self.connections, got["connections"])
+
+    def pct(self, p: float, values: str = "from_schedule_ms") -> float:
+        return _pct(sorted(getattr(self, values)), p)
+
+
+def open_loop_mode(names: list[str], rate: float, seconds: float, slice_seconds: float, processes: int,
+                   uvloop_site: Path | None) -> list[OpenLoop]:
+    """Every target at the same fixed arrival rate, in interleaved slices of ``slice_seconds``
+    (direct, shoal, ..., then the reverse order, and again) until each had ``seconds``:
+    drift in the machine's load then hits every target alike. Latency is from each
+    request's scheduled send time. CPU is read around each slice: the proxy's, the
+    engine's, the generator's own, and the whole machine's."""
+    import loadgen
+
+    engine = start_engine()
+    targets: list[Target] = []
+    try:
+        for name in names:
+            targets.append(Target("direct", engine.url) if name == "direct" else STARTERS[name](engine))
+        site = str(uvloop_site) if uvloop_site is not None and (uvloop_site / "uvloop").exists() else None
+        body = json.dumps(BODY).encode()
+        for target in targets:  # warm-up, not recorded
+            loadgen.generate(target.url + "/chat/completions", body, rate, 1.0, processes, site)
+        results = {t.name: OpenLoop(t.name) for t in targets}
+        slices = max(1, round(seconds / slice_seconds))
+        for index in range(slices):
+            order = targets if index % 2 == 0 else list(reversed(targets))
+            for target in order:
+                marks: dict[str, float] = {}
+
+                def at_start(target: Target = target, marks: dict[str, float] = marks) -> None:
+                    marks["wall"] = time.perf_counter()
+                    marks["machine"] = machine_cpu_seconds()[0]
+                    marks["engine"] = cpu_seconds(engine.pid)  # type: ignore[arg-type]
+                    if target.pid is not None:
+                        marks["target"] = cpu_seconds(target.pid)
+
+                got = loadgen.generate(target.url + "/chat/completions", body, rate, slice_seconds, processes, site, at_start)
+                wall = time.perf_counter() - marks["wall"]
+                target_cpu = cpu_seconds(target.pid) - marks["target"] if target.pid is not None else None
+                results[target.name].add(got, wall, target_cpu, cpu_seconds(engine.pid) - marks["engine"],  # type: ignore[arg-type]
+                                         machine_cpu_seconds()[0] - marks["machine"])
+                r = results[target.name]
+                print(f"  slice {index + 1}/{slices} {target.name:12s} p50 {_pct(sorted(got['fromScheduleMs']), 50):6.2f} ms"
+                      f"  p99 {_pct(sorted(got['fromScheduleMs']), 99):7.2f} ms  errors {sum(got['errors'].values())}"
+                      f"  (so far p99 {r.pct(99):.2f} ms over {len(r.from_schedule_ms)} requests)", flush=True)
+        return [results[t.name] for t in targets]
+    finally:
+        for target in targets:
+            target.stop()
+        engine.stop()
+
+
+def open_loop_table(results: list[OpenLoop], rate: float, processes: int) -> str:
+    direct = next((r for r in results if r.target == "direct"), None)
+    lines = [
+        f"| target | requests (errors) | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 / p99 ms over direct "
+        f"| proxy CPU: % of a core (us/request) | engine CPU % | generator CPU: % of a core (us/request) "
+        f"| machine busy: cores (other work) | sends late p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        n = len(r.from_schedule_ms)
+        added = (f"{r.pct(50) - direct.pct(50):+.2f} / {r.pct(99) - direct.pct(99):+.2f}"
+                 if direct is not None and r is not direct else "-")
+        proxy = (f"{100 * r.target_cpu_s / r.wall_s:.0f}% ({1e6 * r.target_cpu_s / max(n, 1):.0f})"
+                 if r.target_cpu_s is not None else "-")
+        own = (r.target_cpu_s or 0.0) + r.engine_cpu_s + r.generator_cpu_s
+        lines.append(
+            f"| {r.target} | {n} ({sum(r.errors.values())}) | {r.pct(50):.2f} | {r.pct(90):.2f} | {r.pct(99):.2f} "
+            f"| {r.pct(99.9):.2f} | {added} | {proxy} | {100 * r.engine_cpu_s / r.wall_s:.0f}% "
+            f"| {100 * r.generator_cpu_s / r.wall_s:.0f}% ({1e6 * r.generator_cpu_s / max(n, 1):.0f}) "
+            f"| {r.machine_busy_s / r.wall_s:.2f} ({(r.machine_busy_s - own) / r.wall_s:.2f}) "
+            f"| {r.pct(50, 'late_ms'):.2f} / {r.pct(99, 'late_ms'):.2f} |"
+        )
+    lines.append("")
+    lines.append(f"{rate:.0f} requests/s open loop, {processes} generator process(es); latency from each request's scheduled send time.")
+    errors = {r.target: r.errors for r in results if r.errors}
+    if errors:
+        lines.append(f"Errors: {errors}")
+    return "\n".join(lines)
 
 
 # --- report --------------------------------------------------------------------------------
@@ -551,7 +655,8 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16,64,256")
     parser.add_argument("--seconds", type=int, default=5, help="duration of each closed-loop run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
-    parser.add_argument("--open-seconds", type=float, default=8.0)
+    parser.add_argument("--open-seconds", type=float, default=None,
+                        help="open-loop seconds per target (default 8; 30 with --open-loop)")
     parser.add_argument("--ttft-requests", type=int, default=200)
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     parser.add_argument(
@@ -559,6 +664,14 @@ def main() -> int:
         help="the operator/ folder of another checkout (e.g. an older commit in a temporary worktree): "
         "adds the targets baseline and baseline+uvloop, measured side by side with shoal",
     )
+    parser.add_argument(
+        "--open-loop", action="store_true",
+        help="only the open-loop mode: every target at --rate requests/s for --open-seconds in interleaved "
+        "slices of --slice-seconds, with CPU use; prints a table and writes out/open-loop.json, not RESULTS.md",
+    )
+    parser.add_argument("--rate", type=float, default=500.0, help="arrival rate of the open-loop mode")
+    parser.add_argument("--slice-seconds", type=float, default=3.0, help="length of one open-loop slice")
+    parser.add_argument("--generators", type=int, default=1, help="load generator processes in the open-loop mode")
     args = parser.parse_args()
     global BASELINE
     if args.baseline is not None:
@@ -567,6 +680,27 @@ def main() -> int:
             args.targets += ",baseline,baseline+uvloop"
     if args.setup:
         setup()
+        return 0
+    if args.open_loop:
+        OUT.mkdir(parents=True, exist_ok=True)
+        names = args.targets.split(",") if args.targets != ",".join(TARGETS) else ["direct", "shoal", "shoal+uvloop"]
+        load_before = os.getloadavg()
+        results = open_loop_mode(names, args.rate, args.open_seconds or 30.0, args.slice_seconds, args.generators, OUT / "uvloop-site")
+        load = os.getloadavg()
+        report = open_loop_table(results, args.rate, args.generators)
+        print(report)
+        print(f"load average before {load_before[0]:.1f}, after {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+        (OUT / "open-loop.json").write_text(json.dumps({
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rate": args.rate,
+            "generators": args.generators, "loadAverage": {"before": load_before, "after": load},
+            "targets": {r.target: {"requests": len(r.from_schedule_ms), "errors": r.errors, "scheduled": r.scheduled,
+                                   **{f"p{p}Ms": r.pct(p) for p in (50, 90, 99, 99.9)},
+                                   **{f"fromSendP{p}Ms": r.pct(p, "from_send_ms") for p in (50, 99)},
+                                   "lateP99Ms": r.pct(99, "late_ms"), "wallSeconds": r.wall_s,
+                                   "proxyCpuSeconds": r.target_cpu_s, "engineCpuSeconds": r.engine_cpu_s,
+                                   "generatorCpuSeconds": r.generator_cpu_s, "machineBusySeconds": r.machine_busy_s}
+                        for r in results},
+        }, indent=2))
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -584,7 +718,7 @@ def main() -> int:
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
                 print(f"  {name}: {exc}", flush=True)
                 results[name].error = str(exc)[:300]
-        run_rounds(started, results, concurrencies, args.rounds, args.seconds, args.open_seconds, args.ttft_requests)
+        run_rounds(started, results, concurrencies, args.rounds, args.seconds, args.open_seconds or 8.0, args.ttft_requests)
     finally:
         for target in started:
             target.stop()
