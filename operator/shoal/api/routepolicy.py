@@ -427,11 +427,27 @@ class ClassifierStatus(ShoalModel):
     message: str | None = Field(default=None, description="What the operator did with the latest promotion's outcomes, as a sentence.")
 
 
+class TargetShareStatus(ShoalModel):
+    tier: str = Field(description="The tier (rung) whose share is held (spec.classifier.targetShares).")
+    target_share: float = Field(description="The share of classifier-routed requests asked for.")
+    observed_share: float | None = Field(
+        default=None, description="Mean over the sidecars of the share each kept on the tier in its last full window of 500 decisions; unset before any sidecar completed one."
+    )
+    threshold: float | None = Field(
+        default=None, description="Mean over the sidecars of the expected gain a request needs now to climb above the tier (unset when it is infinite: a target of 0 or 1)."
+    )
+    sidecars: int = Field(description="Sidecars whose observed share is in the mean.")
+
+
 class RoutePolicyStatus(ShoalModel):
     observed_generation: int | None = Field(default=None, description="The metadata.generation this status was computed from.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready and ResolvedRefs.")
     endpoint: str | None = Field(default=None, description="In-cluster base URL of the policy's OpenAI-compatible API (the entry Service).")
     classifier: ClassifierStatus | None = Field(default=None, description="Which classifier the sidecars use and where it came from (classifier.mode enabled).")
+    target_shares: list[TargetShareStatus] | None = Field(
+        default=None,
+        description="Per tier of spec.classifier.targetShares: the target, the share the sidecars observe and their current threshold, read from the sidecars every 30 s (written when a value rounded to 3 decimals changes).",
+    )
 
 
 class RoutePolicy(KubeObject):

@@ -56,6 +56,22 @@ def _ready_ip(pod: dict[str, Any]) -> str | None:
     return pod.get("status", {}).get("podIP") if ready else None
 
 
+def policy_targets(view: View, policy: RoutePolicy, namespace: str) -> tuple[list[PodTarget], frozenset[str]]:
+    """Ready pods of every ModelTier of the policy, and the names of those not ready."""
+    targets: list[PodTarget] = []
+    absent: set[str] = set()
+    for name in sorted({t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref}):
+        body = view.tier(namespace, name)
+        port = ((body or {}).get("spec", {}).get("router") or {}).get("port") or DEFAULT_ROUTER_PORT
+        for pod in view.pods(namespace, name):
+            ip = _ready_ip(pod)
+            if ip is None:
+                absent.add(pod["metadata"]["name"])
+            else:
+                targets.append(PodTarget(pod["metadata"]["name"], ip, int(port)))
+    return targets, frozenset(absent)
+
+
 class DriftWatch:
     def __init__(self, kube: Kube, view: View, http: httpx.AsyncClient, clock: Clock, registry: CollectorRegistry | None = None) -> None:
         self.kube = kube
@@ -87,19 +103,7 @@ class DriftWatch:
         return last is None or seconds(self.clock) - last >= DRIFT_PERIOD_SECONDS
 
     def _targets(self, policy: RoutePolicy, namespace: str) -> tuple[list[PodTarget], frozenset[str]]:
-        """Ready pods of every ModelTier of the policy, and the names of those not ready."""
-        targets: list[PodTarget] = []
-        absent: set[str] = set()
-        for name in sorted({t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref}):
-            body = self.view.tier(namespace, name)
-            port = ((body or {}).get("spec", {}).get("router") or {}).get("port") or DEFAULT_ROUTER_PORT
-            for pod in self.view.pods(namespace, name):
-                ip = _ready_ip(pod)
-                if ip is None:
-                    absent.add(pod["metadata"]["name"])
-                else:
-                    targets.append(PodTarget(pod["metadata"]["name"], ip, int(port)))
-        return targets, frozenset(absent)
+        return policy_targets(self.view, policy, namespace)
 
     async def run(self, tier: ModelTier, body: dict[str, Any]) -> None:
         """One check of `tier` (the caller holds its lock and passes its newest body)."""

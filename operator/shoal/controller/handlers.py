@@ -25,6 +25,7 @@ from shoal.kube.view import View, slim_config_map, slim_pod, without_managed_fie
 from .autoscaler import Autoscaler
 from .clock import SystemClock
 from .drift import DriftWatch
+from .shares import ShareWatch
 from .queue import WorkQueue
 from .reconcilers import Reconcilers
 from .settings import OperatorSettings
@@ -169,6 +170,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes:
         requeue=lambda key: queue.add(key),
         autoscaler=Autoscaler(kube, view, memo.metrics_http, clock),
         drift=DriftWatch(kube, view, memo.metrics_http, clock, memo.registry),
+        shares=ShareWatch(kube, view, memo.metrics_http, clock),
     )
     queue = WorkQueue(reconcilers.reconcile, workers=operator.workers)
     memo.view = view

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.plan.autoscale import PodLoad
 from shoal.plan.drift import PodCounts
+from shoal.plan.shares import SidecarShares
 
 WAITING = "shoal_engine_requests_waiting"
 RUNNING = "shoal_engine_requests_running"
@@ -197,3 +198,41 @@ async def scrape_shadow_counts(
             return pod.name, None
 
     return {name: counts for name, counts in await asyncio.gather(*(one(p) for p in pods)) if counts is not None}
+
+
+SHARE = "shoal_classifier_share_ratio"
+THRESHOLD = "shoal_classifier_threshold"
+
+
+def parse_held_shares(text: str) -> SidecarShares:
+    """One sidecar's held-share gauges (router/share.py) by tier; empty when it holds none.
+    Raises ValueError when the text is not exposition."""
+    observed: dict[str, float] = {}
+    threshold: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (SHARE, THRESHOLD):
+            continue
+        for sample in family.samples:
+            tier = sample.labels.get("tier")
+            if sample.name == family.name and tier is not None:
+                (observed if family.name == SHARE else threshold)[tier] = float(sample.value)
+    return SidecarShares(observed, threshold)
+
+
+async def scrape_held_shares(
+    client: httpx.AsyncClient,
+    pods: Sequence[PodTarget],
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> dict[str, SidecarShares]:
+    """Per pod, its held-share gauges; a pod whose read failed is left out."""
+
+    async def one(pod: PodTarget) -> tuple[str, SidecarShares | None]:
+        try:
+            response = await client.get(pod.url, timeout=timeout_seconds)
+            response.raise_for_status()
+            return pod.name, parse_held_shares(response.text)
+        except (httpx.HTTPError, ValueError):
+            return pod.name, None
+
+    return {name: shares for name, shares in await asyncio.gather(*(one(p) for p in pods)) if shares is not None}

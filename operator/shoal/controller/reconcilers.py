@@ -47,6 +47,7 @@ from shoal.render.policy import render_entry_service
 
 from .autoscaler import Autoscaler
 from .learning import ClassifierLearning
+from .shares import ShareWatch
 from .drift import DriftWatch
 from .clock import Clock
 from .desired import tier_manifests
@@ -96,6 +97,7 @@ class Reconcilers:
         autoscaler: Autoscaler | None = None,
         drift: DriftWatch | None = None,
         learning: ClassifierLearning | None = None,
+        shares: ShareWatch | None = None,
     ) -> None:
         self.kube = kube
         self.view = view
@@ -106,6 +108,8 @@ class Reconcilers:
         self.drift = drift
         # A RoutePolicy's classifier learned from evaluations (controller/learning.py).
         self.learning = learning if learning is not None else ClassifierLearning(kube, view, clock)
+        # status.targetShares of the policies whose entry tier this is (controller/shares.py).
+        self.shares = shares
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # A tier's Service apply in flight (see _apply_service_unblocked).
         self._service_applies: dict[tuple[str, str], asyncio.Task[bool]] = {}
@@ -125,6 +129,8 @@ class Reconcilers:
             self.autoscaler.forget(namespace, name)
         if self.drift is not None:
             self.drift.forget(namespace, name)
+        if self.shares is not None:
+            self.shares.forget(namespace, name)
 
     async def reconcile(self, key: ObjectKey) -> None:
         """The work queue's entry point: one pass, errors mapped to the queue's retry rule."""
@@ -336,6 +342,11 @@ class Reconcilers:
                 tier = self.autoscaler.parsed(body) if body is not None else None
                 if body is not None and tier is not None:
                     await self.drift.run(tier, body)
+            if self.shares is not None and self.shares.due(namespace, name):
+                body = self.view.tier(namespace, name)
+                tier = self.autoscaler.parsed(body) if body is not None else None
+                if body is not None and tier is not None:
+                    await self.shares.run(tier, body)
 
     # --- RoutePolicy -------------------------------------------------------------------
 
