@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 
 from e2e.helpers import WaitTimeout, wait_for
 from shoal.api.outcomes import ItemOutcomes
+from shoal.controller.metrics_source import parse_held_shares
 from shoal.devcluster import fleet, processes
 from shoal.devcluster.cluster import FLEET, ControlPlane, stop_pod_processes
 from shoal.devcluster.commands import start_fleet
@@ -112,9 +114,9 @@ POLICY = {
 }
 
 
-def _serving_sidecars(state: Path) -> dict[str, str]:
+def _serving_sidecars(state: Path, namespace: str) -> dict[str, str]:
     return {p["name"]: f"http://{p['ip']}:{ROUTER_PORT}" for p in fleet.read_status(state).get("pods", [])
-            if p["kind"] == "serving" and p["name"].startswith("learn-") and all(p["pids"].values())}
+            if p["kind"] == "serving" and p["namespace"] == namespace and p["name"].startswith("learn-") and all(p["pids"].values())}
 
 
 def _loaded(url: str) -> dict | None:
@@ -122,8 +124,8 @@ def _loaded(url: str) -> dict | None:
         return json.loads(response.read()).get("classifier")
 
 
-def _all_loaded(state: Path, tiers: set[str], classifier: dict) -> dict[str, dict] | None:
-    sidecars = _serving_sidecars(state)
+def _all_loaded(state: Path, namespace: str, tiers: set[str], classifier: dict) -> dict[str, dict] | None:
+    sidecars = _serving_sidecars(state, namespace)
     if {name.rsplit("-", 2)[0] for name in sidecars} != tiers:
         return None
     loaded = {name: _loaded(url) for name, url in sidecars.items()}
@@ -144,9 +146,9 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
     status = wait_for(lambda: kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier"),
                       90, "the policy's classifier status")
     assert (status["source"], status["version"]) == ("ConfigMap", _version(user_model)), status
-    wait_for(lambda: _all_loaded(state, {"learn-small", "learn-large"}, {"version": _version(user_model), "source": "configured"}),
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": _version(user_model), "source": "configured"}),
              120, "both tiers' sidecars running the configured model")
-    large_before = {n: p["pids"] for n, p in ((p["name"], p) for p in fleet.read_status(state)["pods"]) if n.startswith("learn-large-")}
+    large_before = {p["name"]: p["pids"] for p in fleet.read_status(state)["pods"] if p["namespace"] == namespace and p["name"].startswith("learn-large-")}
     large_generation = kubectl("get", "deployment", "learn-large", "-n", namespace)["metadata"]["generation"]
 
     # ckpt-0002 is evaluated against ckpt-0001 (it fails half the sums the old one answered),
@@ -186,7 +188,59 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
 
     # Every sidecar of both tiers loads it: the new small pod and the large pod, whose
     # processes and Deployment did not change (the file arrived in the mounted volume).
-    wait_for(lambda: _all_loaded(state, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
              90, "every sidecar reporting the learned model's version")
-    assert {n: p["pids"] for n, p in ((p["name"], p) for p in fleet.read_status(state)["pods"]) if n.startswith("learn-large-")} == large_before
+    assert {p["name"]: p["pids"] for p in fleet.read_status(state)["pods"]
+            if p["namespace"] == namespace and p["name"].startswith("learn-large-")} == large_before
     assert kubectl("get", "deployment", "learn-large", "-n", namespace)["metadata"]["generation"] == large_generation
+
+
+def _metrics(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _route(url: str, prompt: str) -> tuple[str, int]:
+    """The tier the sidecar's classifier chose for `prompt`, and the answer's status. The
+    decision counts towards the share whatever the upstream then did (the dev fleet's
+    Service forwarder may drop a connection under a burst: a 502 with the same headers)."""
+    request = urllib.request.Request(
+        url + "/v1/chat/completions", headers={"Content-Type": "application/json"},
+        data=json.dumps({"messages": [{"role": "user", "content": prompt}], "max_tokens": 4}).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            headers, status = response.headers, response.status
+    except urllib.error.HTTPError as error:
+        headers, status = error.headers, error.code
+    assert headers["x-shoal-route-reason"] == "classifier", (status, dict(headers))
+    return headers["x-shoal-tier"], status
+
+
+def test_the_policy_status_reports_the_target_share_the_sidecars_observe_and_their_threshold(
+        kubectl, running_operator, namespace, running_fleet):
+    state = running_fleet
+    policy = json.loads(json.dumps(POLICY))
+    policy["spec"]["classifier"]["targetShares"] = {"small": 0.5}
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": _user_model()}},
+        policy, _tier("learn-small", CKPT_A), _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+    sidecars = wait_for(lambda: (s := _serving_sidecars(state, namespace)) and len(s) == 2 and s, 120, "both tiers' sidecars running")
+    small = next(url for name, url in sidecars.items() if name.startswith("learn-small-"))
+    wait_for(lambda: _loaded(small), 60, "the small sidecar loading the classifier")
+
+    # One full window (500 classifier decisions) at the small tier's sidecar, the entry.
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(500)]
+    routed = [_route(small, p) for p in prompts]
+    kept = round([tier for tier, _ in routed].count("small") / 500, 3)
+    print("target share e2e:", json.dumps({"kept": kept, "statuses": sorted({s for _, s in routed})}))
+
+    def reported() -> dict | None:
+        shares = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("targetShares") or []
+        return shares[0] if shares and shares[0].get("sidecars") == 1 else None
+
+    got = wait_for(reported, 120, "status.targetShares with the small sidecar's observed share")
+    thresholds = [parse_held_shares(_metrics(url)).threshold["small"] for url in sidecars.values()]
+    assert got == {"tier": "small", "targetShare": 0.5, "sidecars": 1, "observedShare": kept,
+                   "threshold": round(sum(thresholds) / 2, 3)}, (got, thresholds, kept)
+    assert 0.2 <= kept <= 0.8
