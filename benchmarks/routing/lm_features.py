@@ -294,6 +294,42 @@ def extract(args: argparse.Namespace) -> int:
     return 0
 
 
+MEMORY_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+import lm_features as L
+from shoal.devcluster.engines.llama import smollm2_gguf
+before = rss()
+reader = L.Reader(smollm2_gguf())
+reader.read("Which of these is a prime number?\\nA. 4\\nB. 6\\nC. 7\\nD. 9\\nAnswer:", True)
+print(json.dumps({"rss_without_model_mib": round(before, 1), "rss_with_model_mib": round(rss(), 1), "model_bytes": smollm2_gguf().stat().st_size}))
+"""
+
+
+def memory() -> dict:
+    """RSS of a process (numpy loaded) before and after the model is loaded and has read one
+    prompt, and the model file's size."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(HERE), str(HERE.parents[1] / "operator")], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+MARKER = "<!-- lm_features.py -->"
+
+
+def with_section(text: str, marker: str, section: str) -> str:
+    """``text`` with everything from ``marker`` on replaced by ``marker`` and ``section``
+    (appended after a blank line when the marker is not there yet)."""
+    at = text.find(marker)
+    head = (text if at < 0 else text[:at]).rstrip("\n")
+    return f"{head}\n\n{marker}\n{section.rstrip(chr(10))}\n"
+
+
 # --- evaluation ----------------------------------------------------------------------------
 
 
@@ -363,14 +399,52 @@ def evaluate(args: argparse.Namespace) -> int:
             "of": len(all_rows),
             "methods": methods,
             "feature_cpu_us": {"p50": round(float(np.percentile(cpu, 50))), "p99": round(float(np.percentile(cpu, 99)))},
+            "mean_tokens": float(scalars[:, names.index("tokens")].mean()),
         }
+    report["memory"] = memory()
     (HERE / "lm_features.json").write_text(json.dumps(report, indent=1) + "\n")
+    section = render(report, R.fmt)
+    print(section)
+    results = HERE / "RESULTS.md"
+    results.write_text(with_section(results.read_text() if results.exists() else "", MARKER, section))
+    return 0
+
+
+def render(report: dict, fmt) -> str:
+    mem = report["memory"]
+    lines = [
+        "## SmolLM2-135M features (experiment: `lm_features.py`)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Rerun: "
+        "`python benchmarks/routing/lm_features.py extract --data DIR --benchmark gsm8k` (and `--benchmark mmlu "
+        "--limit N`: a stratified subsample), then `python benchmarks/routing/lm_features.py evaluate --data DIR`. "
+        f"Same protocol as above ({report['folds']}-fold stratified CV, fold seed {report['seed']}, same measurement), "
+        "on the prompts whose features were read; every row of a benchmark is on the same prompts, including v2 "
+        "retrained on them. Logistic models over the features target P(only strong right) - P(only weak right), "
+        f"L2 strength from 3-fold CV inside each training part; the embedding enters as its top {COMPONENTS} "
+        "principal components (fitted on the training part). \"v2 + ...\" adds the two out-of-fold scores, each "
+        "standardised over its fold's prompts, with equal weight (nothing tuned).",
+        "",
+        "| benchmark (prompts) | router | APGR | CPT(50%) | CPT(80%) | APGR per fold |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, bench in report["benchmarks"].items():
         for label, m in bench["methods"].items():
             per_fold = ", ".join(f"{a:.2f}" for a in m["apgr_per_fold"])
-            print(f"| {name.upper()} ({bench['prompts']}) | {label} | {R.fmt(m['apgr'])} | {R.fmt(m['cpt50'], True)} | {R.fmt(m['cpt80'], True)} | {per_fold} |")
-        print(f"{name}: LM forward + features per prompt, CPU us p50 {bench['feature_cpu_us']['p50']}, p99 {bench['feature_cpu_us']['p99']}")
-    return 0
+            lines.append(f"| {name.upper()} ({bench['prompts']} of {bench['of']}) | {label} | {fmt(m['apgr'])} | {fmt(m['cpt50'], True)} | {fmt(m['cpt80'], True)} | {per_fold} |")
+    lines += [
+        "",
+        "| benchmark | decision p50 / p99 (LM forward + features, one thread, CPU time) | mean prompt tokens | model file | RSS without / with model |",
+        "|---|---|---|---|---|",
+    ]
+    for name, bench in report["benchmarks"].items():
+        c = bench["feature_cpu_us"]
+        lines.append(
+            f"| {name.upper()} | {c['p50'] / 1000:.0f} / {c['p99'] / 1000:.0f} ms | {bench['mean_tokens']:.0f} | "
+            f"{mem['model_bytes'] / 2**20:.0f} MiB (GGUF, 4-bit) | {mem['rss_without_model_mib']} / {mem['rss_with_model_mib']} MiB |"
+        )
+    lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

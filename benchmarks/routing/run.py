@@ -332,8 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if not args.no_write:
         (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        (HERE / "RESULTS.md").write_text(table)
+        # lm_features.py adds its own section at the end; a rerun of this script keeps it.
+        (HERE / "RESULTS.md").write_text(table + kept_section(HERE / "RESULTS.md", LM_SECTION))
     return 0
+
+
+LM_SECTION = "<!-- lm_features.py -->"
+
+
+def kept_section(path: Path, marker: str) -> str:
+    """The text of ``path`` from ``marker`` on ("" when the file or the marker is missing)."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find(marker)
+    return "" if at < 0 else "\n" + text[at:]
 
 
 def render(results: dict, args: argparse.Namespace) -> str:

@@ -99,3 +99,20 @@ def test_projection_keeps_the_direction_of_largest_spread():
     assert abs(project.basis[:, 0] @ [1.0, 0.0, 0.0]) == pytest.approx(1.0, abs=1e-3)
     assert project(x.mean(axis=0, keepdims=True))[0, 0] == pytest.approx(0.0)
     assert project(x).std() == pytest.approx(x[:, 0].std(), rel=1e-3)
+
+
+def test_section_is_appended_once_and_replaced_on_rerun():
+    first = L.with_section("# Results\n\n| table |\n", "<!-- m -->", "## Extra\nold\n")
+    assert first == "# Results\n\n| table |\n\n<!-- m -->\n## Extra\nold\n"
+    assert L.with_section(first, "<!-- m -->", "## Extra\nnew") == "# Results\n\n| table |\n\n<!-- m -->\n## Extra\nnew\n"
+
+
+def test_run_keeps_the_section_when_it_rewrites_the_table(tmp_path):
+    run_spec = importlib.util.spec_from_file_location("routing_run", PATH.parent / "run.py")
+    run = importlib.util.module_from_spec(run_spec)
+    run_spec.loader.exec_module(run)
+    path = tmp_path / "RESULTS.md"
+    assert run.kept_section(path, L.MARKER) == ""
+    path.write_text(L.with_section("# old table\n", L.MARKER, "## Extra\nrows"))
+    assert run.kept_section(path, L.MARKER) == "\n" + L.MARKER + "\n## Extra\nrows\n"
+    assert run.LM_SECTION == L.MARKER
