@@ -59,17 +59,21 @@ def tier(name: str, namespace: str, extra_args: list[str] | None = None) -> dict
 
 
 class Sampler:
-    """Peak RSS (VmHWM) and CPU seconds of one process, read from /proc twice a second."""
+    """Peak RSS (VmHWM) and CPU seconds of one process, read from /proc twice a second,
+    and the machine's 1-minute load average over the same time (lowest and highest)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_rss_bytes = 0
         self.cpu_seconds = 0.0
+        self.load_range = (float("inf"), 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
 
     def _read(self) -> None:
+        load = os.getloadavg()[0]
+        self.load_range = (min(self.load_range[0], load), max(self.load_range[1], load))
         try:
             status = Path(f"/proc/{self.pid}/status").read_text()
             stat = Path(f"/proc/{self.pid}/stat").read_text()
@@ -225,6 +229,7 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
     result["operator_peak_rss_mib"] = round(sampler.peak_rss_bytes / 2**20, 1)
     result["operator_cpu_seconds"] = round(sampler.cpu_seconds, 1)
     result["operator_cpu_seconds_until_change"] = round(cpu_before_change, 1)
+    result["load_average_range"] = [round(x, 1) for x in sampler.load_range]
     processes.stop(cluster.state, OPERATOR)
     kubectl.run("delete", "namespace", namespace, "--wait=false")
     wait_until(lambda: not kubectl.run("get", "namespace", namespace, "--ignore-not-found").strip(), 900, "the namespace to be deleted", 5)
@@ -240,7 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.tiers.split(",")]
 
     def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {message} (load average {os.getloadavg()[0]:.1f})",
+              file=sys.stderr, flush=True)
+
+    def write(results: list[dict[str, Any]]) -> str:
+        report = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "results": results}
+        text = json.dumps(report, indent=1)
+        if args.out:
+            args.out.write_text(text + "\n")
+        return text
 
     tools, binaries = ensure_tools(), ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
@@ -249,13 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kubectl = cluster.kubectl(tools)
             kubeconfig = install.install_operator(cluster, tools)
-            results = [run_one(cluster, kubectl, kubeconfig, n, Path(tmp), log) for n in counts]
+            results: list[dict[str, Any]] = []
+            for n in counts:
+                # Written after each count, so a run stopped later keeps what it measured.
+                results.append(run_one(cluster, kubectl, kubeconfig, n, Path(tmp), log))
+                text = write(results)
         finally:
             cluster.stop(progress=lambda m: None)
-    report = {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "results": results}
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.write_text(text + "\n")
     print(text)
     return 0
 

@@ -10,6 +10,8 @@ from shoal.devcluster.cluster import (
     ComponentFailed,
     ControlPlane,
     audit_policy,
+    controller_manager_tuning,
+    scheduler_config,
     wait_until,
     write_events,
 )
@@ -49,6 +51,26 @@ def test_audit_policy_logs_only_the_operator_at_metadata_level():
     rules = audit_policy()["rules"]
     assert rules[0] == {"level": "Metadata", "users": [OPERATOR_USER]}
     assert rules[-1] == {"level": "None"}
+
+
+def test_controller_manager_runs_with_a_raised_client_rate_and_more_workers():
+    assert controller_manager_tuning() == [
+        "--kube-api-qps=500",
+        "--kube-api-burst=1000",
+        "--concurrent-deployment-syncs=50",
+        "--concurrent-replicaset-syncs=50",
+        "--concurrent-service-endpoint-syncs=20",
+    ]
+
+
+def test_scheduler_config_carries_the_kubeconfig_the_raised_rate_and_no_leader_election(tmp_path):
+    config = scheduler_config(tmp_path / "scheduler.yaml")
+    assert config == {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(tmp_path / "scheduler.yaml"), "qps": 500, "burst": 1000},
+        "leaderElection": {"leaderElect": False},
+    }
 
 
 def test_wait_until_returns_the_first_truthy_value():

@@ -67,3 +67,30 @@ def test_a_write_into_a_terminating_namespace_is_its_own_error():
 
     with pytest.raises(NamespaceTerminating, match="being terminated"):
         asyncio.run(kube(api).apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "small", "namespace": "llm"}}))
+
+
+def test_no_more_requests_than_max_in_flight_are_sent_at_once():
+    in_flight: list[int] = [0]
+    most: list[int] = [0]
+    seen: list[str] = []
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        for _ in range(5):  # hand the loop to the other callers while this one is "in flight"
+            await asyncio.sleep(0)
+        in_flight[0] -= 1
+        seen.append(request.url.path.rsplit("/", 1)[-1])
+        return httpx.Response(200, json={"kind": "Secret", "metadata": {"name": "x"}})
+
+    cfg = k8s_client.Configuration()
+    cfg.host = "https://api.test"
+    k = Kube(Connection("https://api.test", cfg), registry=CollectorRegistry(),
+             transport=httpx.MockTransport(api), max_in_flight=3)
+
+    async def ten_at_once():
+        await asyncio.gather(*(k.get("v1", "Secret", "llm", f"s{i}") for i in range(10)))
+
+    asyncio.run(ten_at_once())
+    assert most[0] == 3
+    assert sorted(seen) == sorted(f"s{i}" for i in range(10))

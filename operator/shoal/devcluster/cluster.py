@@ -50,6 +50,20 @@ from shoal.devcluster.nodes import KWOK_ANNOTATION, KWOK_ANNOTATION_VALUE, NodeG
 from shoal.devcluster.stages import kwok_config
 from shoal.devcluster.tools import Tools
 
+# Room for 65,534 cluster IPs. Its size does not change how fast a Service is created: the
+# API server (1.33 and later: one IPAddress object per cluster IP, the only allocator in
+# 1.34) picks a random free address from its cache, so a wider or narrower range costs the
+# same. What makes Service creation slow under load is that the API server allocates one
+# cluster IP at a time: it holds one lock while it creates the IPAddress object (a full
+# request to itself, through etcd) and counts every allocated address twice for its
+# metrics, so N Services cost N such round trips one after the other, each a little
+# longer as N grows. Measured here on an idle machine: 10-13 ms per Service (ConfigMaps:
+# under 3 ms, in parallel); under a load average of 10 on 2 cores, about 25 ms. No flag
+# changes this (MultiCIDRServiceAllocator is locked on in 1.34; DisableAllocatorDualWrite
+# =false only adds the old bitmap write in front of it). The operator therefore sends its
+# Service applies in a lane of their own (controller/reconcilers.py), and a production
+# cluster, with the API server on its own cores, creates a thousand tiers' Services in
+# about ten seconds.
 SERVICE_CIDR = "10.96.0.0/16"
 # Simulated pods get loopback addresses: everything that connects to a pod IP (the
 # operator scraping a sidecar's /metrics, a test's fake engine standing in for a pod)
@@ -92,6 +106,55 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Client rate of kube-controller-manager and kube-scheduler, in requests per second (and
+# the burst above it). Their defaults (20/30 per controller, 50/100 for the scheduler)
+# are sized for a shared production API server; here they were the cap on how fast a
+# large apply turns into ready pods: 1,000 ModelTiers mean about 1,000 ReplicaSets,
+# 1,000 pods, 1,000 bindings and 3,000-4,000 status updates, spread over the Deployment,
+# ReplicaSet and EndpointSlice controllers and the scheduler, i.e. 50-200 seconds each at
+# the default rates before the API server does any work. At 500 per second the same
+# work is queued in a few seconds and the API server's own speed is what remains. A
+# production cluster keeps its provider's settings (often the defaults): there, expect
+# pods for a large batch of tiers to appear at about 20 ReplicaSets and 20 pods per
+# second, however fast the operator writes the Deployments.
+CONTROL_PLANE_CLIENT_QPS = 500
+CONTROL_PLANE_CLIENT_BURST = 1000
+# Workers per controller of kube-controller-manager (defaults: 5 each). A worker holds
+# one object while its requests are in flight, so with the API server's latency at
+# 0.5-1 s on a loaded machine five workers create at most 5-10 ReplicaSets or pods per
+# second whatever the client rate; 50 keep enough requests in flight.
+CONTROLLER_CONCURRENCY = {
+    "concurrent-deployment-syncs": 50,
+    "concurrent-replicaset-syncs": 50,
+    "concurrent-service-endpoint-syncs": 20,
+}
+
+
+def controller_manager_tuning() -> list[str]:
+    """kube-controller-manager's rate and concurrency flags (see the constants above)."""
+    return [
+        f"--kube-api-qps={CONTROL_PLANE_CLIENT_QPS}",
+        f"--kube-api-burst={CONTROL_PLANE_CLIENT_BURST}",
+        *(f"--{flag}={value}" for flag, value in CONTROLLER_CONCURRENCY.items()),
+    ]
+
+
+def scheduler_config(kubeconfig: Path) -> dict[str, Any]:
+    """kube-scheduler's configuration file: its client (with the raised rate) and no
+    leader election. The scheduler's --kube-api-qps and --kubeconfig flags are
+    deprecated in favour of this file, and ignored once a file is given."""
+    return {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {
+            "kubeconfig": str(kubeconfig),
+            "qps": CONTROL_PLANE_CLIENT_QPS,
+            "burst": CONTROL_PLANE_CLIENT_BURST,
+        },
+        "leaderElection": {"leaderElect": False},
+    }
 
 
 def audit_policy() -> dict[str, Any]:
@@ -395,6 +458,15 @@ class ControlPlane:
             f"--service-account-signing-key-file={p.service_account_key}",
             # Admission plugins are left at their defaults (PodSecurity included), so the
             # cluster admits and rejects pods as a real one does.
+            # --max-requests-inflight / --max-mutating-requests-inflight stay at their
+            # defaults (400 / 200): with API Priority and Fairness on, they only size the
+            # server's 600 seats, of which service accounts' requests (the operator's
+            # and the controllers') may use about 250; the operator sends at most 64 at a
+            # time (kube/client.py), so neither limit is what a large apply waits on.
+            # The audit policy logs the operator's requests alone, at Metadata level (no
+            # bodies): one short line per request, synchronously ("blocking") so a test
+            # reads a request's line as soon as the request returned. Every other client,
+            # the controllers and the API server's own requests included, is not logged.
             f"--audit-policy-file={policy}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json",
@@ -428,16 +500,19 @@ class ControlPlane:
             "--use-service-account-credentials=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--controllers=*",
+            *controller_manager_tuning(),
             "--v=1",
         ])
+        config = self.state / "kubeconfigs" / "scheduler-config.yaml"
+        config.write_text(yaml.safe_dump(scheduler_config(self.component_kubeconfig("scheduler")),
+                                         sort_keys=False))
         processes.start(self.state, "kube-scheduler", [
             str(binaries.kube_scheduler),
-            f"--kubeconfig={self.component_kubeconfig('scheduler')}",
+            f"--config={config}",
             f"--authentication-kubeconfig={self.component_kubeconfig('scheduler')}",
             f"--authorization-kubeconfig={self.component_kubeconfig('scheduler')}",
             "--bind-address=127.0.0.1",
             f"--secure-port={ports.scheduler}",
-            "--leader-elect=false",
             "--v=1",
         ])
         # Their serving certificates are self-signed and made up at start; health
