@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from shoal.kube.errors import KubeError
-from shoal.kube.view import KINDS, View
+from shoal.kube.view import KINDS, PACKED, View, pack
 
 
 def tier_body(name: str = "small", *, namespace: str = "llm", generation: int = 1, **spec: Any) -> dict[str, Any]:
@@ -60,9 +60,9 @@ def put(view: View, obj: dict[str, Any]) -> None:
     ns, name = meta.get("namespace", ""), meta["name"]
     kind = obj["kind"]
     if kind == "Pod":
-        view.tier_pods.setdefault((ns, meta["labels"]["shoal.dev/tier"]), []).append(obj)  # type: ignore[attr-defined]
+        view.tier_pods.setdefault((ns, meta["labels"]["shoal.dev/tier"]), []).append(pack(obj))  # type: ignore[attr-defined]
         return
-    getattr(view, KINDS[kind])[(ns, name)] = [obj]
+    getattr(view, KINDS[kind])[(ns, name)] = [pack(obj) if kind in PACKED else obj]
     if kind == "ModelTier":
         names = view.tier_names.setdefault(ns, [])  # type: ignore[attr-defined]
         if name not in names:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shoal.kube.view import REMEMBER_SECONDS, View, slim_config_map, slim_pod, without_managed_fields
+from shoal.kube.view import REMEMBER_SECONDS, View, pack, slim_config_map, slim_pod, unpack, without_managed_fields
 
 
 def cm(rv: str, replicas: int = 1) -> dict:
@@ -11,13 +11,13 @@ def cm(rv: str, replicas: int = 1) -> dict:
 
 def test_a_written_object_is_seen_until_the_watch_delivers_that_version_or_a_newer_one():
     now = [0.0]
-    store: dict = {("llm", "small"): [cm("10", 1)]}
+    store: dict = {("llm", "small"): [pack(cm("10", 1))]}
     view = View(deployments=store, seconds=lambda: now[0])
     view.remember(cm("12", 3))
     assert view.get("Deployment", "llm", "small")["spec"]["replicas"] == 3  # the watch still shows 10
-    store[("llm", "small")] = [cm("11", 2)]  # an older event arrives late
+    store[("llm", "small")] = [pack(cm("11", 2))]  # an older event arrives late
     assert view.get("Deployment", "llm", "small")["spec"]["replicas"] == 3
-    store[("llm", "small")] = [cm("12", 3)]
+    store[("llm", "small")] = [pack(cm("12", 3))]
     assert view.get("Deployment", "llm", "small")["metadata"]["resourceVersion"] == "12"
     assert view._written == {}  # caught up: the copy is dropped
 
@@ -47,3 +47,15 @@ def test_server_side_apply_bookkeeping_is_not_kept():
     view = View(deployments={})
     view.remember(obj)
     assert "managedFields" not in view.get("Deployment", "", "small")["metadata"]
+
+
+def test_children_are_kept_packed_and_read_back_whole():
+    deployment = {"kind": "Deployment", "metadata": {"name": "small", "namespace": "llm", "resourceVersion": "7"},
+                  "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "vllm", "args": ["--port", 8000]}]}}}}
+    text = pack(deployment)
+    assert isinstance(text, str) and " " not in text  # compact: no separators' spaces
+    assert unpack(text) == deployment
+    pod = {"metadata": {"name": "small-0", "labels": {"shoal.dev/tier": "small"}}, "status": {"podIP": "10.0.0.1"}}
+    view = View(deployments={("llm", "small"): [text]}, tier_pods={("llm", "small"): [pack(pod)]})
+    assert view.get("Deployment", "llm", "small") == deployment
+    assert view.pods("llm", "small") == [pod]

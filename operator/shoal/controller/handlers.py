@@ -20,7 +20,7 @@ import kopf
 
 from shoal.api.naming import MANAGED_BY, TIER_LABEL
 from shoal.kube.client import Kube, load_connection
-from shoal.kube.view import View, slim_config_map, slim_pod, without_managed_fields
+from shoal.kube.view import View, pack, slim_config_map, slim_pod, without_managed_fields
 
 from .autoscaler import Autoscaler
 from .clock import SystemClock
@@ -65,7 +65,8 @@ def _key(body: Any) -> tuple[str, str]:
 
 # --- the view: kopf indexes --------------------------------------------------------------
 # Every handler here is a coroutine: kopf runs plain functions in a thread pool, which at a
-# thousand tiers cost more CPU than the handlers themselves.
+# thousand tiers cost more CPU than the handlers themselves. Children, pods and Jobs are
+# kept packed (kube/view.py: a fifth of the memory of the dicts).
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -106,37 +107,37 @@ async def policy_names(body: Any, **_: Any) -> dict[Any, Any]:
 
 @kopf.index(*DEPLOYMENTS, labels=OWNED)
 async def deployments(body: Any, **_: Any) -> dict[Any, Any]:
-    return {_key(body): _plain(body)}
+    return {_key(body): pack(_plain(body))}
 
 
 @kopf.index(*SERVICES, labels=MANAGED)
 async def services(body: Any, **_: Any) -> dict[Any, Any]:
-    return {_key(body): _plain(body)}
+    return {_key(body): pack(_plain(body))}
 
 
 @kopf.index(*PDBS, labels=OWNED)
 async def pdbs(body: Any, **_: Any) -> dict[Any, Any]:
-    return {_key(body): _plain(body)}
+    return {_key(body): pack(_plain(body))}
 
 
 @kopf.index(*CONFIGMAPS)
 async def config_maps(body: Any, **_: Any) -> dict[Any, Any]:
-    return {_key(body): slim_config_map(_plain(body))}
+    return {_key(body): pack(slim_config_map(_plain(body)))}
 
 
 @kopf.index(*PODS, labels={**OWNED, "app.kubernetes.io/component": "inference"})
 async def tier_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
-    return {(_key(body)[0], labels[TIER_LABEL]): slim_pod(_plain(body))}
+    return {(_key(body)[0], labels[TIER_LABEL]): pack(slim_pod(_plain(body)))}
 
 
 @kopf.index(*PODS, labels={**OWNED, "job-name": kopf.PRESENT})
 async def job_pods(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
-    return {(_key(body)[0], labels["job-name"]): slim_pod(_plain(body))}
+    return {(_key(body)[0], labels["job-name"]): pack(slim_pod(_plain(body)))}
 
 
 @kopf.index(*JOBS, labels=OWNED)
 async def eval_jobs(body: Any, labels: Any, **_: Any) -> dict[Any, Any]:
-    return {(_key(body)[0], labels[TIER_LABEL]): _plain(body)}
+    return {(_key(body)[0], labels[TIER_LABEL]): pack(_plain(body))}
 
 
 # --- startup and the operator-wide loop ---------------------------------------------------
