@@ -225,19 +225,6 @@ def test_a_slow_service_holds_up_neither_the_deployment_nor_the_status():
     assert h.kube.calls == []
 
 
-def test_background_service_applies_wait_their_turn_while_every_deployment_is_written():
-    h = Harness(tier_body("a"), tier_body("b"), tier_body("c"))
-    h.reconcilers = Reconcilers(h.kube, h.view, h.clock, requeue=h.requeued.append, service_applies_in_flight=1)
-    h.kube.hold["Service"] = asyncio.Event()
-    for name in ("a", "b", "c"):
-        h.tier_pass(name)
-    # One Service is at the API server; the other two wait for its slot, not in the client.
-    assert [c for c in h.kube.calls if c[:2] == ("apply", "Service")] == [("apply", "Service", "a")]
-    assert sorted(c[2] for c in h.kube.calls if c[:2] == ("apply", "Deployment")) == ["a", "b", "c"]
-    h.run(_release(h.kube.hold["Service"]))
-    assert [c[2] for c in h.kube.calls if c[:2] == ("apply", "Service")] == ["a", "b", "c"]
-
-
 def test_a_failed_service_apply_is_retried_inside_the_next_pass_under_the_retry_rule():
     h = Harness(tier_body())
     h.kube.fail["apply:Service"] = Unavailable("service IP allocation timed out")

@@ -94,3 +94,35 @@ def test_no_more_requests_than_max_in_flight_are_sent_at_once():
     asyncio.run(ten_at_once())
     assert most[0] == 3
     assert sorted(seen) == sorted(f"s{i}" for i in range(10))
+
+
+def test_service_applies_have_a_lane_of_their_own_beside_the_other_requests():
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def api(request: httpx.Request) -> httpx.Response:
+        started.append(request.url.path.split("/")[-2])  # the resource: services or configmaps
+        await release.wait()
+        return httpx.Response(200, json=json.loads(request.content))
+
+    cfg = k8s_client.Configuration()
+    cfg.host = "https://api.test"
+    k = Kube(Connection("https://api.test", cfg), registry=CollectorRegistry(),
+             transport=httpx.MockTransport(api), max_in_flight=2, service_applies_in_flight=1)
+
+    def obj(kind: str, name: str) -> dict:
+        return {"apiVersion": "v1", "kind": kind, "metadata": {"name": name, "namespace": "llm"}}
+
+    async def burst():
+        writes = [asyncio.create_task(k.apply(obj(kind, f"{kind}-{i}"))) for i in range(3) for kind in ("Service", "ConfigMap")]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        in_flight = sorted(started)
+        release.set()
+        await asyncio.gather(*writes)
+        return in_flight
+
+    # One Service and two ConfigMaps are sent at once: the Services' slot does not take one
+    # of the others', and the Services queued behind it do not hold the ConfigMaps back.
+    assert asyncio.run(burst()) == ["configmaps", "configmaps", "services"]
+    assert sorted(started) == ["configmaps"] * 3 + ["services"] * 3

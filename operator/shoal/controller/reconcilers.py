@@ -59,8 +59,6 @@ TIER = ("shoal.dev/v1alpha1", "ModelTier")
 POLICY = ("shoal.dev/v1alpha1", "RoutePolicy")
 T = TypeVar("T", ModelTier, RoutePolicy)
 ObjectKey = tuple[str, str, str]  # (kind, namespace, name)
-# Service applies running in the background at once (see Reconcilers._apply_service_unblocked).
-SERVICE_APPLIES_IN_FLIGHT = 4
 
 
 class InvalidSpec(Exception):
@@ -100,7 +98,6 @@ class Reconcilers:
         drift: DriftWatch | None = None,
         learning: ClassifierLearning | None = None,
         shares: ShareWatch | None = None,
-        service_applies_in_flight: int = SERVICE_APPLIES_IN_FLIGHT,
     ) -> None:
         self.kube = kube
         self.view = view
@@ -116,11 +113,6 @@ class Reconcilers:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         # A tier's Service apply in flight (see _apply_service_unblocked).
         self._service_applies: dict[tuple[str, str], asyncio.Task[bool]] = {}
-        # The API server allocates cluster IPs one at a time, under one lock, so Service
-        # creations sent beyond a few at once only wait there, each holding one of the
-        # API client's slots (kube/client.py) that the other tiers' Deployments and
-        # statuses need. A thousand tiers applied at once queue their Services here.
-        self._service_slots = asyncio.Semaphore(service_applies_in_flight)
         # Namespaces the API server said are being deleted, with when it said so: objects
         # created before that go with the namespace and are not reconciled again (each
         # pod's deletion would otherwise bring another doomed attempt to re-create them).
@@ -289,7 +281,8 @@ class Reconcilers:
         time: with hundreds of tiers created at once each took tens of seconds, and every
         pass waiting for its Service held the Deployments and statuses of all the others.
         Nothing else of the tier needs the Service to exist, so the first apply runs on its
-        own and queues the tier again when it ends. If it failed, the next pass applies the
+        own (in the API client's lane for Services, kube/client.py) and queues the tier
+        again when it ends. If it failed, the next pass applies the
         Service itself, so the failure meets the work queue's retry rule like any other.
         """
         key = (tier.namespace, tier.name)
@@ -304,7 +297,7 @@ class Reconcilers:
         meta = manifest["metadata"]
         if not needs_apply(self.view.get("Service", meta["namespace"], meta["name"]), manifest):
             return
-        task = asyncio.create_task(self._apply_in_service_lane(manifest), name=f"apply Service {meta['namespace']}/{meta['name']}")
+        task = asyncio.create_task(self._apply(manifest), name=f"apply Service {meta['namespace']}/{meta['name']}")
 
         def ended(task: asyncio.Task[bool]) -> None:
             if not task.cancelled() and task.exception() is not None:
@@ -313,10 +306,6 @@ class Reconcilers:
 
         task.add_done_callback(ended)
         self._service_applies[key] = task
-
-    async def _apply_in_service_lane(self, manifest: dict[str, Any]) -> bool:
-        async with self._service_slots:
-            return await self._apply(manifest)
 
     async def _evaluation_jobs(self, tier: ModelTier, plan: TierPlan, observed: TierObservation) -> None:
         """Delete superseded evaluation Jobs; create the candidates' (by name, so never twice):

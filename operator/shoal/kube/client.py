@@ -27,9 +27,10 @@ from shoal.api.times import rfc3339
 from .errors import Conflict, Forbidden, Invalid, KubeError, NamespaceTerminating, NotFound, Unavailable
 
 FIELD_MANAGER = "shoal"
-# Requests to the API server in flight at once, and as many kept-alive connections. See
-# Kube.__init__.
+# Requests to the API server in flight at once, and as many kept-alive connections; and,
+# besides those, Service applies in flight at once. See Kube.__init__.
 MAX_IN_FLIGHT = 64
+SERVICE_APPLIES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,10 @@ class Kube:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
+        service_applies_in_flight: int = SERVICE_APPLIES_IN_FLIGHT,
     ) -> None:
         """`max_in_flight`: requests sent at once; more callers wait their turn here.
+        `service_applies_in_flight`: Service applies sent at once, in a lane of their own.
 
         The wait is on purpose outside the HTTP client. Its connection pool looks at every
         queued request and every connection each time a request starts or ends, so with a
@@ -152,14 +155,23 @@ class Kube:
         counted against its 30 s timeout. Here the pool never holds more requests than
         connections, and every connection is kept alive for the next request instead of
         paying a new TLS handshake.
+
+        Service applies have their own lane because the API server creates Services one
+        at a time (it allocates each one's cluster IP under a single lock). In the shared
+        lane, a burst of them would hold most of its slots while they wait for that lock,
+        and the other tiers' Deployments and statuses would wait behind them; a few in
+        flight keep the allocator busy, and waiting in their own lane they are not queued
+        behind everything else either.
         """
         self._conn = connection
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._service_slots = asyncio.Semaphore(service_applies_in_flight)
+        connections = max_in_flight + service_applies_in_flight
         self._http = httpx.AsyncClient(
             base_url=connection.host,
             verify=connection.ssl_context(),
             timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             transport=transport,
         )
         self.writes = Counter(
@@ -185,6 +197,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         what: str,
+        lane: asyncio.Semaphore | None = None,
     ) -> dict[str, Any]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         auth = self._conn.authorization()
@@ -192,7 +205,7 @@ class Kube:
             headers["Authorization"] = auth
         content = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
         try:
-            async with self._slots:
+            async with lane or self._slots:
                 response = await self._http.request(method, path, params=query, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise Unavailable(f"{what}: {exc}") from exc
@@ -235,6 +248,7 @@ class Kube:
             body=json.dumps(obj),
             content_type="application/apply-patch+yaml",
             what=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
+            lane=self._service_slots if obj["kind"] == "Service" else None,
         )
 
     async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
