@@ -13,7 +13,7 @@ from shoal.api.naming import CHECKPOINT_ANNOTATION, KEPT_OUTCOMES_KEY, LEARNED_M
 from shoal.api.outcomes import ItemOutcomes
 from shoal.controller.clock import FakeClock
 from shoal.controller.reconcilers import Reconcilers
-from shoal.kube.view import slim_config_map
+from shoal.kube.view import pack, slim_config_map
 from shoal.plan.learning import model_text, version_of
 from shoal.router.classifier import DifficultyModel, Example, train_difficulty
 
@@ -71,12 +71,12 @@ def eval_job(view, checkpoint: str, job: str, candidate, baseline) -> None:
     """A finished evaluation Job and its pod, whose termination message carries outcomes."""
     message = json.dumps({"checkpoint": checkpoint, "verdict": "Passed", "datasetDigest": DIGEST, "items": 40,
                           "outcomes": ItemOutcomes.encode(candidate, baseline).to_wire()})
-    view.eval_jobs.setdefault(("llm", "small"), []).append({
+    view.eval_jobs.setdefault(("llm", "small"), []).append(pack({
         "metadata": {"name": job, "namespace": "llm", "annotations": {CHECKPOINT_ANNOTATION: checkpoint}},
         "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]},
-    })
-    view.job_pods[("llm", job)] = [{"metadata": {"name": f"{job}-pod"}, "status": {"containerStatuses": [
-        {"name": "eval", "state": {"terminated": {"exitCode": 0, "message": message}}}]}}]
+    }))
+    view.job_pods[("llm", job)] = [pack({"metadata": {"name": f"{job}-pod"}, "status": {"containerStatuses": [
+        {"name": "eval", "state": {"terminated": {"exitCode": 0, "message": message}}}]}})]
 
 
 class Harness:

@@ -16,6 +16,7 @@ from shoal.controller.clock import FakeClock
 from shoal.controller.queue import GiveUp, RetryAfter
 from shoal.controller.reconcilers import Reconcilers, retry_rule
 from shoal.kube.errors import Conflict, Forbidden, NamespaceTerminating, Unavailable
+from shoal.kube.view import pack
 
 from .fakes import FakeKube, policy_body, put, tier_body, view_of
 
@@ -279,9 +280,9 @@ def _finish_job(h: Harness, name: str, exit_code: int) -> None:
         "status": {"startTime": "2026-01-01T00:00:00Z",
                    "conditions": [{"type": "Complete" if exit_code == 0 else "Failed", "status": "True"}]},
     }
-    h.view.eval_jobs[("llm", "small")] = [job]
-    h.view.job_pods[("llm", name)] = [{"metadata": {"name": f"{name}-x"}, "status": {"containerStatuses": [
-        {"name": "eval", "state": {"terminated": {"exitCode": exit_code}}}]}}]
+    h.view.eval_jobs[("llm", "small")] = [pack(job)]
+    h.view.job_pods[("llm", name)] = [pack({"metadata": {"name": f"{name}-x"}, "status": {"containerStatuses": [
+        {"name": "eval", "state": {"terminated": {"exitCode": exit_code}}}]}})]
 
 
 def _ready_gated_tier(source: str, **status: Any) -> Harness:
