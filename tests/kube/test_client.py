@@ -69,7 +69,8 @@ def test_a_write_into_a_terminating_namespace_is_its_own_error():
         asyncio.run(kube(api).apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "small", "namespace": "llm"}}))
 
 
-def test_no_more_requests_than_max_in_flight_are_sent_at_once():
+@pytest.mark.parametrize("max_in_flight", [3, 20])  # one client; three (8 + 8 + 4 connections)
+def test_no_more_requests_than_max_in_flight_are_sent_at_once(max_in_flight):
     in_flight: list[int] = [0]
     most: list[int] = [0]
     seen: list[str] = []
@@ -86,14 +87,14 @@ def test_no_more_requests_than_max_in_flight_are_sent_at_once():
     cfg = k8s_client.Configuration()
     cfg.host = "https://api.test"
     k = Kube(Connection("https://api.test", cfg), registry=CollectorRegistry(),
-             transport=httpx.MockTransport(api), max_in_flight=3)
+             transport=httpx.MockTransport(api), max_in_flight=max_in_flight)
 
-    async def ten_at_once():
-        await asyncio.gather(*(k.get("v1", "Secret", "llm", f"s{i}") for i in range(10)))
+    async def thirty_at_once():
+        await asyncio.gather(*(k.get("v1", "Secret", "llm", f"s{i}") for i in range(30)))
 
-    asyncio.run(ten_at_once())
-    assert most[0] == 3
-    assert sorted(seen) == sorted(f"s{i}" for i in range(10))
+    asyncio.run(thirty_at_once())
+    assert most[0] == max_in_flight
+    assert sorted(seen) == sorted(f"s{i}" for i in range(30))
 
 
 def test_service_applies_have_a_lane_of_their_own_beside_the_other_requests():

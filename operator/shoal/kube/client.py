@@ -31,6 +31,8 @@ FIELD_MANAGER = "shoal"
 # besides those, Service applies in flight at once. See Kube.__init__.
 MAX_IN_FLIGHT = 64
 SERVICE_APPLIES_IN_FLIGHT = 4
+# Connections of each of the HTTP clients the requests in flight are spread over.
+CONNECTIONS_PER_CLIENT = 8
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,16 @@ class Kube:
         """`max_in_flight`: requests sent at once; more callers wait their turn here.
         `service_applies_in_flight`: Service applies sent at once, in a lane of their own.
 
-        The wait is on purpose outside the HTTP client. Its connection pool looks at every
-        queued request and every connection each time a request starts or ends, so with a
-        thousand tiers' writes queued in it (a Service apply per tier) that bookkeeping
-        took a third of the operator's CPU, and the time a request sat in that queue
-        counted against its 30 s timeout. Here the pool never holds more requests than
-        connections, and every connection is kept alive for the next request instead of
-        paying a new TLS handshake.
+        The wait is on purpose outside the HTTP client, and the requests are spread over
+        several small clients (CONNECTIONS_PER_CLIENT connections each) rather than one
+        large one. The HTTP client's connection pool looks at every queued request and
+        every connection, and asks each idle connection's socket whether it is still
+        usable, each time a request starts or ends: with a thousand tiers' writes queued
+        in one pool that bookkeeping took a third of the operator's CPU, and with 64
+        connections and nothing queued still a quarter. The time a request sat queued
+        also counted against its 30 s timeout. Here no pool holds more requests than
+        connections, a small pool's bookkeeping is cheap, and every connection is kept
+        alive for the next request instead of paying a new TLS handshake.
 
         Service applies have their own lane because the API server creates Services one
         at a time (it allocates each one's cluster IP under a single lock). In the shared
@@ -164,16 +169,25 @@ class Kube:
         behind everything else either.
         """
         self._conn = connection
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._service_slots = asyncio.Semaphore(service_applies_in_flight)
-        connections = max_in_flight + service_applies_in_flight
-        self._http = httpx.AsyncClient(
-            base_url=connection.host,
-            verify=connection.ssl_context(),
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            transport=transport,
-        )
+
+        def lane(requests: int) -> asyncio.Queue[httpx.AsyncClient]:
+            """One token per request that may be in flight, each naming the client to use."""
+            tokens: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+            for first in range(0, requests, CONNECTIONS_PER_CLIENT):
+                size = min(CONNECTIONS_PER_CLIENT, requests - first)
+                client = httpx.AsyncClient(
+                    base_url=connection.host,
+                    verify=connection.ssl_context(),
+                    timeout=httpx.Timeout(30.0, connect=10.0),
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    transport=transport,
+                )
+                for _ in range(size):
+                    tokens.put_nowait(client)
+            return tokens
+
+        self._lane = lane(max_in_flight)
+        self._service_lane = lane(service_applies_in_flight)
         self.writes = Counter(
             "shoal_operator_api_writes",
             "Write requests (create, apply, patch, delete) the operator sent to the API server.",
@@ -197,18 +211,21 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         what: str,
-        lane: asyncio.Semaphore | None = None,
+        lane: asyncio.Queue[httpx.AsyncClient] | None = None,
     ) -> dict[str, Any]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         auth = self._conn.authorization()
         if auth:
             headers["Authorization"] = auth
         content = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
+        tokens = lane or self._lane
+        client = await tokens.get()
         try:
-            async with lane or self._slots:
-                response = await self._http.request(method, path, params=query, content=content, headers=headers)
+            response = await client.request(method, path, params=query, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise Unavailable(f"{what}: {exc}") from exc
+        finally:
+            tokens.put_nowait(client)
         if response.status_code >= 400:
             raise _translate(response.status_code, response.content, what)
         return response.json() if response.content else {}
@@ -248,7 +265,7 @@ class Kube:
             body=json.dumps(obj),
             content_type="application/apply-patch+yaml",
             what=f"apply {obj['kind']} {meta.get('namespace')}/{meta['name']}",
-            lane=self._service_slots if obj["kind"] == "Service" else None,
+            lane=self._service_lane if obj["kind"] == "Service" else None,
         )
 
     async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
