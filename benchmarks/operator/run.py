@@ -231,9 +231,14 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
     result["operator_cpu_seconds_until_change"] = round(cpu_before_change, 1)
     result["load_average_range"] = [round(x, 1) for x in sampler.load_range]
     processes.stop(cluster.state, OPERATOR)
+    result["namespace"] = namespace
+    return result
+
+
+def delete_namespace(kubectl: Any, namespace: str) -> None:
+    """Delete a count's namespace and wait until it is gone (before the next count)."""
     kubectl.run("delete", "namespace", namespace, "--wait=false")
     wait_until(lambda: not kubectl.run("get", "namespace", namespace, "--ignore-not-found").strip(), 900, "the namespace to be deleted", 5)
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                 # Written after each count, so a run stopped later keeps what it measured.
                 results.append(run_one(cluster, kubectl, kubeconfig, n, Path(tmp), log))
                 text = write(results)
+                if n != counts[-1]:
+                    delete_namespace(kubectl, results[-1]["namespace"])
         finally:
             cluster.stop(progress=lambda m: None)
     print(text)
