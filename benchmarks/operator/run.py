@@ -9,13 +9,16 @@ are its own for that N):
 2. time until every tier is Ready=True and Progressing=False at its generation, counted
    from the moment the apply returned; also when the operator had written every Deployment (its own part) and
    when every pod was ready (the Deployment and ReplicaSet controllers', scheduler's and
-   kwok's part, which kube-controller-manager's default client rate limit of 20 requests
-   per second per controller bounds at about N / 20 seconds);
+   kwok's part; the local control plane runs them at 500 requests per second, see
+   devcluster/cluster.py, where a default cluster's 20 per controller would bound it at
+   about N / 20 seconds);
 3. the operator's API requests during creation and during one steady minute afterwards,
    from the API server's audit log (writes, and reads other than its watches);
 4. a change to every tier (an engine argument, which rolls every Deployment) and the time
    until every tier is Ready again at the new generation;
-5. the operator's peak RSS and CPU seconds over the whole run (from /proc).
+5. the operator's peak RSS and CPU seconds over the whole run, and every component's CPU
+   seconds during the creation and during the change (from /proc), with the machine's
+   load average over the run.
 
 The cluster's nodes are benchmarks/operator/nodes.yaml (sized for 1,000+ one-GPU pods).
 Run it niced on a shared machine and say so when quoting its numbers.
@@ -38,7 +41,7 @@ import yaml
 
 from shoal.devcluster import install, processes
 from shoal.devcluster.build import ensure_binaries
-from shoal.devcluster.cluster import OPERATOR, ControlPlane
+from shoal.devcluster.cluster import COMPONENTS, OPERATOR, ControlPlane
 from shoal.devcluster.nodes import load_nodes
 from shoal.devcluster.tools import ensure_tools
 
@@ -98,6 +101,26 @@ class Sampler:
         self._read()
         self._stop.set()
         self._thread.join()
+
+
+def component_cpu_seconds(cluster: ControlPlane) -> dict[str, float]:
+    """CPU seconds (user + system) each control-plane component has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name in COMPONENTS:
+        record = processes.recorded(cluster.state, name)
+        try:
+            stat = Path(f"/proc/{record['pid']}/stat").read_text() if record else ""
+        except OSError:
+            continue
+        if stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before.get(name, 0.0), 1) for name in after}
 
 
 def requests(cluster: ControlPlane, since: float, until: float) -> dict[str, Any]:
@@ -177,6 +200,7 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
     result: dict[str, Any] = {"tiers": n}
     names = [f"t{i:04d}" for i in range(n)]
     with Sampler(started.pid) as sampler:
+        cpu_at_start = component_cpu_seconds(cluster)
         t0 = time.time()
         apply_at_once(kubectl, [tier(name, namespace) for name in names], workdir, f"tiers-{n}")
         applied = time.time()
@@ -205,6 +229,8 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
         result["ready_seconds"] = round(ready_at - applied, 1)
         log(f"N={n}: every tier Ready after {ready_at - applied:.1f}s (pods ready after {pods_done - applied:.1f}s)")
         result["creation"] = requests(cluster, t0, ready_at)
+        result["control_plane_cpu_seconds_creation"] = cpu_between(cpu_at_start, component_cpu_seconds(cluster))
+        result["operator_cpu_seconds_creation"] = round(sampler.cpu_seconds, 1)
 
         # Settled: ten seconds without a write, then one steady minute measured.
         def settled() -> bool:
@@ -219,12 +245,14 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
             f"operator so far: peak RSS {sampler.peak_rss_bytes / 2**20:.0f} MiB, {sampler.cpu_seconds:.0f} CPU s")
         cpu_before_change = sampler.cpu_seconds
 
+        cpu_before_change_by_component = component_cpu_seconds(cluster)
         t1 = time.time()
         apply_at_once(kubectl, [tier(name, namespace, ["--enforce-eager"]) for name in names], workdir, f"tiers-{n}-changed")
         change_applied = time.time()
         reconverged = wait_until(all_ready, 1800, "every tier Ready at its new generation")
         result["reconverge_seconds"] = round(reconverged - change_applied, 1)
         result["change"] = requests(cluster, t1, reconverged)
+        result["control_plane_cpu_seconds_change"] = cpu_between(cpu_before_change_by_component, component_cpu_seconds(cluster))
         log(f"N={n}: reconverged {reconverged - change_applied:.1f}s after the change")
     result["operator_peak_rss_mib"] = round(sampler.peak_rss_bytes / 2**20, 1)
     result["operator_cpu_seconds"] = round(sampler.cpu_seconds, 1)
