@@ -423,7 +423,8 @@ def render(report: dict, fmt) -> str:
         "retrained on them. Logistic models over the features target P(only strong right) - P(only weak right), "
         f"L2 strength from 3-fold CV inside each training part; the embedding enters as its top {COMPONENTS} "
         "principal components (fitted on the training part). \"v2 + ...\" adds the two out-of-fold scores, each "
-        "standardised over its fold's prompts, with equal weight (nothing tuned).",
+        "standardised over its fold's prompts, with equal weight (nothing tuned). A subsample is the prompts read "
+        "so far in the stratified order (a prompt that MMLU lists under two subjects counts twice).",
         "",
         "| benchmark (prompts) | router | APGR | CPT(50%) | CPT(80%) | APGR per fold |",
         "|---|---|---|---|---|---|",
@@ -443,7 +444,13 @@ def render(report: dict, fmt) -> str:
             f"| {name.upper()} | {c['p50'] / 1000:.0f} / {c['p99'] / 1000:.0f} ms | {bench['mean_tokens']:.0f} | "
             f"{mem['model_bytes'] / 2**20:.0f} MiB (GGUF, 4-bit) | {mem['rss_without_model_mib']} / {mem['rss_with_model_mib']} MiB |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Decision cost is the CPU time of the one thread that read each prompt, recorded during extraction (a shared "
+        "machine, the reader at the lowest priority); it grows with the prompt's length (about 7 ms of CPU per token "
+        "here). RSS: a process with numpy loaded, before and after loading the model and reading one prompt.",
+        "",
+    ]
     return "\n".join(lines)
 
 
