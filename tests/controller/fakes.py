@@ -90,6 +90,9 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.events: list[dict[str, Any]] = []
         self.written: list[dict[str, Any]] = []
+        # Every Job applied, as stored (the view's Job store is filled by the tests, as the
+        # Jobs' watch with their status would).
+        self.jobs: list[dict[str, Any]] = []
         self.fail: dict[str, KubeError] = {}
         # Kinds whose apply waits until the test sets the event (a slow API server).
         self.hold: dict[str, asyncio.Event] = {}
@@ -124,6 +127,8 @@ class FakeKube:
         stored["metadata"]["resourceVersion"] = self._next_rv()
         stored["metadata"].setdefault("generation", 1)
         self.written.append(stored)
+        if obj["kind"] == "Job":
+            self.jobs.append(stored)
         return stored
 
     async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

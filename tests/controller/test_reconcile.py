@@ -348,3 +348,60 @@ def test_a_failed_adapter_evaluation_keeps_the_serving_source_in_the_router_conf
     # The blocked source's Job stays for inspection; the Deployment was never written.
     assert ("delete", "Job", name) not in h.kube.calls
     assert not [c for c in h.kube.calls if c[:2] == ("apply", "Deployment")]
+
+
+# --- adapters across a base checkpoint change ------------------------------------------------
+
+BASE_B = "hf://org/model-b"
+
+
+def _jobs_end(h: Harness, ended: dict[str, int]) -> None:
+    """The Jobs applied so far, each ended with its exit code in `ended` (others still running)."""
+    jobs = []
+    for job in h.kube.jobs:
+        name = job["metadata"]["name"]
+        status: dict[str, Any] = {"startTime": "2026-01-01T00:00:00Z"}
+        if name in ended:
+            status["conditions"] = [{"type": "Complete" if ended[name] == 0 else "Failed", "status": "True"}]
+            h.view.job_pods[("llm", name)] = [pack({"metadata": {"name": f"{name}-x"}, "status": {"containerStatuses": [
+                {"name": "eval", "state": {"terminated": {"exitCode": ended[name]}}}]}})]
+        jobs.append(pack({**job, "status": status}))
+    h.view.eval_jobs[("llm", "small")] = jobs
+
+
+def test_a_new_base_checkpoint_whose_serving_adapter_fails_on_it_writes_no_deployment_and_a_newer_one_deletes_both_jobs():
+    h = _ready_gated_tier(REFUNDS_V1, adapters=[{"name": "refunds", "servingSource": REFUNDS_V1}])
+    assert h.kube.jobs == []
+    template = h.view.get("Deployment", "llm", "small")["spec"]["template"]
+    body = h.view.tier("llm", "small")
+    spec = {**body["spec"], "model": {**body["spec"]["model"], "checkpoint": BASE_B}, "rollout": {"evaluation": ADAPTER_EVALUATION}}
+    put(h.view, {**body, "metadata": {**body["metadata"], "generation": 2, "resourceVersion": "600"}, "spec": spec})
+    h.settle()
+    assert len(h.kube.jobs) == 2  # created once each, by name
+    checkpoint_job = next(j["metadata"]["name"] for j in h.kube.jobs if "shoal.dev/checkpoint" in j["metadata"]["annotations"])
+    on_b = next(j for j in h.kube.jobs if "shoal.dev/adapter" in j["metadata"]["annotations"])
+    assert on_b["metadata"]["annotations"] == {
+        "shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": REFUNDS_V1, "shoal.dev/base-checkpoint": BASE_B}
+    assert on_b["spec"]["template"]["spec"]["containers"][0]["args"][:3] == ["eval", "--serve-checkpoint", BASE_B]
+    assert _adapter_status(h)["baseEvaluation"]["verdict"] == "Running"
+
+    _jobs_end(h, {checkpoint_job: 0, on_b["metadata"]["name"]: 1})
+    h.settle()
+    status = h.view.tier("llm", "small")["status"]
+    evaluated = next(c for c in status["conditions"] if c["type"] == "Evaluated")
+    assert (evaluated["status"], evaluated["reason"]) == ("False", "AdapterFailed")
+    assert f"adapter refunds ({REFUNDS_V1}) serves on hf://org/model" in evaluated["message"]
+    assert (status["servingCheckpoint"], status["candidateCheckpoint"]) == ("hf://org/model", BASE_B)
+    assert _adapter_status(h)["baseEvaluation"]["verdict"] == "Failed"
+    assert h.view.get("Deployment", "llm", "small")["spec"]["template"] == template
+    assert _router_adapters(h) == {"refunds": REFUNDS_V1}
+    assert "AdapterFailed" in {e["reason"] for e in h.kube.events}
+
+    # A newer checkpoint supersedes B: both of B's Jobs go.
+    body = h.view.tier("llm", "small")
+    spec = {**body["spec"], "model": {**body["spec"]["model"], "checkpoint": "hf://org/model-c"}}
+    put(h.view, {**body, "metadata": {**body["metadata"], "generation": 3, "resourceVersion": "900"}, "spec": spec})
+    h.kube.calls.clear()
+    h.tier_pass()
+    deleted = {c[2] for c in h.kube.calls if c[:2] == ("delete", "Job")}
+    assert deleted == {checkpoint_job, on_b["metadata"]["name"]}

@@ -16,8 +16,8 @@ from shoal.plan.rollout import EvalJobObservation, eval_job_observation
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=timezone.utc)
 BASE = "hf://acme/base"
 V1, V2, V3 = "pvc://loras/refunds/v1", "pvc://loras/refunds/v2", "pvc://loras/refunds/v3"
-JOB_V2 = adapter_eval_job_name("support", "refunds", V2)
-JOB_V3 = adapter_eval_job_name("support", "refunds", V3)
+JOB_V2 = adapter_eval_job_name("support", "refunds", V2, BASE)
+JOB_V3 = adapter_eval_job_name("support", "refunds", V3, BASE)
 EVALUATION = {
     "dataset": {"configMapRef": {"name": "refunds-eval", "key": "items.jsonl"}},
     "scorers": [{"type": "exactMatch"}],
@@ -53,7 +53,7 @@ def job(state: str, *, source: str = V2, name: str = JOB_V2, adapter: str = "ref
 
 
 def running(source: str = V2, name: str = JOB_V2) -> dict[str, Any]:
-    return {"checkpoint": source, "verdict": "Running", "jobName": name, "startTime": (NOW - timedelta(minutes=5)).isoformat()}
+    return {"checkpoint": source, "verdict": "Running", "jobName": name, "startTime": (NOW - timedelta(minutes=5)).isoformat(), "baseCheckpoint": BASE}
 
 
 def recorded(verdict: str, source: str = V2) -> dict[str, Any]:
@@ -210,8 +210,8 @@ def test_an_adapter_job_is_read_as_an_adapter_observation_named_by_its_source():
 
 
 def test_adapter_job_names_are_dns_labels_that_differ_per_adapter_and_source():
-    long = adapter_eval_job_name("a" * 40, "Refunds.Team_EU:v2" * 4, V2)
+    long = adapter_eval_job_name("a" * 40, "Refunds.Team_EU:v2" * 4, V2, BASE)
     assert len(long) <= 63 and long.startswith("a" * 40 + "-lora-")
-    assert adapter_eval_job_name("support", "Refunds.EU", V2).startswith("support-lora-refunds-eu-")
-    assert adapter_eval_job_name("support", "refunds", V2) != adapter_eval_job_name("support", "refunds", V3)
-    assert adapter_eval_job_name("support", "a.b", V2) != adapter_eval_job_name("support", "a_b", V2)
+    assert adapter_eval_job_name("support", "Refunds.EU", V2, BASE).startswith("support-lora-refunds-eu-")
+    assert adapter_eval_job_name("support", "refunds", V2, BASE) != adapter_eval_job_name("support", "refunds", V3, BASE)
+    assert adapter_eval_job_name("support", "a.b", V2, BASE) != adapter_eval_job_name("support", "a_b", V2, BASE)

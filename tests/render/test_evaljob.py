@@ -202,9 +202,10 @@ def test_an_adapter_job_serves_the_base_with_the_candidate_loaded_and_compares_w
 
 def test_an_adapter_job_is_named_and_annotated_for_the_adapter_and_source_and_is_no_checkpoint_job(small_tier_body):
     job = adapter_job(adapter_tier(small_tier_body))
-    assert job["metadata"]["name"] == adapter_eval_job_name("small", "refunds", ADAPTER_V2)
-    assert job["metadata"]["annotations"] == {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": ADAPTER_V2}
-    assert job["spec"]["template"]["metadata"]["annotations"] == {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": ADAPTER_V2}
+    assert job["metadata"]["name"] == adapter_eval_job_name("small", "refunds", ADAPTER_V2, SERVING)
+    wanted = {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": ADAPTER_V2, "shoal.dev/base-checkpoint": SERVING}
+    assert job["metadata"]["annotations"] == wanted
+    assert job["spec"]["template"]["metadata"]["annotations"] == wanted
     assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "evaluation"
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 1800
 
@@ -231,3 +232,21 @@ def test_an_adapter_without_any_evaluation_has_no_job(small_tier_body):
     small_tier_body["spec"]["adapters"] = [{"name": "refunds", "source": ADAPTER_V2}]
     with pytest.raises(ValueError, match="lists no adapter 'refunds' with an evaluation"):
         adapter_job(ModelTier.from_body(small_tier_body))
+
+
+def test_the_serving_adapter_on_a_candidate_base_runs_on_that_base_compared_with_the_base_model_under_a_name_of_its_own(small_tier_body):
+    tier = adapter_tier(small_tier_body)
+    job = render_adapter_eval_job(tier, AdapterEvalJobContext(adapter="refunds", source=ADAPTER_V1, base_checkpoint=CANDIDATE, base_change=True))
+    args = container(job)["args"]
+    assert args[:6] == ["eval", "--serve-checkpoint", CANDIDATE, "--checkpoint", ADAPTER_V1, "--model"]
+    engine = [a.removeprefix("--engine-arg=") for a in args if a.startswith("--engine-arg=")]
+    assert engine[-2:] == ["--lora-modules", "refunds=/mnt/models/loras/refunds/v1"]
+    assert args[args.index("--baseline-model") + 1] == "support-8b"
+    assert job["metadata"]["name"] == adapter_eval_job_name("small", "refunds", ADAPTER_V1, CANDIDATE, base_change=True)
+    assert job["metadata"]["name"] not in (
+        adapter_eval_job_name("small", "refunds", ADAPTER_V1, CANDIDATE), adapter_eval_job_name("small", "refunds", ADAPTER_V1, SERVING, base_change=True))
+    assert job["metadata"]["annotations"]["shoal.dev/base-checkpoint"] == CANDIDATE
+    kubernetes_validate.validate(job, "1.34.0", strict=True)
+    with pytest.raises(ValueError, match="compares with the base model"):
+        render_adapter_eval_job(tier, AdapterEvalJobContext(adapter="refunds", source=ADAPTER_V1, base_checkpoint=CANDIDATE,
+                                                            serving_source=ADAPTER_V1, base_change=True))

@@ -59,7 +59,9 @@ REASON_EVALUATING = "Evaluating"  # The evaluation Job is running.
 REASON_NOT_REQUIRED = "NotRequired"  # No evaluation is configured for this checkpoint.
 # AdaptersReady, and an adapter's own Ready (status.adapters[].conditions)
 REASON_ADAPTERS_SERVING = "Serving"  # Every adapter (or this one) serves the source its spec names.
-REASON_WAITING_FOR_BASE = "WaitingForBaseModel"  # No base checkpoint serves yet to evaluate the adapter on.
+REASON_WAITING_FOR_BASE = "WaitingForBaseModel"  # No base checkpoint serves yet to evaluate the adapter on, or the base is rolling out.
+REASON_ADAPTER_FAILED = "AdapterFailed"  # The candidate checkpoint passed, but a serving adapter's evaluation on it did not; the old checkpoint keeps serving.
+REASON_EVALUATING_ADAPTERS = "EvaluatingAdapters"  # The candidate checkpoint passed; serving adapters are still being evaluated on it.
 # Drifting
 REASON_CALIBRATING = "Calibrating"  # Too few graded shadow samples yet to know the tier's usual agreement.
 REASON_AGREEMENT_STABLE = "AgreementStable"  # Agreement with the reference is consistent with the baseline.

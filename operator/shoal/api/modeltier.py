@@ -633,6 +633,18 @@ class RolloutSpec(ShoalModel):
         description="Evaluation a new checkpoint must pass before it serves traffic. Unset: checkpoint changes roll out directly.",
     )
     max_surge: int = Field(default=1, ge=1, le=100, description="Extra replicas started during a rollout, so serving capacity never drops.")
+    adapters: Literal["evaluate", "ignore"] = Field(
+        default="evaluate",
+        description=(
+            "What a new checkpoint must prove for the LoRA adapters that serve on the old one. "
+            "evaluate: each adapter with an evaluation that serves is evaluated again on the new "
+            "checkpoint (its own evaluation, the new base model as the baseline with baseline "
+            "serving), and the checkpoint is promoted only when its own evaluation and every one "
+            "of these pass; if one fails, the old checkpoint keeps serving with its adapters and "
+            "status.conditions say which adapter. ignore: the adapters are loaded on the new "
+            "checkpoint untested (status.adapters[].servingBase keeps naming the base they passed on)."
+        ),
+    )
 
 
 class CostSpec(ShoalModel):
@@ -822,6 +834,9 @@ class EvaluationRecord(ShoalModel):
     message: str | None = Field(default=None, description="Why the verdict is what it is, in one sentence.")
     start_time: datetime | None = Field(default=None, description="When the evaluation Job started.")
     finish_time: datetime | None = Field(default=None, description="When the verdict was recorded.")
+    base_checkpoint: str | None = Field(
+        default=None, description="For an adapter: the base checkpoint its evaluation's engine served (the adapter was evaluated on it)."
+    )
 
 
 class AutoscalerStatus(ShoalModel):
@@ -842,7 +857,22 @@ class AdapterStatus(ShoalModel):
     candidate_source: str | None = Field(
         default=None, description="Adapter source being evaluated, or blocked by its evaluation, if any."
     )
+    serving_base: str | None = Field(
+        default=None,
+        description=(
+            "Base checkpoint the serving source passed its evaluation on. It moves with the tier's "
+            "servingCheckpoint when the adapter passed on the new checkpoint too; unset for an "
+            "adapter without an evaluation."
+        ),
+    )
     last_evaluation: EvaluationRecord | None = Field(default=None, description="The latest evaluation of this adapter and its verdict.")
+    base_evaluation: EvaluationRecord | None = Field(
+        default=None,
+        description=(
+            "While the tier's candidateCheckpoint is being evaluated: the serving source's evaluation "
+            "on that checkpoint. The checkpoint serves only after this passes (spec.rollout.adapters)."
+        ),
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready (the adapter serves the source the spec names) and Evaluated (the latest candidate has a verdict).",

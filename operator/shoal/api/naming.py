@@ -127,6 +127,8 @@ CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
 # with ADAPTER_ANNOTATION evaluates an adapter, never a checkpoint.
 ADAPTER_ANNOTATION = "shoal.dev/adapter"
 ADAPTER_SOURCE_ANNOTATION = "shoal.dev/adapter-source"
+# On an adapter's evaluation Job: the base checkpoint its engine serves.
+BASE_CHECKPOINT_ANNOTATION = "shoal.dev/base-checkpoint"
 
 
 def eval_job_name(tier_name: str, checkpoint: str) -> str:
@@ -138,15 +140,18 @@ def eval_job_name(tier_name: str, checkpoint: str) -> str:
     return f"{tier_name}-eval-{hashlib.sha256(checkpoint.encode()).hexdigest()[:8]}"
 
 
-def adapter_eval_job_name(tier_name: str, adapter: str, source: str) -> str:
-    """The evaluation Job of one candidate source of an adapter:
-    ``<tier>-lora-<adapter, as a DNS label, shortened>-<8 hex of sha256(adapter, source)>``.
+def adapter_eval_job_name(tier_name: str, adapter: str, source: str, base: str, *, base_change: bool = False) -> str:
+    """The evaluation Job of one source of an adapter on one base checkpoint:
+    ``<tier>-lora-<adapter, as a DNS label, shortened>-<8 hex of sha256(adapter, source, base)>``.
 
-    Deterministic like `eval_job_name`, at most 63 characters (a Job's name is also a label
-    value of its pods). The hash covers the exact adapter name, so two adapters whose
-    names shorten to the same label still get two Jobs.
+    ``base_change`` marks the Job that evaluates the serving source on a candidate base
+    checkpoint (plan/adapters.py), so it never shares a name with a candidate source's
+    Job even for the same source and base. Deterministic like `eval_job_name`, at most 63
+    characters (a Job's name is also a label value of its pods). The hash covers the exact
+    adapter name, so two adapters whose names shorten to the same label still get two Jobs.
     """
-    digest = hashlib.sha256(f"{adapter}\0{source}".encode()).hexdigest()[:8]
+    role = "base-change" if base_change else "candidate"
+    digest = hashlib.sha256(f"{adapter}\0{source}\0{base}\0{role}".encode()).hexdigest()[:8]
     room = 63 - len(tier_name) - len("-lora--") - len(digest)
     slug = re.sub(r"[^a-z0-9-]+", "-", adapter.lower())[: max(0, room)].strip("-")
     return f"{tier_name}-lora-{slug}-{digest}" if slug else f"{tier_name}-lora-{digest}"

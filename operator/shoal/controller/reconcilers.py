@@ -319,7 +319,7 @@ class Reconcilers:
         for request in plan.adapters.create_jobs:
             wanted.append(render_adapter_eval_job(tier, AdapterEvalJobContext(
                 adapter=request.adapter, source=request.source, base_checkpoint=request.base_checkpoint,
-                serving_source=request.serving_source,
+                serving_source=request.serving_source, base_change=request.base_change,
             )))
         for job in wanted:
             name = job["metadata"]["name"]

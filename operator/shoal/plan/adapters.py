@@ -56,7 +56,7 @@ from shoal.api.modeltier import AdapterSpec, AdapterStatus, EvaluationRecord, Mo
 from shoal.api.naming import adapter_eval_job_name
 
 from .conditions import Cond, EventSpec, merge_conditions
-from .rollout import EvalJobObservation, verdict_from_job
+from .rollout import AdapterGate, EvalJobObservation, verdict_from_job
 
 Step = Literal["Serving", "Evaluating", "Blocked", "Waiting"]
 
@@ -65,6 +65,9 @@ EVENT_EVALUATING = "AdapterEvaluating"  # A candidate source's evaluation Job wa
 EVENT_PROMOTED = "AdapterPromoted"  # A source now serves (after a pass, or ungated).
 EVENT_BLOCKED = "AdapterBlocked"  # A candidate's evaluation failed, timed out or errored.
 EVENT_SUPERSEDED = "AdapterSuperseded"  # A newer source (or a revert) replaced the candidate.
+EVENT_BASE_EVALUATING = "AdapterEvaluatingOnBase"  # A serving source's evaluation on a candidate checkpoint was started.
+EVENT_BASE_PASSED = "AdapterPassedOnBase"  # A serving source passed its evaluation on a candidate checkpoint.
+EVENT_BASE_FAILED = C.REASON_ADAPTER_FAILED  # ... or did not: the candidate checkpoint is blocked.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +78,9 @@ class AdapterJobRequest:
     source: str  # the candidate
     base_checkpoint: str  # the engine's model
     serving_source: str | None  # the baseline with baseline: serving; None: the base model
+    # The serving source evaluated on a candidate base checkpoint (base_checkpoint), for
+    # the checkpoint's gate; its baseline is the base model.
+    base_change: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +92,8 @@ class AdapterDecision:
     last_evaluation: EvaluationRecord | None
     ready: Cond
     evaluated: Cond
+    serving_base: str | None = None
+    base_evaluation: EvaluationRecord | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,10 +133,14 @@ class AdaptersPlan:
             entry: dict[str, Any] = {"name": d.name}
             if d.serving_source is not None:
                 entry["servingSource"] = d.serving_source
+            if d.serving_base is not None:
+                entry["servingBase"] = d.serving_base
             if d.candidate_source is not None:
                 entry["candidateSource"] = d.candidate_source
             if d.last_evaluation is not None:
                 entry["lastEvaluation"] = d.last_evaluation.to_wire()
+            if d.base_evaluation is not None:
+                entry["baseEvaluation"] = d.base_evaluation.to_wire()
             entry["conditions"] = merge_conditions(old.get("conditions"), [d.ready, d.evaluated], generation, now)
             out.append(entry)
         return out
@@ -162,27 +174,44 @@ def plan_adapter(
     jobs: tuple[EvalJobObservation, ...],
     base_checkpoint: str | None,
     now: datetime,
+    *,
+    held_by: str | None = None,
+    on_base_change: EvaluationRecord | None = None,
 ) -> tuple[AdapterDecision, AdapterJobRequest | None, tuple[str, ...], list[EventSpec]]:
-    """One adapter's next step: (decision, Job to create, Jobs to delete, events). Pure."""
+    """One adapter's next step: (decision, Job to create, Jobs to delete, events). Pure.
+
+    ``held_by``: a new base checkpoint rolling out; a candidate source waits for it.
+    ``on_base_change``: the serving source's evaluation on the tier's candidate checkpoint
+    (``plan_base_change``), reported, and the adapter's servingBase once it serves there."""
     name, desired = adapter.name, adapter.source
     previous = next((a for a in tier.status.adapters if a.name == name), None) or AdapterStatus(name=name)
     serving, last = previous.serving_source, previous.last_evaluation
     mine = [j for j in jobs if j.adapter == name]
+    expected = adapter_eval_job_name(tier.name, name, desired, base_checkpoint) if base_checkpoint is not None else None
     events: list[EventSpec] = []
 
     if previous.candidate_source is not None and previous.candidate_source not in (desired, serving):
         events.append(EventSpec("Normal", EVENT_SUPERSEDED,
                                 f"Adapter {name}: candidate {previous.candidate_source} was replaced by {desired}; its evaluation is cancelled."))
-    stale = tuple(sorted(j.name for j in mine if j.checkpoint != desired or desired == serving))
+    stale = tuple(sorted(j.name for j in mine if j.name != expected or desired == serving))
+
+    def kept_base(source: str | None) -> str | None:
+        # The serving source passed on the checkpoint that serves now (after a base change).
+        passed = on_base_change
+        if passed is not None and passed.checkpoint == source and passed.base_checkpoint == base_checkpoint and passed.verdict == "Passed":
+            return base_checkpoint
+        return previous.serving_base
 
     def decision(step: Step, serving_source: str | None, candidate: str | None, record: EvaluationRecord | None,
-                 evaluated: Cond, ready: Cond) -> AdapterDecision:
+                 evaluated: Cond, ready: Cond, serving_base: str | None = None) -> AdapterDecision:
         return AdapterDecision(name=name, step=step, serving_source=serving_source, candidate_source=candidate,
-                               last_evaluation=record, ready=ready, evaluated=evaluated)
+                               last_evaluation=record, ready=ready, evaluated=evaluated,
+                               serving_base=serving_base if serving_source != serving else kept_base(serving),
+                               base_evaluation=on_base_change)
 
-    def serves(source: str, record: EvaluationRecord | None, evaluated: Cond) -> AdapterDecision:
+    def serves(source: str, record: EvaluationRecord | None, evaluated: Cond, serving_base: str | None = None) -> AdapterDecision:
         return decision("Serving", source, None, record, evaluated,
-                        Cond(C.READY, "True", C.REASON_ADAPTERS_SERVING, f"Adapter {name} serves {source}."))
+                        Cond(C.READY, "True", C.REASON_ADAPTERS_SERVING, f"Adapter {name} serves {source}."), serving_base)
 
     # The spec asks for what already serves. The verdict that promoted it stays reported,
     # so the status a promotion wrote is also what the next pass computes (a fixed point).
@@ -197,25 +226,36 @@ def plan_adapter(
         return serves(desired, last, _evaluated(name, None, desired, desired)), None, stale, events
 
     keeps = f" {serving} keeps serving." if serving else " It serves nothing until a source passes."
-    if base_checkpoint is None:
-        ready = Cond(C.READY, "False", C.REASON_WAITING_FOR_BASE,
-                     f"Adapter {name}: {desired} waits for a base checkpoint to serve before it can be evaluated.{keeps}")
+    if base_checkpoint is None or held_by is not None:
+        if held_by is not None:
+            # A verdict on the old base says nothing about the new one: the candidate is
+            # evaluated on the new base once it serves (its Job on the old one goes now).
+            message = f"Adapter {name}: {desired} waits for base checkpoint {held_by} to finish rolling out, to be evaluated on it.{keeps}"
+            last = last if last is None or last.verdict != "Running" else None
+            stale = tuple(sorted(j.name for j in mine))
+        else:
+            message = f"Adapter {name}: {desired} waits for a base checkpoint to serve before it can be evaluated.{keeps}"
+        ready = Cond(C.READY, "False", C.REASON_WAITING_FOR_BASE, message)
         evaluated = Cond(C.EVALUATED, "Unknown", C.REASON_WAITING_FOR_BASE, ready.message)
         return decision("Waiting", serving, desired, last, evaluated, ready), None, stale, events
 
-    record = last if last is not None and last.checkpoint == desired else None
+    assert expected is not None
+    # A verdict holds for the base it was reached on (one recorded before verdicts named
+    # their base is taken as it is).
+    record = last if (last is not None and last.checkpoint == desired
+                      and (last.base_checkpoint == base_checkpoint or (last.base_checkpoint is None and last.verdict != "Running"))) else None
     request = None
     if record is None or record.verdict == "Running":
-        job = next((j for j in mine if j.checkpoint == desired), None)
+        job = next((j for j in mine if j.name == expected), None)
         verdict = verdict_from_job(job, evaluation.timeout_seconds, now) if job is not None else None
         if verdict is not None:
-            record = verdict
+            record = verdict.model_copy(update={"base_checkpoint": base_checkpoint})
         else:
             request = AdapterJobRequest(adapter=name, source=desired, base_checkpoint=base_checkpoint, serving_source=serving)
             if record is None:
-                record = EvaluationRecord(checkpoint=desired, verdict="Running", job_name=adapter_eval_job_name(tier.name, name, desired), start_time=now)
+                record = EvaluationRecord(checkpoint=desired, verdict="Running", job_name=expected, start_time=now, base_checkpoint=base_checkpoint)
                 events.append(EventSpec("Normal", EVENT_EVALUATING,
-                                        f"Adapter {name}: evaluating {desired} in Job {record.job_name} before it serves."))
+                                        f"Adapter {name}: evaluating {desired} on {base_checkpoint} in Job {record.job_name} before it serves."))
 
     evaluated = _evaluated(name, record, desired, serving)
     if record.verdict == "Passed":
@@ -223,8 +263,9 @@ def plan_adapter(
             events.append(EventSpec("Normal", EVENT_PROMOTED,
                                     f"Adapter {name} now serves {desired}" + (f" (was {serving}). " if serving else ". ")
                                     + f"Its evaluation passed. {_scores(record)}".rstrip()))
-        # Only the other sources' Jobs go now; this one goes once the status says it serves.
-        return serves(desired, record, evaluated), None, tuple(sorted(j.name for j in mine if j.checkpoint != desired)), events
+        # Only the other Jobs go now; this one goes once the status says it serves.
+        return (serves(desired, record, evaluated, record.base_checkpoint or base_checkpoint), None,
+                tuple(sorted(j.name for j in mine if j.name != expected)), events)
     if record.verdict == "Running":
         ready = Cond(C.READY, "False", C.REASON_EVALUATING, f"Adapter {name}: evaluating {desired} before it serves.{keeps}")
         return decision("Evaluating", serving, desired, record, evaluated, ready), request, stale, events
@@ -236,21 +277,94 @@ def plan_adapter(
     return decision("Blocked", serving, desired, record, evaluated, ready), None, stale, events
 
 
-def plan_adapters(
-    tier: ModelTier, jobs: tuple[EvalJobObservation, ...], base_checkpoint: str | None, now: datetime
-) -> AdaptersPlan:
-    """Every adapter's next step; Jobs of adapters no longer listed are deleted. Pure."""
-    decisions: list[AdapterDecision] = []
+@dataclass(frozen=True, kw_only=True)
+class BaseChangePlan:
+    """The serving adapters' evaluations on the tier's candidate checkpoint (see the module
+    docstring): their verdicts by adapter, the Jobs to create and to keep, the events."""
+
+    base: str
+    records: dict[str, EvaluationRecord] = field(default_factory=dict)
+    create_jobs: tuple[AdapterJobRequest, ...] = ()
+    keep_jobs: frozenset[str] = frozenset()
+    events: list[EventSpec] = field(default_factory=list)
+
+    def gate(self) -> AdapterGate:
+        """What the checkpoint's rollout waits for (plan/rollout.py)."""
+        pending = tuple(name for name, r in self.records.items() if r.verdict == "Running")
+        failed = next(((name, r.checkpoint, r) for name, r in self.records.items() if r.verdict not in ("Running", "Passed")), None)
+        return AdapterGate(base=self.base, pending=pending, failed=failed)
+
+
+def plan_base_change(tier: ModelTier, jobs: tuple[EvalJobObservation, ...], base: str, now: datetime) -> BaseChangePlan:
+    """Evaluate each serving, gated adapter's serving source on the candidate checkpoint
+    ``base``. Pure. A verdict is recorded once (``status.adapters[].baseEvaluation``) and
+    read from there, as for every evaluation; its Job stays while the checkpoint is a
+    candidate (a blocked one's for inspection) and goes when the candidate serves or is
+    superseded."""
+    records: dict[str, EvaluationRecord] = {}
     creates: list[AdapterJobRequest] = []
-    deletes: list[str] = []
+    keep: set[str] = set()
     events: list[EventSpec] = []
+    for adapter in tier.spec.adapters:
+        evaluation = tier.spec.adapter_evaluation(adapter)
+        previous = next((a for a in tier.status.adapters if a.name == adapter.name), None)
+        source = previous.serving_source if previous is not None else None
+        if evaluation is None or source is None:
+            continue  # ungated adapters load on any base; one that serves nothing has nothing to prove
+        assert previous is not None
+        name = adapter_eval_job_name(tier.name, adapter.name, source, base, base_change=True)
+        keep.add(name)
+        prior = previous.base_evaluation
+        record = prior if prior is not None and prior.checkpoint == source and prior.base_checkpoint == base else None
+        if record is None or record.verdict == "Running":
+            job = next((j for j in jobs if j.name == name), None)
+            verdict = verdict_from_job(job, evaluation.timeout_seconds, now) if job is not None else None
+            if verdict is not None:
+                record = verdict.model_copy(update={"base_checkpoint": base})
+                if record.verdict == "Passed":
+                    events.append(EventSpec("Normal", EVENT_BASE_PASSED,
+                                            f"Adapter {adapter.name}: {source} passed its evaluation on {base}. {_scores(record)}".rstrip()))
+                else:
+                    events.append(EventSpec("Warning", EVENT_BASE_FAILED,
+                                            f"Adapter {adapter.name}: {source} did not pass on {base} (evaluation ended {record.verdict}); "
+                                            f"{base} does not serve. {_scores(record)}" + (record.message or "")))
+            else:
+                creates.append(AdapterJobRequest(adapter=adapter.name, source=source, base_checkpoint=base, serving_source=None, base_change=True))
+                if record is None:
+                    record = EvaluationRecord(checkpoint=source, verdict="Running", job_name=name, start_time=now, base_checkpoint=base)
+                    events.append(EventSpec("Normal", EVENT_BASE_EVALUATING,
+                                            f"Adapter {adapter.name}: evaluating its serving source {source} on {base} in Job {name} before {base} serves."))
+        records[adapter.name] = record
+    return BaseChangePlan(base=base, records=records, create_jobs=tuple(creates), keep_jobs=frozenset(keep), events=events)
+
+
+def plan_adapters(
+    tier: ModelTier,
+    jobs: tuple[EvalJobObservation, ...],
+    base_checkpoint: str | None,
+    now: datetime,
+    *,
+    base_change: BaseChangePlan | None = None,
+    held_by: str | None = None,
+) -> AdaptersPlan:
+    """Every adapter's next step; Jobs of adapters no longer listed are deleted. Pure.
+
+    ``base_change``: the serving adapters' evaluations on a candidate checkpoint, whose
+    Jobs are kept and created here too. ``held_by``: a new base checkpoint rolling out."""
+    decisions: list[AdapterDecision] = []
+    creates: list[AdapterJobRequest] = list(base_change.create_jobs) if base_change else []
+    deletes: list[str] = []
+    events: list[EventSpec] = list(base_change.events) if base_change else []
     listed = {a.name for a in tier.spec.adapters}
     for adapter in tier.spec.adapters:
-        decided, request, stale, said = plan_adapter(tier, adapter, jobs, base_checkpoint, now)
+        on_base = base_change.records.get(adapter.name) if base_change else None
+        decided, request, stale, said = plan_adapter(tier, adapter, jobs, base_checkpoint, now, held_by=held_by, on_base_change=on_base)
         decisions.append(decided)
         if request is not None:
             creates.append(request)
         deletes += stale
         events += said
     deletes += [j.name for j in jobs if j.adapter not in listed]
-    return AdaptersPlan(adapters=tuple(decisions), create_jobs=tuple(creates), delete_jobs=tuple(sorted(set(deletes))), events=events)
+    keep = base_change.keep_jobs if base_change else frozenset()
+    return AdaptersPlan(adapters=tuple(decisions), create_jobs=tuple(creates),
+                        delete_jobs=tuple(sorted(set(deletes) - keep)), events=events)

@@ -32,7 +32,14 @@ from pydantic import ValidationError
 
 from shoal.api import conditions as C
 from shoal.api.modeltier import EvaluationRecord, ModelTier
-from shoal.api.naming import ADAPTER_ANNOTATION, ADAPTER_SOURCE_ANNOTATION, CHECKPOINT_ANNOTATION, EVAL_CONTAINER, eval_job_name
+from shoal.api.naming import (
+    ADAPTER_ANNOTATION,
+    ADAPTER_SOURCE_ANNOTATION,
+    BASE_CHECKPOINT_ANNOTATION,
+    CHECKPOINT_ANNOTATION,
+    EVAL_CONTAINER,
+    eval_job_name,
+)
 from shoal.api.outcomes import split_message
 from shoal.api.times import parse_rfc3339
 
@@ -65,6 +72,7 @@ class EvalJobObservation:
     start_time: datetime | None = None
     completion_time: datetime | None = None
     adapter: str | None = None  # the Job's shoal.dev/adapter annotation: None for a checkpoint's Job
+    base: str | None = None  # an adapter Job's shoal.dev/base-checkpoint: the base its engine served
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,19 @@ class RolloutObservation:
     jobs: tuple[EvalJobObservation, ...] = ()  # every evaluation Job of the tier
     deployment_checkpoint: str | None = None  # checkpoint of the Deployment's pod template
     deployment_complete: bool = False  # that template is fully rolled out and available
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterGate:
+    """Where the serving adapters' evaluations on the candidate checkpoint stand
+    (plan/adapters.py ``plan_base_change``). An empty gate (no adapter to evaluate, or
+    ``spec.rollout.adapters: ignore``) lets the checkpoint through."""
+
+    base: str  # the candidate checkpoint the adapters were evaluated on
+    pending: tuple[str, ...] = ()  # adapters whose evaluation on it is running
+    # The first adapter (in spec order) whose evaluation on it ended other than Passed:
+    # (adapter, its serving source, the verdict).
+    failed: tuple[str, str, EvaluationRecord] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +141,7 @@ def eval_job_observation(job: dict[str, Any], pods: list[dict[str, Any]]) -> Eva
         name=meta.get("name", ""),
         checkpoint=annotations.get(ADAPTER_SOURCE_ANNOTATION, "") if adapter is not None else annotations.get(CHECKPOINT_ANNOTATION, ""),
         adapter=adapter,
+        base=annotations.get(BASE_CHECKPOINT_ANNOTATION) if adapter is not None else None,
         state=state,
         failed_reason=failed.get("reason") if failed else None,
         exit_code=exit_code,
@@ -199,8 +221,11 @@ def _evaluated(record: EvaluationRecord | None, desired: str, serving: str | Non
     )
 
 
-def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -> RolloutPlan:
-    """Decide the next step of the tier's checkpoint rollout. Pure; see the module docstring."""
+def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime, adapters: AdapterGate | None = None) -> RolloutPlan:
+    """Decide the next step of the tier's checkpoint rollout. Pure; see the module docstring.
+
+    ``adapters``: the serving adapters' evaluations on the candidate; the candidate rolls
+    out only after its own evaluation (if any) and all of these passed."""
     spec, status = tier.spec, tier.status
     desired = spec.model.served_uri()
     serving = status.serving_checkpoint
@@ -233,6 +258,36 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -
             progressing=None, events=events,
         )
 
+    def proceed(record: EvaluationRecord | None, evaluated: Cond) -> RolloutPlan:
+        """Roll out, unless a serving adapter has yet to pass on the candidate."""
+        if adapters is None or adapters.base != desired or serving is None:
+            return rolling_out(record, evaluated)
+        if adapters.failed is not None:
+            name, source, verdict = adapters.failed
+            detail = f" {verdict.message}" if verdict.message else ""
+            blocked = Cond(
+                C.EVALUATED, "False", C.REASON_ADAPTER_FAILED,
+                f"{desired} is blocked: adapter {name} ({source}) serves on {serving}, and its evaluation on {desired} "
+                f"ended {verdict.verdict}.{detail} {serving} keeps serving with its adapters unchanged. Set "
+                f"spec.model.checkpoint to a new checkpoint (or back to the serving one), give adapter {name} a source "
+                "that passes on both, or set spec.rollout.adapters to ignore, to continue.",
+            )
+            return RolloutPlan(
+                step="Blocked", deploy_checkpoint=serving, create_job_for=None, delete_jobs=stale_jobs,
+                serving_checkpoint=serving, candidate_checkpoint=desired, last_evaluation=record, evaluated=blocked,
+                progressing=Cond(C.PROGRESSING, "False", C.REASON_ADAPTER_FAILED, blocked.message), events=events,
+            )
+        if adapters.pending:
+            names = ", ".join(adapters.pending)
+            message = f"Evaluating adapter{'s' if len(adapters.pending) != 1 else ''} {names} on {desired} before it serves traffic."
+            return RolloutPlan(
+                step="Evaluating", deploy_checkpoint=serving, create_job_for=None, delete_jobs=stale_jobs,
+                serving_checkpoint=serving, candidate_checkpoint=desired, last_evaluation=record,
+                evaluated=Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING_ADAPTERS, f"{message} {serving} keeps serving."),
+                progressing=Cond(C.PROGRESSING, "True", C.REASON_EVALUATING_ADAPTERS, message), events=events,
+            )
+        return rolling_out(record, evaluated)
+
     # The spec asks for what already serves: nothing to evaluate or roll out.
     # The verdict that let it serve stays reported (Passed), so the status a promotion wrote
     # is also what the next pass computes: a fixed point, not a flip on the next event.
@@ -247,7 +302,7 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -
     # No gate for this checkpoint: roll it out directly.
     gated = evaluation is not None and (serving is not None or spec.rollout.first_checkpoint == "evaluate")
     if not gated:
-        return rolling_out(last, _evaluated(None, desired, serving))
+        return proceed(last, _evaluated(None, desired, serving))
 
     assert evaluation is not None
     record = last if last is not None and last.checkpoint == desired else None
@@ -270,7 +325,7 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime) -
 
     evaluated = _evaluated(record, desired, serving)
     if record.verdict == "Passed":
-        return rolling_out(record, evaluated)
+        return proceed(record, evaluated)
     if record.verdict == "Running":
         progressing = Cond(C.PROGRESSING, "True", C.REASON_EVALUATING, f"Evaluating {desired} before it serves traffic.")
         return RolloutPlan(

@@ -17,7 +17,7 @@ from shoal.api.routepolicy import RoutePolicy
 from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoint, tier_selector
 
 from .conditions import Cond, EventSpec, find, flips, status_merge_patch, update_conditions
-from .adapters import AdaptersPlan, plan_adapters
+from .adapters import AdaptersPlan, plan_adapters, plan_base_change
 from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
 
 __all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
@@ -227,6 +227,12 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
     if dep is not None:
         template_ckpt = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CHECKPOINT_ANNOTATION)
     jobs = tuple(eval_job_observation(job, pods) for job, pods in observed.eval_jobs)
+    adapter_jobs = tuple(j for j in jobs if j.adapter is not None)
+    # While spec.model names a new checkpoint, the gated adapters that serve are evaluated
+    # on it too, and it rolls out only when they pass (spec.rollout.adapters).
+    desired, serving = tier.spec.model.served_uri(), tier.status.serving_checkpoint
+    changing = serving is not None and desired != serving and tier.spec.rollout.adapters == "evaluate"
+    base_change = plan_base_change(tier, adapter_jobs, desired, now) if changing else None
     rollout = plan_rollout(
         tier,
         RolloutObservation(
@@ -235,10 +241,16 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
             deployment_complete=dep is not None and _complete(dep),
         ),
         now,
+        base_change.gate() if base_change is not None else None,
     )
     # Adapters are evaluated on the base checkpoint that serves (or, while nothing serves
-    # yet, the one being rolled out); none while no checkpoint may serve.
-    adapters = plan_adapters(tier, tuple(j for j in jobs if j.adapter is not None), rollout.serving_checkpoint or rollout.deploy_checkpoint, now)
+    # yet, the one being rolled out); none while no checkpoint may serve. While a new
+    # checkpoint replaces a serving one, candidate sources wait for it.
+    replacing = rollout.step == "RollingOut" and rollout.serving_checkpoint is not None
+    adapters = plan_adapters(
+        tier, adapter_jobs, rollout.serving_checkpoint or rollout.deploy_checkpoint, now,
+        base_change=base_change, held_by=rollout.candidate_checkpoint if replacing else None,
+    )
     status, conds = tier_status(tier, observed, now, previous_status, rollout, adapters)
     events = [
         EventSpec(

@@ -40,6 +40,7 @@ from shoal.api.modeltier import EvaluationSpec, ModelTier
 from shoal.api.naming import (
     ADAPTER_ANNOTATION,
     ADAPTER_SOURCE_ANNOTATION,
+    BASE_CHECKPOINT_ANNOTATION,
     COMPONENT_EVALUATION,
     CHECKPOINT_ANNOTATION,
     EVAL_CONTAINER,
@@ -97,6 +98,10 @@ class AdapterEvalJobContext:
     base_checkpoint: str  # the checkpoint the engine serves (the tier's serving one)
     # The adapter's serving source, the baseline with baseline: serving; None: the base model.
     serving_source: str | None = None
+    # The Job evaluates the adapter's serving source (``source``) on a candidate base
+    # checkpoint (``base_checkpoint``), for that checkpoint's gate: no serving_source, so
+    # the baseline is the new base model itself, and a name of its own.
+    base_change: bool = False
 
 
 # The name the serving version of an adapter is loaded under in its evaluation's engine.
@@ -134,6 +139,8 @@ def render_eval_job(tier: ModelTier, ctx: EvalJobContext) -> dict[str, Any]:
 def render_adapter_eval_job(tier: ModelTier, ctx: AdapterEvalJobContext) -> dict[str, Any]:
     """The evaluation Job of one candidate source of an adapter (see the module docstring).
     Raises ValueError if the adapter is not listed or has no evaluation."""
+    if ctx.base_change and ctx.serving_source is not None:
+        raise ValueError("an adapter's evaluation on a candidate base compares with the base model, not a serving source")
     adapter = tier.spec.adapter(ctx.adapter)
     evaluation = tier.spec.adapter_evaluation(adapter) if adapter is not None else None
     if evaluation is None:
@@ -151,8 +158,10 @@ def render_adapter_eval_job(tier: ModelTier, ctx: AdapterEvalJobContext) -> dict
         args += ["--baseline-endpoint", f"http://127.0.0.1:{spec.engine.port}/v1", "--baseline-model", baseline]
     sources = (ctx.base_checkpoint, ctx.source, *((ctx.serving_source,) if ctx.serving_source else ()))
     return _job(
-        tier, evaluation, args, compare=compare, name=adapter_eval_job_name(tier.name, ctx.adapter, ctx.source),
-        annotations={ADAPTER_ANNOTATION: ctx.adapter, ADAPTER_SOURCE_ANNOTATION: ctx.source}, sources=sources,
+        tier, evaluation, args, compare=compare,
+        name=adapter_eval_job_name(tier.name, ctx.adapter, ctx.source, ctx.base_checkpoint, base_change=ctx.base_change),
+        annotations={ADAPTER_ANNOTATION: ctx.adapter, ADAPTER_SOURCE_ANNOTATION: ctx.source, BASE_CHECKPOINT_ANNOTATION: ctx.base_checkpoint},
+        sources=sources,
     )
 
 
