@@ -235,3 +235,63 @@ def test_an_adapter_evaluation_resumes_after_an_operator_restart_and_a_newer_sou
     assert _serving_pods(kubectl, namespace) == pods
     events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lora")["items"]
     assert "AdapterSuperseded" in {e["reason"] for e in events}
+
+
+# --- a base checkpoint change re-evaluates the serving adapters (plan/adapters.py) ---------
+
+BASE_A, BASE_B = "s3://acme-models/lora-base/ckpt-a", "s3://acme-models/lora-base/ckpt-b"
+
+
+def test_a_new_base_checkpoint_is_blocked_while_a_serving_adapter_fails_on_it_and_promoted_once_the_adapter_passes(
+        kubectl, running_operator, namespace, refunds_dataset):
+    # The checkpoint's own evaluation always passes; the adapter's Jobs end as its evaluation says.
+    checkpoint_gate = {**_gate(0, BASE_B, "Passed", 0.9), "baseline": "none"}
+    model = {"name": "m", "source": "hf://org/model", "checkpoint": BASE_A}
+    kubectl.apply([tier("lora", namespace, model=model, rollout={"evaluation": checkpoint_gate},
+                        adapters=[_gated(V1, _gate(0, V1, "Passed", 0.9))])])
+    wait_for(lambda: _adapter_status(kubectl, namespace).get("servingSource") == V1, 90, f"{V1} to pass and serve")
+    ready_tier(kubectl, "lora", namespace)
+    assert _adapter_status(kubectl, namespace)["servingBase"] == BASE_A
+    pods = _serving_pods(kubectl, namespace)
+    generation = kubectl("get", "deployment", "lora", "-n", namespace)["metadata"]["generation"]
+
+    # B: the checkpoint passes, V1's evaluation on B fails (a changed evaluation does not
+    # re-evaluate what serves; only the base change does).
+    kubectl.run("patch", "modeltier", "lora", "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {
+        "model": {**model, "checkpoint": BASE_B}, "adapters": [_gated(V1, _gate(1, V1, "Failed", 0.6))]}}))
+
+    def evaluated():
+        return condition(kubectl("get", "modeltier", "lora", "-n", namespace), "Evaluated") or {}
+
+    blocked = wait_for(lambda: evaluated().get("reason") == "AdapterFailed" and evaluated(), 120, "the checkpoint blocked by the adapter")
+    assert blocked["status"] == "False"
+    assert blocked["message"].startswith(
+        f"{BASE_B} is blocked: adapter refunds ({V1}) serves on {BASE_A}, and its evaluation on {BASE_B} ended Failed. "
+        f"exact_match 0.60 against a threshold of 0.80. {BASE_A} keeps serving with its adapters unchanged.")
+    got = kubectl("get", "modeltier", "lora", "-n", namespace)
+    assert (got["status"]["servingCheckpoint"], got["status"]["candidateCheckpoint"]) == (BASE_A, BASE_B)
+    assert got["status"]["lastEvaluation"]["verdict"] == "Passed"
+    assert (condition(got, "Progressing")["reason"], condition(got, "Ready")["reason"]) == ("AdapterFailed", "AdapterFailed")
+    adapter = _adapter_status(kubectl, namespace)
+    assert (adapter["servingSource"], adapter["servingBase"]) == (V1, BASE_A)
+    assert (adapter["baseEvaluation"]["baseCheckpoint"], adapter["baseEvaluation"]["verdict"]) == (BASE_B, "Failed")
+    on_b = [j for j in _adapter_jobs(kubectl, namespace) if j["metadata"]["annotations"].get("shoal.dev/base-checkpoint") == BASE_B]
+    assert [j["metadata"]["annotations"]["shoal.dev/adapter-source"] for j in on_b] == [V1]
+    deployment = kubectl("get", "deployment", "lora", "-n", namespace)
+    assert deployment["metadata"]["generation"] == generation
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["shoal.dev/checkpoint"] == BASE_A
+    assert _serving_pods(kubectl, namespace) == pods
+    assert _config_sources(kubectl, namespace) == {"refunds": V1}
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lora")["items"]
+    assert {"AdapterEvaluatingOnBase", "AdapterFailed"} <= {e["reason"] for e in events}
+
+    # The fix: V2 passes on A (it is promoted there), then on B, and B is promoted.
+    _patch_adapters(kubectl, namespace, _gated(V2, _gate(0, V2, "Passed", 0.92)))
+    promoted = wait_for(lambda: (s := kubectl("get", "modeltier", "lora", "-n", namespace)["status"]).get("servingCheckpoint") == BASE_B and s,
+                        180, f"{BASE_B} to be promoted once {V2} passes on it")
+    adapter = next(a for a in promoted["adapters"] if a["name"] == "refunds")
+    assert (adapter["servingSource"], adapter["servingBase"]) == (V2, BASE_B)
+    ready_tier(kubectl, "lora", namespace)
+    assert kubectl("get", "deployment", "lora", "-n", namespace)["spec"]["template"]["metadata"]["annotations"]["shoal.dev/checkpoint"] == BASE_B
+    assert _config_sources(kubectl, namespace) == {"refunds": V2}
+    wait_for(lambda: _adapter_jobs(kubectl, namespace) == [], 90, "every evaluation Job cleaned up")

@@ -28,13 +28,31 @@ What is decided here, for each adapter of ``spec.adapters``:
   first source passes, like a tier's first checkpoint under ``firstCheckpoint: evaluate``:
   an adapter is a fine-tune, and a fine-tune that never passed must not answer clients.
 - The candidate is evaluated on the base checkpoint the tier serves (its rolled-out
-  checkpoint; the one being rolled out while nothing serves yet). While no base
+  checkpoint; the one being rolled out while nothing serves yet); its verdict holds for
+  that base only. While no base
   checkpoint may serve (a first checkpoint waiting for its own evaluation), the candidate
   waits.
 - On Passed, ``servingSource`` moves to the candidate in the same pass: the router
   ConfigMap rendered from this plan lists the new source, and each sidecar swaps the
   adapter in its engine without restarting the pod (router/adapters.py). There is no
   rollout to wait for, unlike a checkpoint.
+
+A base checkpoint change. An adapter is trained against the base it serves on, and its
+verdict names that base (``lastEvaluation.baseCheckpoint``; ``servingBase`` for the serving
+source). While the tier's spec names a new checkpoint B and A serves
+(``spec.rollout.adapters: evaluate``, the default), ``plan_base_change`` evaluates each
+adapter that has an evaluation and serves a source on B, in a Job of its own (the
+adapter's evaluation; the engine on B with the serving source loaded; the baseline, with
+``baseline: serving``, is B's base model alone, since one engine cannot also serve the
+adapter on A). Its ``AdapterGate`` holds B's rollout (plan/rollout.py) until all pass and
+blocks B with reason AdapterFailed when one does not; A keeps serving with its adapters.
+The verdicts are recorded in ``status.adapters[].baseEvaluation``; the Jobs stay while B is
+the candidate and go when B serves or is superseded. Once B serves, each adapter that
+passed on B has ``servingBase`` B. Adapters without an evaluation are not evaluated on B.
+A candidate source waits while B rolls out (its Job on A goes: that verdict says nothing
+about B) and is evaluated on B once B serves; while B is being evaluated or is blocked,
+candidates are evaluated on A as usual, and one promoted there is then what the gate
+evaluates on B.
 
 Every pass is computed from the ModelTier (spec, ``status.adapters``) and the observed
 adapter evaluation Jobs, with the clock passed in, so an operator restarted at any step

@@ -8,6 +8,13 @@ A newer checkpoint C supersedes B at any step: B's Job is deleted, C is evaluate
 the Deployment goes back to (or stays at) the serving checkpoint until C has passed.
 Reverting the spec to the serving checkpoint withdraws the candidate the same way.
 
+"Passes" includes the tier's LoRA adapters (``AdapterGate``, decided in plan/adapters.py):
+while A serves, B rolls out only when its own evaluation (if it has one) and each serving
+eval-gated adapter's evaluation on B have passed. Until they have, B is Evaluating (reason
+EvaluatingAdapters); if one did not pass, B is Blocked with reason AdapterFailed, the
+message naming the adapter, and A keeps serving. ``spec.rollout.adapters: ignore`` gives
+no gate.
+
 Every pass is computed from the ModelTier (spec and status) and what was observed (the
 evaluation Jobs, the Deployment), with the clock passed in, so an operator restarted at
 any step reaches the same decision. The state that cannot be observed again lives in the

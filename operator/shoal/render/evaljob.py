@@ -27,7 +27,9 @@ adapter's own name, which is what ``shoal eval --candidate-model`` evaluates. Wi
 ``baseline: serving`` the baseline is on the same engine: the serving source loaded under
 ``<adapter>@serving`` (a name no adapter can have), or the base model while the adapter
 serves nothing yet. So the paired comparison sees both versions on one engine, and no
-evaluation request reaches a serving pod.
+evaluation request reaches a serving pod. The same function renders the Job that
+evaluates an adapter's serving source on a candidate base checkpoint (``base_change``):
+the engine serves that checkpoint, and the baseline is its base model.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 -- Argo CD health of a Shoal ModelTier (resource.customizations.health.shoal.dev_ModelTier).
 -- Healthy: the tier serves the checkpoint in git. Progressing: a rollout or an evaluation of a
--- new checkpoint is under way. Degraded: the checkpoint in git was blocked by its evaluation,
--- or the tier cannot serve (unschedulable, image pull, crash loop, missing references).
+-- new checkpoint (or of the serving LoRA adapters on it) is under way. Degraded: the checkpoint
+-- in git was blocked by its evaluation or a serving adapter's evaluation on it, or the tier cannot serve (unschedulable, image pull, crash loop, missing references).
 local hs = {}
 local function find(conditions, type)
   for _, c in ipairs(conditions) do
@@ -27,12 +27,12 @@ local progressing = find(conditions, "Progressing")
 local evaluated = find(conditions, "Evaluated")
 
 if evaluated ~= nil and evaluated.status == "False" and
-   (evaluated.reason == "Failed" or evaluated.reason == "TimedOut" or evaluated.reason == "JobError") then
+   (evaluated.reason == "Failed" or evaluated.reason == "TimedOut" or evaluated.reason == "JobError" or evaluated.reason == "AdapterFailed") then
   hs.status = "Degraded"
   hs.message = "Checkpoint blocked: " .. (evaluated.message or evaluated.reason)
   return hs
 end
-if evaluated ~= nil and evaluated.status ~= "True" and evaluated.reason == "Evaluating" then
+if evaluated ~= nil and evaluated.status ~= "True" and (evaluated.reason == "Evaluating" or evaluated.reason == "EvaluatingAdapters") then
   hs.status = "Progressing"
   hs.message = evaluated.message or "Evaluating the new checkpoint"
   return hs
