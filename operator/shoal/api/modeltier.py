@@ -861,8 +861,8 @@ class AdapterStatus(ShoalModel):
         default=None,
         description=(
             "Base checkpoint the serving source passed its evaluation on. It moves with the tier's "
-            "servingCheckpoint when the adapter passed on the new checkpoint too; unset for an "
-            "adapter without an evaluation."
+            "servingCheckpoint when the adapter passed on the new checkpoint too. Unset for an "
+            "adapter without an evaluation, and for a source promoted before this field was recorded."
         ),
     )
     last_evaluation: EvaluationRecord | None = Field(default=None, description="The latest evaluation of this adapter and its verdict.")
