@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from shoal.api.modeltier import EvaluationRecord
+from shoal.api.outcomes import split_message
 
 from .conftest import engine_models
 
@@ -49,7 +50,7 @@ def test_shoal_eval_passes_the_base_model_served_by_vllm(tmp_path, vllm_engine):
         "--checkpoint", "pvc://test-models/smollm2-135m-instruct",
     )
     assert process.returncode == 0, process.stdout + process.stderr
-    record = EvaluationRecord.model_validate(message)
+    record = EvaluationRecord.model_validate_json(split_message(json.dumps(message))[0])
     assert (record.verdict, record.items, record.checkpoint) == ("Passed", ITEMS, "pvc://test-models/smollm2-135m-instruct")
     contains = next(m for m in record.metrics if m.name == "contains")
     assert contains.lower >= 0.75
@@ -69,7 +70,7 @@ def test_shoal_eval_blocks_an_adapter_that_regresses_against_the_base_model(tmp_
     finally:
         httpx.post(f"{vllm_engine.base_url}/unload_lora_adapter", json={"lora_name": "eval-candidate"}, timeout=60)
     assert process.returncode == 1, process.stdout + process.stderr
-    record = EvaluationRecord.model_validate(message)
+    record = EvaluationRecord.model_validate_json(split_message(json.dumps(message))[0])
     assert record.verdict == "Failed"
     contains = next(m for m in record.metrics if m.name == "contains")
     assert contains.value == 0.0

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from shoal.api.modeltier import EvaluationRecord
+from shoal.api.outcomes import split_message
 from shoal.testing.llama_server import llama_server, llama_server_command, require_llama_server
 
 DATASET = Path(__file__).parent / "data" / "easy-questions.jsonl"
@@ -74,7 +75,11 @@ def test_the_sound_configuration_passes_and_the_report_shows_the_intervals(tmp_p
     contains = metric(message, "contains")
     assert contains["value"] >= 0.9
     assert 0.75 <= contains["lower"] < contains["value"] <= contains["upper"] <= 1.0
-    assert EvaluationRecord.model_validate(message).checkpoint == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+    record_json, outcomes = split_message(json.dumps(message))
+    assert EvaluationRecord.model_validate_json(record_json).checkpoint == "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+    # The per-item outcomes ride beside the record: one per dataset item, no baseline here.
+    assert outcomes is not None and outcomes.items == ITEMS
+    assert sum(bool(p) for p in outcomes.candidate()) == round(contains["value"] * ITEMS)
     table_row = next(line for line in process.stdout.splitlines() if line.startswith("contains "))
     assert f"[{contains['lower']:.3f}, {contains['upper']:.3f}]" in table_row
     assert "95% interval" in process.stdout
