@@ -42,6 +42,7 @@ import yaml
 from shoal.devcluster import install, processes
 from shoal.devcluster.build import ensure_binaries
 from shoal.devcluster.cluster import COMPONENTS, OPERATOR, ControlPlane
+from shoal.devcluster.kubectl import KubectlError
 from shoal.devcluster.nodes import load_nodes
 from shoal.devcluster.tools import ensure_tools
 
@@ -179,9 +180,14 @@ def operator_watching(cluster: ControlPlane, since: float) -> bool:
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 2.0) -> float:
+    """Poll `check` until it is true; a kubectl error counts as not yet (an API server
+    this loaded can time out a list while its watch cache catches up)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except KubectlError:
+            value = False
         if value:
             return time.time()
         if time.monotonic() > deadline:
@@ -189,7 +195,9 @@ def wait_until(check, timeout: float, what: str, interval: float = 2.0) -> float
         time.sleep(interval)
 
 
-def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workdir: Path, log: Any) -> dict[str, Any]:
+def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workdir: Path, log: Any,
+            save: Any = lambda result: None) -> dict[str, Any]:
+    """One count, start to end; `save` is handed the result so far after each phase."""
     namespace = f"bench-{n}-{int(time.time()) % 100000}"
     kubectl.run("create", "namespace", namespace)
     wait_until(lambda: kubectl.run("get", "serviceaccount", "default", "-n", namespace, "--ignore-not-found").strip(), 60, "the default ServiceAccount", 0.5)
@@ -231,6 +239,8 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
         result["creation"] = requests(cluster, t0, ready_at)
         result["control_plane_cpu_seconds_creation"] = cpu_between(cpu_at_start, component_cpu_seconds(cluster))
         result["operator_cpu_seconds_creation"] = round(sampler.cpu_seconds, 1)
+        result["operator_peak_rss_mib_creation"] = round(sampler.peak_rss_bytes / 2**20, 1)
+        save(result)
 
         # Settled: ten seconds without a write, then one steady minute measured.
         def settled() -> bool:
@@ -244,6 +254,7 @@ def run_one(cluster: ControlPlane, kubectl: Any, kubeconfig: Path, n: int, workd
             f"creation: {result['creation']['writes']} writes, {result['creation']['reads']} reads; "
             f"operator so far: peak RSS {sampler.peak_rss_bytes / 2**20:.0f} MiB, {sampler.cpu_seconds:.0f} CPU s")
         cpu_before_change = sampler.cpu_seconds
+        save(result)
 
         cpu_before_change_by_component = component_cpu_seconds(cluster)
         t1 = time.time()
@@ -298,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             results: list[dict[str, Any]] = []
             for n in counts:
                 # Written after each count, so a run stopped later keeps what it measured.
-                results.append(run_one(cluster, kubectl, kubeconfig, n, Path(tmp), log))
+                results.append(run_one(cluster, kubectl, kubeconfig, n, Path(tmp), log,
+                                       save=lambda partial: write([*results, partial])))
                 text = write(results)
                 if n != counts[-1]:
                     delete_namespace(kubectl, results[-1]["namespace"])
