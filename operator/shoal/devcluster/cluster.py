@@ -57,8 +57,8 @@ from shoal.devcluster.tools import Tools
 # cluster IP at a time: it holds one lock while it creates the IPAddress object (a full
 # request to itself, through etcd) and counts every allocated address twice for its
 # metrics, so N Services cost N such round trips one after the other, each a little
-# longer as N grows. Measured here on an idle machine: 10-13 ms per Service (ConfigMaps:
-# under 3 ms, in parallel); under a load average of 10 on 2 cores, about 25 ms. No flag
+# longer as N grows. Measured here with little else running: 4-13 ms per Service
+# (ConfigMaps: 2-3 ms, in parallel); under a load average of 8 on 2 cores, 23 ms. No flag
 # changes this (MultiCIDRServiceAllocator is locked on in 1.34; DisableAllocatorDualWrite
 # =false only adds the old bitmap write in front of it). The operator therefore sends its
 # Service applies in a lane of their own (controller/reconcilers.py), and a production
