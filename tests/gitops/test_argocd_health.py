@@ -52,6 +52,8 @@ def c(type_: str, status: str, reason: str, message: str = "") -> dict[str, str]
          ("Degraded", "Checkpoint blocked: ckpt-0043 is blocked: adapter refunds")),
         (tier([c("Ready", "False", "Unschedulable", "0/5 nodes are available")]), ("Degraded", "Unschedulable: 0/5 nodes are available")),
         (tier([c("Ready", "False", "WaitingForPods", "0/1 replicas ready")]), ("Progressing", "0/1 replicas ready")),
+        (tier([c("Ready", "False", "ServicePending", "Pods serve, but Service small does not exist yet")]),
+         ("Progressing", "Pods serve, but Service small does not exist yet")),
         (tier([c("Ready", "True", "Available")], generation=3, observed=2), ("Progressing", "Waiting for the Shoal operator to observe generation 3")),
         ({"metadata": {"generation": 1}}, ("Progressing", "Waiting for the Shoal operator to report status")),
     ],

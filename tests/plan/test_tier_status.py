@@ -72,6 +72,22 @@ def test_available_deployment_makes_the_tier_ready(small_tier_body, policy_body)
     assert status["servingCheckpoint"] == "s3://acme-models/support-8b/ckpt-0042"
 
 
+def test_serving_pods_without_the_tiers_service_are_not_ready_until_it_exists(small_tier_body, policy_body):
+    tier = ModelTier.from_body(small_tier_body)
+    policy = RoutePolicy.from_body(policy_body)
+    observed = TierObservation(deployment=deployment(replicas=2, ready=2, updated=2), route_policy=policy, service_exists=False)
+    status = plan_tier(tier, observed, NOW).status
+    assert cond(status, "Ready")["status"] == "False"
+    assert cond(status, "Ready")["reason"] == "ServicePending"
+    assert cond(status, "Ready")["message"] == (
+        "Pods serve, but Service small does not exist yet; the tier is not reachable at http://small.llm.svc/v1 until it does."
+    )
+    # The Deployment itself is fine: only Ready waits.
+    assert cond(status, "Available")["status"] == "True"
+    observed = TierObservation(deployment=deployment(replicas=2, ready=2, updated=2), route_policy=policy, service_exists=True)
+    assert cond(plan_tier(tier, observed, NOW).status, "Ready")["reason"] == "Available"
+
+
 def test_unschedulable_pods_report_the_schedulers_message(small_tier_body):
     tier = ModelTier.from_body(small_tier_body)
     msg = "0/5 nodes are available: 3 Insufficient nvidia.com/gpu, 2 node(s) didn't match Pod's node affinity/selector."

@@ -33,6 +33,7 @@ REASON_ROLLOUT_COMPLETE = "RolloutComplete"  # Every pod runs the current spec.
 REASON_ROLLOUT_STALLED = "RolloutStalled"  # The Deployment exceeded its progress deadline.
 REASON_WAITING_FOR_PODS = "WaitingForPods"  # Pods exist but are still starting (model load).
 REASON_DEPLOYMENT_PENDING = "DeploymentPending"  # The Deployment has not been observed yet.
+REASON_SERVICE_PENDING = "ServicePending"  # Pods serve, but the tier's Service has not been observed yet.
 REASON_SCALED_TO_ZERO = "ScaledToZero"  # No replicas by choice; the router sends traffic on.
 REASON_UNSCHEDULABLE = "Unschedulable"  # No node fits the pods (GPU product, count, taints).
 REASON_IMAGE_PULL_FAILED = "ImagePullFailed"  # A container image cannot be pulled.

@@ -72,6 +72,7 @@ def observe_tier(view: View, tier: ModelTier, secrets: SecretKeys) -> TierObserv
     return TierObservation(
         deployment=view.get("Deployment", ns, tier.name),
         pods=view.pods(ns, tier.name),
+        service_exists=view.get("Service", ns, tier.name) is not None,
         route_policy=policy,
         peers=peers,
         secrets=secrets,

@@ -60,6 +60,10 @@ class TierObservation:
     config_maps: dict[str, frozenset[str]] = field(default_factory=dict)
     # The tier's evaluation Jobs, each with the pods it ran.
     eval_jobs: list[tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=list)
+    # The tier's Service has been observed. Ready waits for it: a tier is reachable at its
+    # endpoint only once the Service (and its cluster IP) exists, which the API server can
+    # take tens of seconds to allocate when hundreds of tiers are created at once.
+    service_exists: bool = True
 
 
 @dataclass
@@ -357,6 +361,9 @@ def tier_status(
         else:
             ready_reason = Cond(C.READY, "False", C.REASON_WAITING_FOR_PODS, f"{counts}; engines are starting and loading weights.")
 
+    if not observed.service_exists and ready_reason.status == "True":
+        ready_reason = Cond(C.READY, "False", C.REASON_SERVICE_PENDING,
+                            f"Pods serve, but Service {tier.name} does not exist yet; the tier is not reachable at {status['endpoint']} until it does.")
     if missing and ready_reason.status == "True":
         # Serving, but not as the user asked: say what is missing rather than "ready".
         ready_reason = Cond(C.READY, "False", missing[0].reason, "; ".join(m.sentence(tier.namespace) for m in missing) + ".")

@@ -47,7 +47,7 @@ if ready ~= nil and ready.status == "True" then
   hs.message = ready.message or "Ready"
   return hs
 end
-if ready ~= nil and (ready.reason == "WaitingForPods" or ready.reason == "DeploymentPending") then
+if ready ~= nil and (ready.reason == "WaitingForPods" or ready.reason == "DeploymentPending" or ready.reason == "ServicePending") then
   hs.status = "Progressing"
   hs.message = ready.message or ready.reason
   return hs
