@@ -105,7 +105,9 @@ def test_dev_up_serves_real_text_through_the_printed_url_scales_and_down_leaves_
             "rollout": {"evaluation": {"maxTokens": 8, "baseline": "none"}}}}))
 
         def evaluation_pod_finished() -> dict | None:
-            pods = kubectl.json("get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=evaluation")["items"]
+            # The small tier's own Job: other examples' evaluations (the adapters example's
+            # gated adapter) run in the same namespace.
+            pods = kubectl.json("get", "pods", "-n", "default", "-l", "app.kubernetes.io/component=evaluation,shoal.dev/tier=small")["items"]
             states = [c.get("state", {}).get("terminated") for p in pods for c in p["status"].get("containerStatuses") or []]
             return next((s for s in states if s), None)
 
