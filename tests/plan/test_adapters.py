@@ -215,3 +215,16 @@ def test_adapter_job_names_are_dns_labels_that_differ_per_adapter_and_source():
     assert adapter_eval_job_name("support", "Refunds.EU", V2, BASE).startswith("support-lora-refunds-eu-")
     assert adapter_eval_job_name("support", "refunds", V2, BASE) != adapter_eval_job_name("support", "refunds", V3, BASE)
     assert adapter_eval_job_name("support", "a.b", V2, BASE) != adapter_eval_job_name("support", "a_b", V2, BASE)
+
+
+def test_an_evaluation_message_without_a_full_stop_ends_as_a_sentence_before_what_follows():
+    from shoal.api.modeltier import EvaluationRecord
+    from shoal.plan.adapters import _evaluated
+    from shoal.plan.conditions import as_sentence
+
+    assert as_sentence("Name or service not known") == "Name or service not known."
+    assert as_sentence("exact_match 0.2 is below 0.8. ") == "exact_match 0.2 is below 0.8."
+    assert as_sentence("") == ""
+    record = EvaluationRecord(checkpoint="hf://acme/refunds-v2", verdict="JobError", message="dataset: cannot fetch it: Name or service not known")
+    cond = _evaluated("refunds", record, "hf://acme/refunds-v2", None)
+    assert "Name or service not known. refunds serves nothing until a source passes." in cond.message

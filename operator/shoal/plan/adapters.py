@@ -73,7 +73,7 @@ from shoal.api import conditions as C
 from shoal.api.modeltier import AdapterSpec, AdapterStatus, EvaluationRecord, ModelTier
 from shoal.api.naming import adapter_eval_job_name
 
-from .conditions import Cond, EventSpec, merge_conditions
+from .conditions import Cond, EventSpec, as_sentence, merge_conditions
 from .rollout import AdapterGate, EvalJobObservation, verdict_from_job
 
 Step = Literal["Serving", "Evaluating", "Blocked", "Waiting"]
@@ -168,7 +168,7 @@ def _evaluated(name: str, record: EvaluationRecord | None, desired: str, serving
     keeps = f" {serving} keeps serving." if serving else f" {name} serves nothing until a source passes."
     if record is None or record.checkpoint != desired:
         return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
-    detail = f" {record.message}" if record.message else ""
+    detail = f" {as_sentence(record.message)}" if record.message else ""
     if record.verdict == "Running":
         return Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name}." + keeps)
     if record.verdict == "Passed":

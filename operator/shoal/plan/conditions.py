@@ -112,3 +112,10 @@ def flips(previous: list[dict[str, Any]] | None, current: list[dict[str, Any]]) 
         if old is None or old.get("status") != cond["status"] or old.get("reason") != cond["reason"]:
             changed.append(cond)
     return changed
+
+
+def as_sentence(text: str) -> str:
+    """``text`` ending as a sentence, so a message quoted inside a condition's message
+    (an evaluation's, an engine's) does not run into the sentence after it."""
+    text = text.strip()
+    return text if not text or text.endswith((".", "!", "?")) else text + "."

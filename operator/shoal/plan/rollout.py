@@ -50,7 +50,7 @@ from shoal.api.naming import (
 from shoal.api.outcomes import split_message
 from shoal.api.times import parse_rfc3339
 
-from .conditions import Cond, EventSpec
+from .conditions import Cond, EventSpec, as_sentence
 
 Step = Literal["Serving", "Evaluating", "RollingOut", "Blocked"]
 JobState = Literal["Running", "Succeeded", "Failed"]
@@ -215,7 +215,7 @@ def _evaluated(record: EvaluationRecord | None, desired: str, serving: str | Non
     keeps = f" {serving} keeps serving." if serving else " Nothing serves until a checkpoint passes."
     if record is None or record.checkpoint != desired:
         return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
-    detail = f" {record.message}" if record.message else ""
+    detail = f" {as_sentence(record.message)}" if record.message else ""
     if record.verdict == "Running":
         return Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name}." + keeps)
     if record.verdict == "Passed":
