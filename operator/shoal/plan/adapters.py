@@ -73,8 +73,8 @@ from shoal.api import conditions as C
 from shoal.api.modeltier import AdapterSpec, AdapterStatus, EvaluationRecord, ModelTier
 from shoal.api.naming import adapter_eval_job_name
 
-from .conditions import Cond, EventSpec, as_sentence, merge_conditions
-from .rollout import AdapterGate, EvalJobObservation, verdict_from_job
+from .conditions import Cond, EventSpec, merge_conditions
+from .rollout import AdapterGate, EvalJobObservation, evaluated_condition, verdict_from_job
 
 Step = Literal["Serving", "Evaluating", "Blocked", "Waiting"]
 
@@ -166,19 +166,7 @@ class AdaptersPlan:
 
 def _evaluated(name: str, record: EvaluationRecord | None, desired: str, serving: str | None) -> Cond:
     keeps = f" {serving} keeps serving." if serving else f" {name} serves nothing until a source passes."
-    if record is None or record.checkpoint != desired:
-        return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
-    detail = f" {as_sentence(record.message)}" if record.message else ""
-    if record.verdict == "Running":
-        return Cond(C.EVALUATED, "Unknown", C.REASON_EVALUATING, f"Evaluating {desired} in Job {record.job_name}." + keeps)
-    if record.verdict == "Passed":
-        return Cond(C.EVALUATED, "True", C.REASON_PASSED, f"{desired} passed its evaluation.{detail}")
-    reason = {"Failed": C.REASON_FAILED, "TimedOut": C.REASON_TIMED_OUT}.get(record.verdict, C.REASON_JOB_ERROR)
-    return Cond(
-        C.EVALUATED, "False", reason,
-        f"{desired} is blocked: its evaluation ended {record.verdict}.{detail}{keeps} "
-        f"Set the source of adapter {name} to a new version (or back to the serving one) to continue.",
-    )
+    return evaluated_condition(record, desired, keeps, f"Set the source of adapter {name} to a new version (or back to the serving one) to continue.")
 
 
 def _scores(record: EvaluationRecord) -> str:

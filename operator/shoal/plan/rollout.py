@@ -213,6 +213,12 @@ def verdict_from_job(job: EvalJobObservation, timeout_seconds: int, now: datetim
 
 def _evaluated(record: EvaluationRecord | None, desired: str, serving: str | None) -> Cond:
     keeps = f" {serving} keeps serving." if serving else " Nothing serves until a checkpoint passes."
+    return evaluated_condition(record, desired, keeps, "Set spec.model.checkpoint to a new checkpoint (or back to the serving one) to continue.")
+
+
+def evaluated_condition(record: EvaluationRecord | None, desired: str, keeps: str, to_continue: str) -> Cond:
+    """The Evaluated condition of a candidate (a checkpoint, or an adapter's source) from its
+    recorded verdict. ``keeps`` says what serves meanwhile; ``to_continue`` how to unblock it."""
     if record is None or record.checkpoint != desired:
         return Cond(C.EVALUATED, "True", C.REASON_NOT_REQUIRED, f"No evaluation is pending; {desired} is what the spec asks for.")
     detail = f" {as_sentence(record.message)}" if record.message else ""
@@ -221,11 +227,7 @@ def _evaluated(record: EvaluationRecord | None, desired: str, serving: str | Non
     if record.verdict == "Passed":
         return Cond(C.EVALUATED, "True", C.REASON_PASSED, f"{desired} passed its evaluation.{detail}")
     reason = {"Failed": C.REASON_FAILED, "TimedOut": C.REASON_TIMED_OUT}.get(record.verdict, C.REASON_JOB_ERROR)
-    return Cond(
-        C.EVALUATED, "False", reason,
-        f"{desired} is blocked: its evaluation ended {record.verdict}.{detail}{keeps} "
-        "Set spec.model.checkpoint to a new checkpoint (or back to the serving one) to continue.",
-    )
+    return Cond(C.EVALUATED, "False", reason, f"{desired} is blocked: its evaluation ended {record.verdict}.{detail}{keeps} {to_continue}")
 
 
 def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime, adapters: AdapterGate | None = None) -> RolloutPlan:
