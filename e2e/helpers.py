@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from shoal.devcluster.engines import ENGINE_ANNOTATION
+
 T = TypeVar("T")
 
 
@@ -101,3 +103,18 @@ class Watch:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def fleet_tier(name: str, checkpoint: str, *, policy: str, engine: str, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A one-replica L4 ModelTier of `policy` whose pod the dev fleet backs with the engine
+    named `engine` (an entry of the fleet's engines file)."""
+    spec: dict[str, Any] = {
+        "model": {"name": f"{name}-model", "source": f"hf://org/{name}", "checkpoint": checkpoint},
+        "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}, "cpu": "1", "memory": "2Gi"},
+        "replicas": {"min": 1, "max": 1},
+        "router": {"routePolicy": policy},
+    }
+    if evaluation is not None:
+        spec["rollout"] = {"evaluation": evaluation}
+    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
+            "metadata": {"name": name, "annotations": {ENGINE_ANNOTATION: engine}}, "spec": spec}

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.helpers import WaitTimeout, wait_for
+from e2e.helpers import WaitTimeout, fleet_tier, wait_for
 from shoal.api.outcomes import ItemOutcomes
 from shoal.controller.metrics_source import parse_held_shares
 from shoal.devcluster import fleet, processes
 from shoal.devcluster.cluster import FLEET, ControlPlane, stop_pod_processes
 from shoal.devcluster.commands import start_fleet
-from shoal.devcluster.engines import ENGINE_ANNOTATION
 from shoal.router.classifier import DifficultyModel, Example, train_difficulty
 
 pytestmark = pytest.mark.e2e
@@ -92,16 +91,7 @@ def _evaluation() -> dict:
 
 
 def _tier(name: str, checkpoint: str, evaluation: dict | None = None) -> dict:
-    spec: dict = {
-        "model": {"name": f"{name}-model", "source": f"hf://org/{name}", "checkpoint": checkpoint},
-        "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}, "cpu": "1", "memory": "2Gi"},
-        "replicas": {"min": 1, "max": 1},
-        "router": {"routePolicy": "learn"},
-    }
-    if evaluation is not None:
-        spec["rollout"] = {"evaluation": evaluation}
-    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
-            "metadata": {"name": name, "annotations": {ENGINE_ANNOTATION: ENGINE}}, "spec": spec}
+    return fleet_tier(name, checkpoint, policy="learn", engine=ENGINE, evaluation=evaluation)
 
 
 POLICY = {

@@ -31,13 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.helpers import wait_for
+from e2e.helpers import fleet_tier, wait_for
 from shoal.api.naming import CHECKPOINT_ANNOTATION, router_configmap_name
 from shoal.api.routerconfig import PeersConfig
 from shoal.devcluster import fleet, processes
 from shoal.devcluster.cluster import FLEET, ControlPlane, stop_pod_processes
 from shoal.devcluster.commands import start_fleet
-from shoal.devcluster.engines import ENGINE_ANNOTATION
 
 pytestmark = pytest.mark.e2e
 
@@ -79,16 +78,7 @@ def running_fleet(cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactor
 
 
 def _tier(name: str, checkpoint: str, evaluation: dict | None = None) -> dict:
-    spec: dict = {
-        "model": {"name": f"{name}-model", "source": f"hf://org/{name}", "checkpoint": checkpoint},
-        "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}, "cpu": "1", "memory": "2Gi"},
-        "replicas": {"min": 1, "max": 1},
-        "router": {"routePolicy": "legal"},
-    }
-    if evaluation is not None:
-        spec["rollout"] = {"evaluation": evaluation}
-    return {"apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
-            "metadata": {"name": name, "annotations": {ENGINE_ANNOTATION: ENGINE}}, "spec": spec}
+    return fleet_tier(name, checkpoint, policy="legal", engine=ENGINE, evaluation=evaluation)
 
 
 POLICY = {
