@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -234,3 +235,74 @@ def test_the_policy_status_reports_the_target_share_the_sidecars_observe_and_the
     assert got == {"tier": "small", "targetShare": 0.5, "sidecars": 1, "observedShare": kept,
                    "threshold": round(sum(thresholds) / 2, 3)}, (got, thresholds, kept)
     assert 0.2 <= kept <= 0.8
+
+
+def _held_evaluation() -> dict:
+    """The same evaluation, but kwok never ends its pod: the test ends it (see below)."""
+    evaluation = _evaluation()
+    evaluation["podAnnotations"] = {"shoal.dev/simulate-hold": "true"}
+    return evaluation
+
+
+def test_a_promotion_while_the_operator_was_down_still_teaches_and_its_job_goes_once_its_outcomes_are_kept(
+        kubectl, running_operator, namespace, running_fleet):
+    user_model = _user_model()
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": user_model}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-dataset"}, "data": {"items.jsonl": DATASET}},
+        POLICY, _tier("learn-small", CKPT_A, _held_evaluation()), _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+    wait_for(lambda: kubectl.run("get", "configmap", "learn-classifier", "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 90,
+             "the policy's learned-classifier ConfigMap (no promotion yet)")
+
+    # ckpt-0002's evaluation starts; the operator stops while it runs.
+    kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
+
+    def evaluation_pod() -> dict | None:
+        pods = kubectl("get", "pods", "-n", namespace, "-l", "shoal.dev/tier=learn-small,app.kubernetes.io/component=evaluation")["items"]
+        return next((p for p in pods if p.get("status", {}).get("phase") == "Running"), None)
+
+    pod = wait_for(evaluation_pod, 60, "ckpt-0002's evaluation pod running")
+    job = pod["metadata"]["labels"]["job-name"]
+    running_operator.stop()
+
+    # While it is down the evaluation ends (the pod finishes with the record and outcomes,
+    # as `shoal eval` writes them) and the Job completes. Nothing keeps the outcomes yet.
+    record = json.loads(_evaluation()["podAnnotations"]["shoal.dev/simulate-termination-message"])
+    kubectl.run("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "--overwrite", "shoal.dev/simulate-hold-",
+                "shoal.dev/simulate-exit-code=0", f"shoal.dev/simulate-termination-message={json.dumps(record)}")
+    wait_for(lambda: any(c["type"] == "Complete" and c["status"] == "True"
+                         for c in kubectl("get", "job", job, "-n", namespace).get("status", {}).get("conditions", [])),
+             60, f"Job {job} complete while the operator is down")
+    kept = json.loads(kubectl("get", "configmap", "learn-classifier", "-n", namespace)["data"]["evaluations.json"])
+    assert job not in {k["job"] for k in kept}
+
+    restarted = time.time()
+    running_operator.start()
+    seen: dict = {}
+
+    def learned() -> dict | None:
+        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
+        return got if got.get("source") == "Learned" else None
+
+    try:
+        status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier after the restart")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    assert (status["learnedFrom"]["evaluationJob"], status["learnedFrom"]["checkpoint"]) == (job, CKPT_B)
+    assert (status["learnedFrom"]["comparedWith"], status["learnedFrom"]["items"]) == ("baseline", 40)
+    cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
+    assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
+    assert [(k["job"], k["promoted"]) for k in json.loads(cm["data"]["evaluations.json"]) if k["job"] == job] == [(job, True)]
+    assert kubectl("get", "modeltier", "learn-small", "-n", namespace)["status"]["servingCheckpoint"] == CKPT_B
+
+    # The Job went once its outcomes were kept, and not before: the operator's delete of it
+    # comes after its write of the ConfigMap that keeps them.
+    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60, f"Job {job} deleted")
+    writes = running_operator.writes(restarted)
+    order = [("delete" if e["verb"] == "delete" else "keep") for e in writes
+             if (e["verb"] == "delete" and e.get("objectRef", {}).get("name") == job)
+             or (e["verb"] in ("patch", "update", "create") and e.get("objectRef", {}).get("name") == "learn-classifier")]
+    assert "delete" in order and order.index("delete") > order.index("keep"), order

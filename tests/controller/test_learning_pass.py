@@ -165,3 +165,25 @@ def test_a_changed_user_model_drops_the_learned_one_and_opting_out_leaves_the_us
     status = h.policy_pass()["status"]["classifier"]
     assert status["message"] == "learnFromEvaluations is disabled: the sidecars use the configured model as it is."
     assert status["source"] == "ConfigMap"
+
+
+def test_a_promotion_the_policy_pass_did_not_see_keeps_its_job_until_the_outcomes_are_kept_then_teaches():
+    h = Harness()
+    h.policy_pass()
+    # The operator was down while ckpt-0002's Job ran and the tier rolled it out; after the
+    # restart the tier pass runs first and sees ckpt-0002 serving.
+    put(h.view, promoted(CKPT_2, "small-eval-2"))
+    h.view.eval_jobs[("llm", "small")] = []
+    eval_job(h.view, CKPT_2, "small-eval-2", WORSE, SERVING)
+
+    def tier_pass() -> list[tuple[Any, ...]]:
+        h.kube.calls.clear()
+        asyncio.run(h.reconcilers.tier("llm", "small"))
+        h.kube.deliver()
+        return [c for c in h.kube.calls if c[0] == "delete"]
+
+    assert tier_pass() == []  # the Job stays: the policy has not kept its outcomes
+    assert tier_pass() == []
+    status = h.policy_pass()["status"]["classifier"]
+    assert (status["source"], status["learnedFrom"]["evaluationJob"]) == ("Learned", "small-eval-2")
+    assert tier_pass() == [("delete", "Job", "small-eval-2")]

@@ -73,3 +73,13 @@ def test_the_config_map_of_a_policys_classifier_model_queues_that_policy():
     queued.clear()
     triggers.config_map_event({"metadata": {"namespace": "llm", "name": "dataset", "labels": {}}})
     assert queued == []
+
+
+def test_a_policys_learned_classifier_config_map_queues_the_policy_and_the_tiers_of_its_ladder():
+    triggers, queued, _, _, _ = setup()
+    labels = {"shoal.dev/route-policy": "ladder"}
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "ladder-classifier", "labels": labels}})
+    assert queued == [("RoutePolicy", "llm", "ladder"), ("ModelTier", "llm", "small"), ("ModelTier", "llm", "large")]
+    queued.clear()
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "ladder-entry", "labels": labels}})
+    assert queued == [("RoutePolicy", "llm", "ladder")]

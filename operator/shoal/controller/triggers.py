@@ -10,7 +10,9 @@ whose world it is part of:
   tier's ConfigMap: sidecars learn live state from their peers directly.
 - a RoutePolicy: itself; when its spec changed, every tier that serves it.
 - a Deployment, Pod, Job, Service, PodDisruptionBudget or ConfigMap of Shoal's: its owner
-  (the shoal.dev/tier or shoal.dev/route-policy label).
+  (the shoal.dev/tier or shoal.dev/route-policy label). A policy's `<policy>-classifier`
+  ConfigMap also queues the ModelTiers its ladder names: a promoted evaluation's Job stays
+  until that ConfigMap keeps its outcomes (plan/learning.py `held_for_learning`).
 - anyone else's ConfigMap: the tiers and policies of its namespace whose references did
   not resolve (one of them may name it), and the policies whose classifier model it holds.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shoal.api.naming import POLICY_LABEL, TIER_LABEL
+from shoal.api.naming import POLICY_LABEL, TIER_LABEL, learned_classifier_configmap_name
 from shoal.kube.observe import policies_naming_tier, tiers_using_policy
 from shoal.kube.view import View
 
@@ -97,6 +99,10 @@ class Triggers:
         labels = (body.get("metadata") or {}).get("labels") or {}
         if labels.get(TIER_LABEL) or labels.get(POLICY_LABEL):
             self.child_event(body)
+            policy = labels.get(POLICY_LABEL)
+            meta = body.get("metadata") or {}
+            if policy and meta.get("name") == learned_classifier_configmap_name(policy):
+                self.ladder_of(meta.get("namespace") or "", policy)
             return
         meta = body.get("metadata") or {}
         namespace = meta.get("namespace") or ""
@@ -107,6 +113,14 @@ class Triggers:
             ref = (((policy.get("spec") or {}).get("classifier") or {}).get("configMapRef") or {})
             if ref.get("name") == meta.get("name"):
                 self.add(("RoutePolicy", namespace, policy["metadata"]["name"]))
+
+    def ladder_of(self, namespace: str, policy_name: str) -> None:
+        """Queue the ModelTiers a RoutePolicy's ladder names."""
+        body = self.view.policy(namespace, policy_name)
+        for rung in ((body or {}).get("spec") or {}).get("tiers") or []:
+            name = ((rung or {}).get("modelTierRef") or {}).get("name")
+            if name:
+                self.add(("ModelTier", namespace, name))
 
     def unresolved_in(self, namespace: str) -> None:
         """Queue the tiers and policies of `namespace` whose references did not resolve."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from shoal.api.modeltier import ModelTier
+from shoal.api.naming import learned_classifier_configmap_name
 from shoal.api.routepolicy import RoutePolicy
+from shoal.plan.learning import LearnedState, Learner, learning_rungs
 from shoal.plan.policy import PolicyObservation
 from shoal.plan.tier import TierObservation, referenced_objects
 
@@ -69,6 +71,14 @@ def observe_tier(view: View, tier: ModelTier, secrets: SecretKeys) -> TierObserv
         if policy is not None:
             peers = model_tiers(view, ns, [t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref])
     _, config_map_names = referenced_objects(tier)
+    eval_jobs = (
+        view.evaluation_jobs(ns, tier.name)
+        if tier.spec.rollout.evaluation is not None
+        or tier.status.candidate_checkpoint is not None
+        or tier.spec.adapters
+        or tier.status.adapters
+        else []
+    )
     return TierObservation(
         deployment=view.get("Deployment", ns, tier.name),
         pods=view.pods(ns, tier.name),
@@ -77,13 +87,28 @@ def observe_tier(view: View, tier: ModelTier, secrets: SecretKeys) -> TierObserv
         peers=peers,
         secrets=secrets,
         config_maps=config_map_keys(view, ns, config_map_names),
-        eval_jobs=view.evaluation_jobs(ns, tier.name)
-        if tier.spec.rollout.evaluation is not None
-        or tier.status.candidate_checkpoint is not None
-        or tier.spec.adapters
-        or tier.status.adapters
-        else [],
+        eval_jobs=eval_jobs,
+        learners=learners(view, ns, tier.name) if eval_jobs else (),
     )
+
+
+def learners(view: View, namespace: str, tier_name: str) -> tuple[Learner, ...]:
+    """The RoutePolicies that learn from ModelTier `tier_name`'s evaluations, each with the
+    Jobs whose outcomes its `<policy>-classifier` ConfigMap keeps. A policy whose user model
+    does not exist is left out: its pass keeps nothing until the model appears."""
+    found = []
+    for name in policies_naming_tier(view, namespace, tier_name):
+        policy = route_policy(view, namespace, name)
+        if policy is None:
+            continue
+        rungs = frozenset(ref.model_tier_ref.adapter for ref in learning_rungs(policy) if ref.model_tier_ref and ref.model_tier_ref.name == tier_name)
+        ref = policy.spec.classifier.config_map_ref
+        if not rungs or ref is None or view.config_map_keys(namespace, ref.name) is None:
+            continue
+        state = LearnedState.from_config_map(view.get("ConfigMap", namespace, learned_classifier_configmap_name(name)))
+        kept = frozenset(str(k.get("job")) for k in state.kept if isinstance(k, dict) and k.get("job"))
+        found.append(Learner(policy=name, rungs=rungs, kept_jobs=kept))
+    return tuple(found)
 
 
 def observe_policy(view: View, policy: RoutePolicy, secrets: SecretKeys) -> PolicyObservation:

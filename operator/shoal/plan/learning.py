@@ -4,9 +4,18 @@ When a ModelTier of a policy's ladder promotes a checkpoint (its status says the
 checkpoint serves and its last evaluation, of that checkpoint, passed), the evaluation's
 per-item outcomes (api/outcomes.py) recalibrate the step above that tier's rung
 (router/learning.py). They are read off the finished Job's pod as soon as the status says
-the evaluation passed, while the candidate rolls out: the promotion deletes the Job. The
-result and the kept outcomes live in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
+the evaluation passed, while the candidate rolls out. The result and the kept outcomes live
+in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
 owner of these facts; the RoutePolicy's status.classifier is rebuilt from it on every pass.
+
+The promotion would delete the Job, and the operator may not have run a policy pass
+between the verdict and the promotion (it was down while the Job ran, or the tier's pass
+after a restart came first). So the tier's pass keeps a promoted evaluation's Job while a
+policy that learns from that rung has not kept its outcomes in its ConfigMap
+(`held_for_learning`, seen through `Learner`), and deletes it on the pass after they are
+kept (the ConfigMap's change queues the tier). Bound: the Job's own ttlSecondsAfterFinished
+(7 days, render/evaljob.py) removes it whatever happens; a newer candidate, or no learning
+policy naming the rung any more, releases it at once; only the Job of what serves is held.
 
     user model M (configMapRef, resourceVersion R)
       --(first seen, or R changed)--> base "M@R", no learned model; the promotions
@@ -45,12 +54,15 @@ from shoal.api.naming import (
     learned_classifier_configmap_name,
 )
 from shoal.api.outcomes import ItemOutcomes, split_message
-from shoal.api.routepolicy import RoutePolicy
+from shoal.api.routepolicy import RoutePolicy, TierRef
 from shoal.api.times import rfc3339
 from shoal.router.learning import CannotLearn, recalibrate
 
+from .rollout import EvalJobObservation
+
 __all__ = [
-    "DatasetPrompts", "Evaluation", "LearnedState", "base_of", "classifier_status", "evaluations", "learn", "model_text", "note", "reseed", "status_patch_field", "version_of",
+    "DatasetPrompts", "Evaluation", "LearnedState", "Learner", "base_of", "classifier_status", "evaluations", "held_for_learning", "learn", "learning_rungs",
+    "model_text", "note", "reseed", "status_patch_field", "version_of",
 ]
 
 
@@ -160,6 +172,14 @@ class LearnedState:
         return keep([*(k for k in self.kept if k.get("job") != evaluation.job), evaluation.kept(promoted)])
 
 
+def learning_rungs(policy: RoutePolicy) -> list[TierRef]:
+    """The rungs whose promotions teach the policy's classifier: every rung below the
+    largest that serves a ModelTier's base model (adapter rungs do not teach yet)."""
+    if not policy.spec.classifier.learns():
+        return []
+    return [ref for ref in policy.spec.tiers[:-1] if ref.model_tier_ref is not None and ref.model_tier_ref.adapter is None]
+
+
 def evaluations(
     policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Mapping[tuple[str, str], str], state: LearnedState
 ) -> list[Evaluation]:
@@ -171,9 +191,10 @@ def evaluations(
     container's termination message, for the Jobs still there.
     """
     found = []
-    for ref in policy.spec.tiers[:-1]:
+    for ref in learning_rungs(policy):
         target = ref.model_tier_ref
-        if target is None or target.adapter is not None or target.name not in tiers:
+        assert target is not None
+        if target.name not in tiers:
             continue
         tier = tiers[target.name]
         record = tier.status.last_evaluation
@@ -329,6 +350,41 @@ def classifier_status(policy: RoutePolicy, state: LearnedState, user_version: st
     if state.message is not None:
         status["message"] = state.message
     return status
+
+
+@dataclass(frozen=True, kw_only=True)
+class Learner:
+    """A RoutePolicy that learns from a ModelTier's evaluations, as that tier's pass sees it:
+    its classifier learns, its user model exists, and its ladder has a rung below the
+    largest on the tier."""
+
+    policy: str
+    # What those rungs serve of the tier: an adapter's name, or None for the base model.
+    rungs: frozenset[str | None]
+    # The evaluation Jobs its `<policy>-classifier` ConfigMap keeps outcomes of.
+    kept_jobs: frozenset[str]
+
+
+def held_for_learning(
+    promoted: Mapping[str | None, str], jobs: tuple[EvalJobObservation, ...], learners: tuple[Learner, ...]
+) -> frozenset[str]:
+    """The evaluation Jobs a ModelTier's pass keeps although their candidate serves: a
+    promotion's Job stays until every policy that learns from that rung keeps its outcomes.
+
+    promoted: what serves now (None: the base checkpoint; else the adapter's name) -> the
+    Job of the passed evaluation that promoted it. A Job is held while its termination
+    message carries per-item outcomes (one without them teaches nothing) and a learner
+    whose ladder has the rung does not list it in kept_jobs. The bound: the Job's own
+    ttlSecondsAfterFinished (render/evaljob.py) deletes it whatever happens; a newer
+    candidate (its Job then describes no serving version) and a policy that stops learning
+    from the tier release it at once; at most one Job per serving version is held.
+    """
+    with_outcomes = {j.name for j in jobs if j.termination_message and split_message(j.termination_message)[1] is not None}
+    held = set()
+    for rung, job in promoted.items():
+        if job in with_outcomes and any(rung in learner.rungs and job not in learner.kept_jobs for learner in learners):
+            held.add(job)
+    return frozenset(held)
 
 
 def status_patch_field(wanted: dict[str, Any] | None, stored: dict[str, Any] | None) -> dict[str, Any] | None:

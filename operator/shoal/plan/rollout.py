@@ -254,7 +254,8 @@ def plan_rollout(tier: ModelTier, observed: RolloutObservation, now: datetime, a
     def rolling_out(record: EvaluationRecord | None, evaluated: Cond) -> RolloutPlan:
         if deployed(desired):
             events.append(EventSpec("Normal", EVENT_PROMOTED, f"{desired} now serves traffic" + (f" (was {serving})." if serving else ".")))
-            # The candidate serves now: its evaluation Job has done its work too.
+            # The candidate serves now: its evaluation Job has done its work too (plan/tier.py
+            # keeps it while a RoutePolicy that learns from the tier has yet to keep its outcomes).
             every_job = tuple(sorted(j.name for j in observed.jobs))
             return RolloutPlan(
                 step="Serving", deploy_checkpoint=desired, create_job_for=None, delete_jobs=every_job,

@@ -7,7 +7,7 @@ talks to the API server or reads the clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from shoal.api.naming import CHECKPOINT_ANNOTATION, selector_string, tier_endpoi
 
 from .conditions import Cond, EventSpec, find, flips, status_merge_patch, update_conditions
 from .adapters import AdaptersPlan, plan_adapters, plan_base_change
+from .learning import Learner, held_for_learning
 from .rollout import RolloutObservation, RolloutPlan, eval_job_observation, plan_rollout
 
 __all__ = ["EventSpec", "MissingRef", "TierObservation", "TierPlan", "plan_tier"]
@@ -64,6 +65,9 @@ class TierObservation:
     # endpoint only once the Service (and its cluster IP) exists, which the API server can
     # take tens of seconds to allocate when hundreds of tiers are created at once.
     service_exists: bool = True
+    # The RoutePolicies that learn from this tier's evaluations, and which Jobs' outcomes
+    # each has kept: a promoted Job stays until they have (plan/learning.py).
+    learners: tuple[Learner, ...] = ()
 
 
 @dataclass
@@ -265,6 +269,10 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
         for c in flips(previous_status.get("conditions"), conds)
         if c["type"] in ("Ready", "Progressing")
     ]
+    # A promotion's Job stays until the policies learning from it kept its outcomes.
+    held = held_for_learning(_promoted_jobs(rollout, adapters), jobs, observed.learners) if observed.learners else frozenset()
+    if held:
+        adapters = replace(adapters, delete_jobs=tuple(j for j in adapters.delete_jobs if j not in held))
     # Nothing may serve before the first checkpoint passed (firstCheckpoint: evaluate).
     serving_allowed = rollout.deploy_checkpoint is not None
     return TierPlan(
@@ -273,9 +281,23 @@ def plan_tier(tier: ModelTier, observed: TierObservation, now: datetime, previou
         status=status,
         events=rollout.events + adapters.events + events,
         create_job_for=rollout.create_job_for,
-        delete_jobs=rollout.delete_jobs,
+        delete_jobs=tuple(j for j in rollout.delete_jobs if j not in held),
         adapters=adapters,
     )
+
+
+def _promoted_jobs(rollout: RolloutPlan, adapters: AdaptersPlan) -> dict[str | None, str]:
+    """What serves after this pass (None: the base checkpoint; else an adapter's name) ->
+    the Job of the passed evaluation that promoted it."""
+    out: dict[str | None, str] = {}
+    record = rollout.last_evaluation
+    if record is not None and record.verdict == "Passed" and record.job_name and record.checkpoint == rollout.serving_checkpoint:
+        out[None] = record.job_name
+    for decision in adapters.adapters:
+        record = decision.last_evaluation
+        if record is not None and record.verdict == "Passed" and record.job_name and record.checkpoint == decision.serving_source:
+            out[decision.name] = record.job_name
+    return out
 
 
 def _complete(deployment: dict[str, Any]) -> bool:

@@ -59,7 +59,8 @@ DATASET_MOUNT = "/etc/shoal/dataset"
 TERMINATION_LOG = "/dev/termination-log"
 PROGRAM_DEADLINE_MARGIN_SECONDS = 60
 # Finished Jobs are deleted by the operator when their candidate is promoted or
-# superseded; a blocked candidate's Job stays for inspection this long.
+# superseded; a blocked candidate's Job stays for inspection this long, and so, at most,
+# does a promoted one whose outcomes a learning RoutePolicy has not kept (plan/learning.py).
 TTL_AFTER_FINISHED_SECONDS = 7 * 24 * 3600
 # Flags `shoal eval` sets itself when it renders `vllm serve` (evaluate/engine.py).
 _FLAGS_SET_BY_EVAL = {"--served-model-name", "--host", "--port", "--revision", "--load-format"}
