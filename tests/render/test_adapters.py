@@ -187,3 +187,19 @@ def test_the_pass_renders_the_sources_its_plan_decided_and_a_policy_rung_waits_f
     )
     # The large tier's sidecar reads small's status: refunds serves nothing yet, its rung waits.
     assert [t["name"] for t in render_router_config(large, policy, {"small": tasks, "large": large}, "llm")["tiers"]] == ["big"]
+
+
+def test_a_ladder_that_names_a_tier_only_through_its_adapter_has_that_rung_as_the_local_one(small_tier_body, large_tier_body):
+    from shoal.api.routerconfig import RouterConfig
+    from shoal.render.routerconfig import render_router_config
+
+    tasks = _with_adapters(small_tier_body)
+    large = ModelTier.from_body(large_tier_body)
+    policy = _ladder_policy(
+        {"name": "refunds", "modelTierRef": {"name": "small", "adapter": "support-refunds"}},
+        {"name": "big", "modelTierRef": {"name": "large"}},
+    )
+    config = render_router_config(tasks, policy, {"small": tasks, "large": large}, "llm")
+    assert config["localTier"] == "refunds"
+    assert [(t["name"], t["kind"], t["model"]) for t in config["tiers"]] == [("refunds", "local", "support-refunds"), ("big", "service", "support-70b")]
+    RouterConfig.model_validate(config)

@@ -90,6 +90,10 @@ def render_router_config(
                 rungs.append(_external(ref))
     if not any(r["kind"] == "local" for r in rungs):
         rungs.insert(0, _local(tier, None, serving))
+    elif not local_seen:
+        # The ladder names this tier only through its adapters ("refunds adapter on the 8B
+        # -> 70B"): the first of those rungs is the one this pod's own engine serves.
+        local_rung_name = next(r["name"] for r in rungs if r["kind"] == "local")
 
     config: dict[str, Any] = {
         "version": 1,
