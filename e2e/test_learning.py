@@ -306,3 +306,91 @@ def test_a_promotion_while_the_operator_was_down_still_teaches_and_its_job_goes_
              if (e["verb"] == "delete" and e.get("objectRef", {}).get("name") == job)
              or (e["verb"] in ("patch", "update", "create") and e.get("objectRef", {}).get("name") == "learn-classifier")]
     assert "delete" in order and order.index("delete") > order.index("keep"), order
+
+
+# --- an adapter rung learns from its adapter's promotions ------------------------------------
+
+V1, V2 = "hf://acme/refunds-lora-v1", "hf://acme/refunds-lora-v2"
+
+
+def _adapter_evaluation(source: str, baseline: list[bool] | None) -> dict:
+    """The adapter's evaluation, ended by kwok with the record and outcomes `shoal eval
+    --candidate-model` writes (`baseline`: the outcomes of what its Job compared with)."""
+    evaluation = _evaluation()
+    record = json.loads(evaluation["podAnnotations"]["shoal.dev/simulate-termination-message"])
+    record.update(checkpoint=source, outcomes=ItemOutcomes.encode(CANDIDATE, baseline).to_wire())
+    evaluation["podAnnotations"] = {"shoal.dev/simulate-exit-code": "0", "shoal.dev/simulate-termination-message": json.dumps(record)}
+    return evaluation
+
+
+def _refunds(source: str, baseline: list[bool] | None) -> dict:
+    return {"name": "refunds", "source": source, "rollout": {"evaluation": _adapter_evaluation(source, baseline)}}
+
+
+def test_an_adapter_rungs_promotion_teaches_the_step_above_it_and_every_sidecar_loads_it(
+        kubectl, running_operator, namespace, running_fleet):
+    state = running_fleet
+    examples = [Example(p, {"refunds": i % 2 == 1, "large": True}) for i, p in enumerate(PROMPTS * 3)]
+    user_model = json.dumps(train_difficulty(examples, ["refunds", "large"], bits=10, epochs=3).to_json())
+    policy = json.loads(json.dumps(POLICY))
+    policy["spec"]["tiers"][0] = {"name": "refunds", "modelTierRef": {"name": "learn-small", "adapter": "refunds"}}
+    small = _tier("learn-small", CKPT_A)
+    # The first source is compared with the base model (the adapter served nothing yet): it
+    # cannot teach the rung's step, whatever its outcomes say; it is the next one's reference.
+    small["spec"]["adapters"] = [_refunds(V1, [True] * 40)]
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": user_model}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-dataset"}, "data": {"items.jsonl": DATASET}},
+        policy, small, _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+
+    def adapter() -> dict:
+        tier = kubectl("get", "modeltier", "learn-small", "-n", namespace)
+        return next((a for a in tier.get("status", {}).get("adapters", []) if a["name"] == "refunds"), {})
+
+    def kept_jobs() -> set[str]:
+        cm = kubectl.run("get", "configmap", "learn-classifier", "-n", namespace, "--ignore-not-found", "-o", "json").strip()
+        return {k["job"] for k in json.loads(json.loads(cm)["data"]["evaluations.json"])} if cm else set()
+
+    wait_for(lambda: adapter().get("servingSource") == V1, 90, f"{V1} to pass and serve")
+    first_job = adapter()["lastEvaluation"]["jobName"]
+    assert "baselineSource" not in adapter()["lastEvaluation"]
+    wait_for(lambda: first_job in kept_jobs(), 60, f"{V1}'s outcomes kept")
+    status = kubectl("get", "routepolicy", "learn", "-n", namespace)["status"]["classifier"]
+    assert (status["source"], status["version"]) == ("ConfigMap", _version(user_model)), status
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": _version(user_model), "source": "configured"}),
+             120, "both tiers' sidecars running the configured model")
+
+    # V2 is evaluated against V1 on the same engine (it fails half the sums V1 answered),
+    # passes, and is promoted: the step above the refunds rung learns from it.
+    kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"adapters": [_refunds(V2, SERVING)]}}))
+    seen: dict = {}
+
+    def learned() -> dict | None:
+        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        seen.update(policy=got, adapter=adapter())
+        return got if got.get("source") == "Learned" else None
+
+    try:
+        status = wait_for(learned, 180, f"{V2}'s promotion to teach the classifier")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    promoted = adapter()
+    assert (promoted["servingSource"], promoted["lastEvaluation"]["baselineSource"]) == (V2, V1)
+    job = promoted["lastEvaluation"]["jobName"]
+    assert status["learnedFrom"] == {
+        "modelTier": "learn-small", "adapter": "refunds", "rung": "refunds", "checkpoint": V2, "evaluationJob": job,
+        "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+    }
+    cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
+    assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
+    before = DifficultyModel.from_json(json.loads(user_model))
+    after = DifficultyModel.from_json(json.loads(cm["data"]["model.json"]))
+    assert sum(after.gains(p)[0] for p in PROMPTS) > sum(before.gains(p)[0] for p in PROMPTS)
+    assert "outcomes" not in json.dumps(kubectl("get", "modeltier", "learn-small", "-n", namespace)["status"])
+
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
+             90, "every sidecar reporting the learned model's version")
+    # The adapter's Job went once its outcomes were kept.
+    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60, f"Job {job} deleted")

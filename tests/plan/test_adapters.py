@@ -228,3 +228,18 @@ def test_an_evaluation_message_without_a_full_stop_ends_as_a_sentence_before_wha
     record = EvaluationRecord(checkpoint="hf://acme/refunds-v2", verdict="JobError", message="dataset: cannot fetch it: Name or service not known")
     cond = _evaluated("refunds", record, "hf://acme/refunds-v2", None)
     assert "Name or service not known. refunds serves nothing until a source passes." in cond.message
+
+
+def test_a_passed_verdict_names_the_serving_source_it_was_compared_with_and_none_for_a_first_source():
+    paired = {**EVALUATION, "baseline": "serving"}
+
+    def verdict(serving: str | None, evaluation: dict[str, Any]) -> dict[str, Any]:
+        status = {"candidateSource": V2, "lastEvaluation": running(), **({"servingSource": serving} if serving else {})}
+        the_tier = tier(V2, adapter_status=status)
+        the_tier.spec.adapters[0].rollout.evaluation = the_tier.spec.adapters[0].rollout.evaluation.model_validate(evaluation)
+        plan = plan_adapters(the_tier, (job("Succeeded", exit_code=0, message=PASSED),), BASE, NOW)
+        return plan.adapters[0].last_evaluation.to_wire()
+
+    assert verdict(V1, paired)["baselineSource"] == V1
+    assert "baselineSource" not in verdict(None, paired)  # its Job compared it with the base model
+    assert "baselineSource" not in verdict(V1, EVALUATION)  # no baseline

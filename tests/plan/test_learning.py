@@ -211,3 +211,92 @@ def test_a_status_field_that_is_gone_is_removed_by_the_merge_patch():
     stored = {"source": "Learned", "version": "sha256:1", "learnedFrom": {"items": 3}, "learnedAt": "x", "configMap": "a"}
     wanted = {"source": "ConfigMap", "version": "sha256:2", "configMap": "b"}
     assert status_patch_field(wanted, stored) == {"learnedFrom": None, "learnedAt": None, **wanted}
+
+
+# --- adapter rungs ------------------------------------------------------------------------
+
+V1, V2 = "hf://acme/refunds-lora-v1", "hf://acme/refunds-lora-v2"
+ADAPTER_JOB = "small-8b-refunds-eval-v2"
+
+
+def adapter_policy() -> RoutePolicy:
+    return RoutePolicy.from_body({
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "RoutePolicy",
+        "metadata": {"name": "support", "namespace": "llm", "uid": "uid-support"},
+        "spec": {
+            "tiers": [{"name": "refunds", "modelTierRef": {"name": "small-8b", "adapter": "refunds"}},
+                      {"name": "large", "modelTierRef": {"name": "large-70b"}}],
+            "classifier": {"mode": "enabled", "configMapRef": {"name": "router-model", "key": "model.json"}},
+        },
+    })
+
+
+def adapter_tier(*, serving: str = V2, evaluated: str = V2, baseline_source: str | None = V1) -> ModelTier:
+    evaluation = {
+        "dataset": {"configMapRef": {"name": "refunds-items", "key": "items.jsonl"}},
+        "scorers": [{"type": "exactMatch"}], "thresholds": [{"metric": "exact_match", "min": 0.1}], "baseline": "serving",
+    }
+    record = {"checkpoint": evaluated, "verdict": "Passed", "jobName": ADAPTER_JOB, "datasetDigest": DIGEST, "items": 40,
+              "baseCheckpoint": "s3://models/ckpt-0001"}
+    if baseline_source is not None:
+        record["baselineSource"] = baseline_source
+    return ModelTier.from_body({
+        "apiVersion": "shoal.dev/v1alpha1", "kind": "ModelTier",
+        "metadata": {"name": "small-8b", "namespace": "llm"},
+        "spec": {
+            "model": {"name": "m", "source": "hf://org/m", "checkpoint": "s3://models/ckpt-0001"},
+            "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}},
+            "adapters": [{"name": "refunds", "source": evaluated, "rollout": {"evaluation": evaluation}}],
+        },
+        "status": {"servingCheckpoint": "s3://models/ckpt-0001",
+                   "adapters": [{"name": "refunds", "servingSource": serving, "lastEvaluation": record}]},
+    })
+
+
+@pytest.fixture(scope="module")
+def adapter_model() -> str:
+    examples = [Example(p, {"refunds": i % 2 == 1, "large": True}) for i, p in enumerate(PROMPTS * 3)]
+    return model_text(train_difficulty(examples, ["refunds", "large"], bits=10, epochs=3).to_json())
+
+
+def adapter_promotion(**kwargs):
+    messages = {("small-8b", ADAPTER_JOB): message(WORSE, SERVING)}
+    return evaluations(adapter_policy(), {"small-8b": adapter_tier(**kwargs)}, messages, LearnedState())
+
+
+def test_an_adapter_rungs_promoted_source_is_an_evaluation_of_that_rung_with_the_adapters_dataset():
+    (promotion,) = adapter_promotion()
+    assert (promotion.model_tier, promotion.adapter, promotion.rung, promotion.checkpoint, promotion.job) == (
+        "small-8b", "refunds", "refunds", V2, ADAPTER_JOB)
+    assert promotion.promoted and promotion.dataset.name == "refunds-items"
+    assert promotion.outcomes.baseline() == SERVING
+    (candidate,) = adapter_promotion(serving=V1)
+    assert not candidate.promoted
+
+
+def test_an_adapter_promotion_recalibrates_the_step_above_its_rung_and_names_the_adapter_and_source(adapter_model):
+    (promotion,) = adapter_promotion()
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    learned = learn(promotion, state, base_model=adapter_model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert learned.model is not None and learned.model != adapter_model
+    assert learned.learned_from == {
+        "modelTier": "small-8b", "adapter": "refunds", "rung": "refunds", "checkpoint": V2, "evaluationJob": ADAPTER_JOB,
+        "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+    }
+    assert learned.message.startswith(f"Recalibrated the step above refunds from Job {ADAPTER_JOB}: adapter refunds {V2} failed 75.0%")
+    assert [(k["job"], k["adapter"], k["promoted"]) for k in learned.kept] == [(ADAPTER_JOB, "refunds", True)]
+
+
+def test_an_adapters_first_source_compared_with_the_base_model_only_keeps_its_outcomes(adapter_model):
+    # Its Job compared it with the base model, not with what the rung served: no reference,
+    # even though the base model's own evaluation of the same tier is kept.
+    (promotion,) = adapter_promotion(baseline_source=None)
+    assert promotion.outcomes.baseline() is None
+    base_entry = {"modelTier": "small-8b", "checkpoint": "s3://models/ckpt-0001", "job": "small-8b-eval-0001",
+                  "datasetDigest": DIGEST, "outcomes": ItemOutcomes.encode(SERVING).to_wire(), "promoted": True}
+    state = LearnedState(base="router-model/model.json@7", kept=[base_entry], message="seeded")
+    after = learn(promotion, state, base_model=adapter_model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert after.model is None
+    assert "without a baseline of a serving source and no evaluation of the source it replaced" in after.message
+    # ... and they are the next source's reference, kept apart from the base model's.
+    assert [(k["job"], k.get("adapter")) for k in after.kept] == [("small-8b-eval-0001", None), (ADAPTER_JOB, "refunds")]

@@ -109,3 +109,23 @@ def test_held_jobs_are_the_promoted_ones_with_outcomes_a_learner_of_that_rung_ha
     learners = (Learner(policy="support", rungs=frozenset({None, "refunds"}), kept_jobs=frozenset({"small-eval-b"})),)
     assert held_for_learning(promoted, jobs, learners) == frozenset({"small-refunds-v2"})
     assert held_for_learning(promoted, jobs, ()) == frozenset()
+
+
+def test_an_adapters_promoted_job_stays_until_the_policy_learning_from_its_rung_kept_its_outcomes():
+    v2 = "hf://acme/refunds-lora-v2"
+    name = "small-refunds-eval-v2"
+    body = tier(B, {"servingCheckpoint": B, "adapters": [{"name": "refunds", "servingSource": v2, "lastEvaluation": {
+        "checkpoint": v2, "verdict": "Passed", "jobName": name, "datasetDigest": DIGEST, "baseCheckpoint": B}}]}).to_wire()
+    body["spec"]["adapters"] = [{"name": "refunds", "source": v2, "rollout": {"evaluation": EVALUATION}}]
+    the_tier = ModelTier.from_body(body)
+    job, pods = finished_job(name, v2, WITH_OUTCOMES)
+    job["metadata"]["annotations"] = {"shoal.dev/adapter": "refunds", "shoal.dev/adapter-source": v2, "shoal.dev/base-checkpoint": B}
+
+    def deleted(kept: frozenset[str]) -> tuple[str, ...]:
+        learner = Learner(policy="support", rungs=frozenset({"refunds"}), kept_jobs=kept)
+        observed = TierObservation(deployment=deployment(B), eval_jobs=[(job, pods)], learners=(learner,))
+        plan = plan_tier(the_tier, observed, NOW, previous_status=body["status"])
+        return plan.delete_jobs + plan.adapters.delete_jobs
+
+    assert deleted(frozenset()) == ()
+    assert deleted(frozenset({name})) == (name,)

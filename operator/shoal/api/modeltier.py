@@ -837,6 +837,13 @@ class EvaluationRecord(ShoalModel):
     base_checkpoint: str | None = Field(
         default=None, description="For an adapter: the base checkpoint its evaluation's engine served (the adapter was evaluated on it)."
     )
+    baseline_source: str | None = Field(
+        default=None,
+        description=(
+            "For an adapter evaluated with baseline: serving: the serving source its candidate was compared with, on the same "
+            "engine. Unset when it was compared with the base model (the adapter served nothing yet) or with nothing."
+        ),
+    )
 
 
 class AutoscalerStatus(ShoalModel):

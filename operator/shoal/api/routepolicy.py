@@ -405,9 +405,12 @@ class RoutePolicySpec(ShoalModel):
 
 
 class LearnedFrom(ShoalModel):
-    model_tier: str = Field(description="The ModelTier whose promoted checkpoint was evaluated.")
+    model_tier: str = Field(description="The ModelTier whose promoted checkpoint (or adapter source) was evaluated.")
+    adapter: str | None = Field(
+        default=None, description="For a rung that serves one of the ModelTier's LoRA adapters: the adapter (its name). Unset: the base model."
+    )
     rung: str = Field(description="The policy's tier (rung) whose step up was recalibrated.")
-    checkpoint: str = Field(description="The promoted checkpoint.")
+    checkpoint: str = Field(description="The promoted checkpoint; for an adapter rung, the adapter's promoted source.")
     evaluation_job: str = Field(description="The evaluation Job whose per-item outcomes were used.")
     dataset_digest: str = Field(description="sha256 of the evaluation dataset whose prompts were used.")
     items: int = Field(description="Items with an outcome for both the promoted checkpoint and the one it replaced.")

@@ -100,7 +100,7 @@ class ClassifierLearning:
                 # second for a large model: off the event loop.
                 state = await asyncio.to_thread(learn, promotion, state, base_model=base_model, dataset=dataset, now=self.clock.now())
                 log.info("RoutePolicy %s/%s: handled the promotion of %s by ModelTier %s (Job %s)",
-                         ns, policy.name, promotion.checkpoint, promotion.model_tier, promotion.job)
+                         ns, policy.name, promotion.what(), promotion.model_tier, promotion.job)
         assert state.base is not None and state.message is not None
         manifest = render_learned_classifier(
             policy, base=state.base, model=state.model, kept=state.kept,

@@ -255,7 +255,11 @@ def plan_adapter(
         job = next((j for j in mine if j.name == expected), None)
         verdict = verdict_from_job(job, evaluation.timeout_seconds, now) if job is not None else None
         if verdict is not None:
-            record = verdict.model_copy(update={"base_checkpoint": base_checkpoint})
+            # What the candidate was compared with: the serving source its Job loaded beside
+            # it (the request below), else the base model (the classifier learns from the
+            # former only: plan/learning.py).
+            compared = serving if evaluation.baseline == "serving" else None
+            record = verdict.model_copy(update={"base_checkpoint": base_checkpoint, "baseline_source": compared})
         else:
             request = AdapterJobRequest(adapter=name, source=desired, base_checkpoint=base_checkpoint, serving_source=serving)
             if record is None:

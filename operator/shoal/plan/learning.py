@@ -3,7 +3,11 @@
 When a ModelTier of a policy's ladder promotes a checkpoint (its status says the
 checkpoint serves and its last evaluation, of that checkpoint, passed), the evaluation's
 per-item outcomes (api/outcomes.py) recalibrate the step above that tier's rung
-(router/learning.py). They are read off the finished Job's pod as soon as the status says
+(router/learning.py). A rung that serves one of the tier's LoRA adapters learns the same
+way from the adapter's promotions (status.adapters[]: its serving source and the
+evaluation that promoted it); its baseline counts only when it was the adapter's serving
+source (EvaluationRecord.baselineSource), not the base model an adapter's first source is
+compared with. They are read off the finished Job's pod as soon as the status says
 the evaluation passed, while the candidate rolls out. The result and the kept outcomes live
 in the policy's ConfigMap `<policy>-classifier` (render/classifier.py), which is the one
 owner of these facts; the RoutePolicy's status.classifier is rebuilt from it on every pass.
@@ -66,19 +70,19 @@ __all__ = [
 ]
 
 
-# Kept outcomes per ModelTier: the promoted ones (the newest is the reference for the next
-# promotion; a few more say where earlier versions came from) and a passed candidate newer
-# than them that has not been promoted yet.
+# Kept outcomes per ModelTier (per adapter, for an adapter's): the promoted ones (the newest
+# is the reference for the next promotion; a few more say where earlier versions came from)
+# and a passed candidate newer than them that has not been promoted yet.
 KEEP_PER_TIER = 4
 
 
 def keep(kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per ModelTier the last KEEP_PER_TIER promoted entries and the pending one newer than them, in order."""
+    """Per ModelTier (and adapter) the last KEEP_PER_TIER promoted entries and the pending one newer than them, in order."""
     promoted: dict[Any, int] = {}
     pending: set[Any] = set()
     out = []
     for entry in reversed(kept):
-        tier = entry.get("modelTier")
+        tier = (entry.get("modelTier"), entry.get("adapter"))
         if entry.get("promoted"):
             promoted[tier] = promoted.get(tier, 0) + 1
             if promoted[tier] <= KEEP_PER_TIER:
@@ -110,7 +114,8 @@ def base_of(policy: RoutePolicy, resource_version: str | None) -> str:
 @dataclass(frozen=True)
 class Evaluation:
     """A rung's ModelTier's passed evaluation with per-item outcomes; `promoted` when the
-    tier serves the evaluated checkpoint now."""
+    tier serves the evaluated checkpoint now. For an adapter rung, `adapter` names the
+    adapter and `checkpoint` is its evaluated source."""
 
     model_tier: str
     rung: str
@@ -120,12 +125,18 @@ class Evaluation:
     dataset: ConfigMapKeyReference | None  # None: the dataset is not in a ConfigMap
     outcomes: ItemOutcomes
     promoted: bool
+    adapter: str | None = None
 
     def kept(self, promoted: bool) -> dict[str, Any]:
-        return {
+        entry = {
             "modelTier": self.model_tier, "checkpoint": self.checkpoint, "job": self.job,
             "datasetDigest": self.dataset_digest, "outcomes": self.outcomes.to_wire(), "promoted": promoted,
         }
+        return entry if self.adapter is None else {**entry, "adapter": self.adapter}
+
+    def what(self) -> str:
+        """What was promoted, for messages: the checkpoint, or the adapter and its source."""
+        return self.checkpoint if self.adapter is None else f"adapter {self.adapter} {self.checkpoint}"
 
 
 @dataclass(frozen=True)
@@ -174,10 +185,10 @@ class LearnedState:
 
 def learning_rungs(policy: RoutePolicy) -> list[TierRef]:
     """The rungs whose promotions teach the policy's classifier: every rung below the
-    largest that serves a ModelTier's base model (adapter rungs do not teach yet)."""
+    largest that serves a ModelTier (its base model or one of its adapters)."""
     if not policy.spec.classifier.learns():
         return []
-    return [ref for ref in policy.spec.tiers[:-1] if ref.model_tier_ref is not None and ref.model_tier_ref.adapter is None]
+    return [ref for ref in policy.spec.tiers[:-1] if ref.model_tier_ref is not None]
 
 
 def evaluations(
@@ -197,11 +208,24 @@ def evaluations(
         if target.name not in tiers:
             continue
         tier = tiers[target.name]
-        record = tier.status.last_evaluation
+        if target.adapter is None:
+            record, serving = tier.status.last_evaluation, tier.status.serving_checkpoint
+            spec = tier.spec.rollout.evaluation
+        else:
+            adapter = tier.spec.adapter(target.adapter)
+            status = next((a for a in tier.status.adapters if a.name == target.adapter), None)
+            if adapter is None or status is None:
+                continue
+            record, serving = status.last_evaluation, status.serving_source
+            spec = tier.spec.adapter_evaluation(adapter)
         if record is None or record.verdict != "Passed" or not record.job_name or not record.dataset_digest:
             continue
         message = messages.get((tier.name, record.job_name))
         outcomes = split_message(message)[1] if message else None
+        if outcomes is not None and target.adapter is not None and record.baseline_source is None:
+            # The Job compared the adapter with the base model (it served nothing yet), not
+            # with what the rung served before: no reference for the rung's step.
+            outcomes = outcomes.model_copy(update={"baseline_passed": None, "baseline_scored": None})
         kept = state.entry(record.job_name)
         if outcomes is None and kept is not None:
             try:
@@ -210,10 +234,11 @@ def evaluations(
                 outcomes = None
         if outcomes is None:
             continue
-        spec = tier.spec.rollout.evaluation
         dataset = spec.dataset.config_map_ref if spec is not None else None
-        promoted = tier.status.serving_checkpoint == record.checkpoint
-        found.append(Evaluation(tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes, promoted))
+        found.append(Evaluation(
+            tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes,
+            promoted=serving == record.checkpoint, adapter=target.adapter,
+        ))
     return found
 
 
@@ -267,15 +292,17 @@ def learn(
     kept = state.with_entry(promotion, True)
 
     def only_kept(why: str) -> LearnedState:
-        message = f"{promotion.model_tier} promoted {promotion.checkpoint} (Job {promotion.job}): its outcomes are kept, the classifier is unchanged: {why}."
+        message = f"{promotion.model_tier} promoted {promotion.what()} (Job {promotion.job}): its outcomes are kept, the classifier is unchanged: {why}."
         return LearnedState(state.base, state.model, kept, state.learned_from, state.learned_at, message)
 
+    replaced = "checkpoint" if promotion.adapter is None else "source"
     reference = promotion.outcomes.baseline()
     compared_with = "baseline"
     if reference is None:
         earlier = [
             k for k in state.kept
-            if k.get("modelTier") == promotion.model_tier and k.get("datasetDigest") == promotion.dataset_digest
+            if k.get("modelTier") == promotion.model_tier and k.get("adapter") == promotion.adapter
+            and k.get("datasetDigest") == promotion.dataset_digest
             and k.get("job") != promotion.job and k.get("promoted")
         ]
         if earlier:
@@ -286,8 +313,8 @@ def learn(
         compared_with = "previousEvaluation"
     if reference is None:
         return only_kept(
-            "the evaluation ran without a baseline and no evaluation of the checkpoint it replaced on the same dataset is kept "
-            "(these outcomes are the reference for the next promotion)"
+            f"the evaluation ran without a baseline{' of a serving source' if promotion.adapter else ''} and no evaluation of the "
+            f"{replaced} it replaced on the same dataset is kept (these outcomes are the reference for the next promotion)"
         )
     if promotion.dataset is None:
         return only_kept("the evaluation dataset is not in a ConfigMap, so its prompts cannot be read")
@@ -310,14 +337,15 @@ def learn(
     except ValueError as exc:
         return only_kept(f"the classifier's model does not load: {exc}")
     learned_from = {
-        "modelTier": promotion.model_tier, "rung": promotion.rung, "checkpoint": promotion.checkpoint,
+        "modelTier": promotion.model_tier, **({"adapter": promotion.adapter} if promotion.adapter else {}),
+        "rung": promotion.rung, "checkpoint": promotion.checkpoint,
         "evaluationJob": promotion.job, "datasetDigest": promotion.dataset_digest, "items": summary.items,
         "comparedWith": compared_with, "failureRate": round(summary.failure_rate, 4),
         "previousFailureRate": round(summary.previous_failure_rate, 4),
     }
     message = (
-        f"Recalibrated the step above {promotion.rung} from Job {promotion.job}: {promotion.checkpoint} failed "
-        f"{summary.failure_rate:.1%} of {summary.items} items against {summary.previous_failure_rate:.1%} for the checkpoint "
+        f"Recalibrated the step above {promotion.rung} from Job {promotion.job}: {promotion.what()} failed "
+        f"{summary.failure_rate:.1%} of {summary.items} items against {summary.previous_failure_rate:.1%} for the {replaced} "
         f"it replaced; the predicted share of requests {promotion.rung} needs help with moved from "
         f"{summary.mean_helps_before:.3f} to {summary.mean_helps_after:.3f} on the evaluation's prompts."
     )

@@ -6,7 +6,7 @@
   model: render/deployment.py); absent until a promotion taught the classifier, and
   after the user's model changed (the learned one was built on the old one);
 - `evaluations.json`: the kept per-item outcomes of the latest promoted evaluations of
-  each ModelTier (plan/learning.py keeps KEEP_PER_TIER) (bitmaps and digests, never prompts; api/outcomes.py). The operator reads
+  each ModelTier and adapter (plan/learning.py keeps KEEP_PER_TIER) (bitmaps and digests, never prompts; api/outcomes.py). The operator reads
   them as the reference for a later evaluation run without a baseline; nothing mounts them.
 
 Annotations carry what the RoutePolicy status is rebuilt from on every pass (the
