@@ -254,16 +254,24 @@ def test_a_promotion_while_the_operator_was_down_still_teaches_and_its_job_goes_
     ]}))
     wait_for(lambda: kubectl.run("get", "configmap", "learn-classifier", "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 90,
              "the policy's learned-classifier ConfigMap (no promotion yet)")
+    # ckpt-0001 serves first (a first checkpoint is not evaluated): what ckpt-0002 replaces.
+    wait_for(lambda: kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status", {}).get("servingCheckpoint") == CKPT_A,
+             90, f"{CKPT_A} serving")
 
     # ckpt-0002's evaluation starts; the operator stops while it runs.
     kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
 
+    pods: list = []
+
     def evaluation_pod() -> dict | None:
-        pods = kubectl("get", "pods", "-n", namespace, "-l", "shoal.dev/tier=learn-small,app.kubernetes.io/component=evaluation")["items"]
+        pods[:] = kubectl("get", "pods", "-n", namespace, "-l", "shoal.dev/tier=learn-small,app.kubernetes.io/component=evaluation")["items"]
         return next((p for p in pods if p.get("status", {}).get("phase") == "Running"), None)
 
-    pod = wait_for(evaluation_pod, 60, "ckpt-0002's evaluation pod running")
+    try:
+        pod = wait_for(evaluation_pod, 120, "ckpt-0002's evaluation pod running")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; pods: {json.dumps([p.get('status') for p in pods])}") from error
     job = pod["metadata"]["labels"]["job-name"]
     running_operator.stop()
 
