@@ -234,9 +234,13 @@ def test_a_passed_verdict_names_the_serving_source_it_was_compared_with_and_none
     paired = {**EVALUATION, "baseline": "serving"}
 
     def verdict(serving: str | None, evaluation: dict[str, Any]) -> dict[str, Any]:
-        status = {"candidateSource": V2, "lastEvaluation": running(), **({"servingSource": serving} if serving else {})}
-        the_tier = tier(V2, adapter_status=status)
-        the_tier.spec.adapters[0].rollout.evaluation = the_tier.spec.adapters[0].rollout.evaluation.model_validate(evaluation)
+        status = {"name": "refunds", "candidateSource": V2, "lastEvaluation": running(), **({"servingSource": serving} if serving else {})}
+        the_tier = ModelTier.model_validate({
+            "metadata": {"name": "support", "namespace": "llm", "uid": "u-1", "generation": 4},
+            "spec": {"model": {"name": "support", "source": BASE},
+                     "adapters": [{"name": "refunds", "source": V2, "rollout": {"evaluation": evaluation}}]},
+            "status": {"adapters": [status]},
+        })
         plan = plan_adapters(the_tier, (job("Succeeded", exit_code=0, message=PASSED),), BASE, NOW)
         return plan.adapters[0].last_evaluation.to_wire()
 
