@@ -27,7 +27,7 @@ def model():
         for level in range(100)
         for item in range(0, 100, 5)
     ]
-    return train_difficulty(examples, ["small", "large"], epochs=4, calibration_folds=3)
+    return train_difficulty(examples, ["small", "large"], calibration_folds=3)
 
 
 def traffic(levels: list[int], n: int, seed: int) -> list[str]:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from shoal.router import features as F
 from shoal.router.classifier import (
     DifficultyModel,
     Example,
+    fit_averaged,
     load_model,
     read_examples,
     step_labels,
@@ -214,3 +218,31 @@ def test_classify_refuses_a_file_that_is_not_a_model_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     done = run("classify", "--model", str(tmp_path / "missing.json"), "--data", str(prompts))
     assert (done.returncode, done.stderr.count("\n"), "Traceback" in done.stderr) == (1, 1, False)
+
+
+def test_the_averaged_trainer_separates_two_prompt_groups_and_scores_unknown_words_at_the_base_rate():
+    # 60 prompts of one kind, all positive, 140 of another, all negative: a base rate of 0.3.
+    rows = [F.prompt_features(f"prove lemma {i} about compact manifolds", 10) for i in range(60)]
+    rows += [F.prompt_features(f"add {i} and {i + 1} please", 10) for i in range(140)]
+    labels = [1.0] * 60 + [0.0] * 140
+    model = fit_averaged(rows, labels, 10)
+    assert model.bias == pytest.approx(math.log(0.3 / 0.7))
+    assert model.probability({}) == pytest.approx(0.3)
+    assert model.probability(F.prompt_features("prove lemma 77 about compact manifolds", 10)) > 0.9
+    assert model.probability(F.prompt_features("add 77 and 78 please", 10)) < 0.1
+    # The penalty holds the weights back: a hundred times stronger, the groups blur.
+    held = fit_averaged(rows, labels, 10, l2=1.0)
+    assert 0.3 < held.probability(F.prompt_features("prove lemma 77 about compact manifolds", 10)) < 0.5
+
+
+def test_a_model_file_from_the_adagrad_trainer_loads_and_scores_as_it_did():
+    model = load_model(Path(__file__).parent / "data" / "v2-model-adagrad.json")
+    assert isinstance(model, DifficultyModel)
+    assert (model.bits, model.classes, model.info["epochs"]) == (8, ["small", "large"], 4)
+    # The values the trainer of the time computed from this file.
+    assert model.gains("prove lemma 999 about compact manifolds rigorously")[0] == pytest.approx(0.9922374655020926, abs=1e-9)
+    assert model.gains("add 500 and 503 please")[0] == pytest.approx(-0.2091758564739604, abs=1e-9)
+    assert model.scores("add 500 and 503 please", "I am not sure how to prove this.")["large"] == pytest.approx(0.6818666229714128, abs=1e-9)
+    assert model.with_target_shares({"small": 0.5}).steps[0].threshold == pytest.approx(0.05795)
+    assert model.tier_for("prove lemma 999 about compact manifolds rigorously") == "large"
+    assert model.tier_for("add 500 and 503 please") == "small"

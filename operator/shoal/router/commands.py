@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="where to write the model (JSON)")
     train.add_argument("--tiers", help="comma-separated tier order, smallest first (default: order of first appearance)")
     train.add_argument("--model", choices=["auto", "v1", "v2"], default="auto", help="auto (default): v2 when any line has outcomes")
-    train.add_argument("--epochs", type=int, default=None, help="passes over the data (default: v1 30, v2 4)")
+    train.add_argument("--epochs", type=int, default=None, help="passes over the data (default: v1 30, v2 12)")
     train.add_argument("--target-shares", help="v2: TIER=SHARE,... thresholds set from the calibration sample, e.g. small=0.8")
     train.set_defaults(func=run_train)
     classify = sub.add_parser(
@@ -138,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
             version = "v2" if _has_outcome_lines(args.data) else "v1"
         if version == "v2":
             examples, order = read_examples(args.data, tiers)
-            model2 = train_difficulty(examples, order, epochs=args.epochs or 4)
+            model2 = train_difficulty(examples, order, epochs=args.epochs or 12)
             if shares:
                 model2 = model2.with_target_shares(shares)
         else:
