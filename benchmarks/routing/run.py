@@ -17,7 +17,8 @@ Methods:
                     weak model was right, else "large"), score P(large); 5 epochs.
 - shoal v2          the expected-gain model from outcome lines (prompt only).
 - shoal v2 cascade  GSM8K: the weak model answers first; the trained verifier (v2 model
-                    trained with "response") scores prompt + answer, and the sweep
+                    trained with "response": P(weak answer wrong | prompt, answer) +
+                    P(strong right | prompt) - 1) scores each answer, and the sweep
                     escalates the answers it doubts most.
 - rule verifiers    GSM8K: escalate when the answer has no final answer, a wrong
                     calculation or a refusal phrase (a fixed rule: one point on the curve
@@ -132,9 +133,7 @@ def fit_v2(models: list):
 def fit_cascade(rows):
     model = roundtrip(C.train_difficulty([example(r, True) for r in rows], TIERS, calibration_folds=0))
     assert model.verifier is not None
-    from shoal.router import features as F
-
-    return lambda r: model.verifier.gain(F.answer_features(r["prompt"], r["weak_response"], model.bits))
+    return lambda r: model.verifier_gain(r["prompt"], r["weak_response"])
 
 
 def roundtrip(model: C.DifficultyModel) -> C.DifficultyModel:

@@ -88,6 +88,7 @@ def test_answer_signals_of_a_gsm8k_answer():
         "refusal": "False",
         "lines": "0",
         "chars": "6",
+        "magnitude": "0",
     }
     assert V.final_answer("#### 1,200") == "1200"
     assert V.answer_signals("I cannot tell.", prompt)["refusal"] == "True"

@@ -41,7 +41,6 @@ from shoal.api.routepolicy import CascadeSpec
 from . import answers
 from . import verify as V
 from .classifier import DifficultyModel
-from .features import answer_features
 
 
 class CascadeMetrics:
@@ -163,7 +162,7 @@ class Cascade:
         if name == "trained":
             model = getattr(self.classifier(), "model", self.classifier())
             if isinstance(model, DifficultyModel) and model.verifier is not None:
-                gain = model.verifier.gain(answer_features(prompt, text, model.bits))
+                gain = model.verifier_gain(prompt, text)
                 limit = self.spec.trained_min_gain if self.spec.trained_min_gain is not None else model.verifier.threshold
                 if gain >= limit:
                     return V.Verdict(False, V.TRAINED, f"expected gain of climbing {gain:.2f} reaches {limit:.2f}")

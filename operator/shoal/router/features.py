@@ -11,7 +11,8 @@ held-out folds, and cost time.
 
 Answer features (the trained verifier of a cascade) add, with the prefix `r:`, the
 answer's words and the signals of `shoal.router.verify.answer_signals` (arithmetic
-consistency, a final answer, hedging and refusal phrases, length).
+consistency, a final answer and its magnitude against the prompt's numbers, hedging and
+refusal phrases, length).
 
 Pure Python: the router image carries no numeric libraries.
 """
@@ -26,6 +27,9 @@ from collections.abc import Iterable
 DIMENSIONS_BITS = 16
 MAX_CHARS = 2048
 SIGNAL_WEIGHT = 12
+# The answer features' version: 2 added the `magnitude` signal. A model file records the
+# version its verifier was trained on (none recorded: 1).
+ANSWER_FEATURES = 2
 _WORD = re.compile(r"[a-z]+|\d+")
 
 
@@ -60,15 +64,25 @@ def prompt_features(text: str, bits: int = DIMENSIONS_BITS) -> dict[int, float]:
     return hashed(prompt_tokens(text), bits)
 
 
-def answer_features(text: str, answer: str, bits: int = DIMENSIONS_BITS) -> dict[int, float]:
-    """Features of a (prompt, answer) pair for the trained verifier."""
+def answer_tokens(text: str, answer: str, version: int = ANSWER_FEATURES) -> list[str]:
+    """The tokens of a (prompt, answer) pair for the trained verifier (before hashing).
+    `version` 1 is without the `magnitude` signal, as the verifiers of older model files
+    were trained."""
     from .verify import answer_signals
 
     tokens = prompt_tokens(text)
     words = _WORD.findall(answer[:MAX_CHARS].lower())
     tokens.extend("r:" + w for w in words)
-    for name, value in answer_signals(answer, text).items():
+    signals = answer_signals(answer, text)
+    if version < 2:
+        del signals["magnitude"]
+    for name, value in signals.items():
         # Each signal is repeated so that it weighs like a dozen words, not one: on the
         # GSM8K folds this lifted the verifier's APGR by about 0.02 over a single token.
         tokens.extend(f"s:{name}={value}#{i}" for i in range(SIGNAL_WEIGHT))
-    return hashed(tokens, bits)
+    return tokens
+
+
+def answer_features(text: str, answer: str, bits: int = DIMENSIONS_BITS, version: int = ANSWER_FEATURES) -> dict[int, float]:
+    """Features of a (prompt, answer) pair for the trained verifier."""
+    return hashed(answer_tokens(text, answer, version), bits)

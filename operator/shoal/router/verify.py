@@ -14,8 +14,10 @@ label values). A cascade rejects when any configured verifier rejects.
 - refusal       refusal or uncertainty phrases ("I cannot", "I'm not sure", ...).
 - arithmetic    every calculation a step-by-step answer writes down (`<<6*3=18>>`,
                 `6 * 3 = 18`) is right.
-- trained       a model trained on (prompt, answer, outcome) triples scores the chance that
-                escalating helps (`shoal.router.classifier`, trained with "response").
+- trained       a model trained on (prompt, answer, outcome) triples scores the expected gain
+                of escalating: the chance that the answer is wrong plus the chance that the
+                next tier answers well, minus one (`shoal.router.classifier.Verifier`,
+                trained with "response").
 
 `answer_signals` turns an answer into the small set of discrete signals the trained
 verifier also sees as features.
@@ -276,12 +278,31 @@ def _numbers(text: str) -> set[str]:
     return {n.replace(",", "").rstrip(".") for n in _ANY_NUMBER.findall(text)}
 
 
+def magnitude(final: str | None, prompt: str) -> str:
+    """The final answer's size against the prompt's largest number, in powers of ten
+    (rounded, -3 to 3): "0" when they are alike, "zero" for a final answer of 0, "-" when
+    there is no final answer or the prompt has no number above 0.
+
+    On the GSM8K data the small model is wrong on about 40% of answers the size of the
+    prompt's largest number ("0") and about a quarter of those ten times larger or smaller:
+    a final answer that only rearranges the given quantities, without the step that scales
+    them, is a common way of going wrong."""
+    value = None if final is None else _number(final)
+    largest = max((n for n in (_number(n) for n in _numbers(prompt)) if n is not None), default=0.0)
+    if value is None or largest <= 0:
+        return "-"
+    if value == 0:
+        return "zero"
+    return str(max(-3, min(3, round(math.log10(abs(value) / largest)))))
+
+
 def answer_signals(answer: str, prompt: str = "") -> dict[str, str]:
     """Discrete signals of an answer to a prompt (values are short strings, used as
-    features). Two of them look at both: how many of the prompt's numbers the answer never
-    uses (a step-by-step answer that ignores a given quantity is wrong more often: on the
-    GSM8K data about half of the time, against a third), and whether the final answer is
-    the result of the last calculation."""
+    features). Three of them look at both: how many of the prompt's numbers the answer
+    never uses (a step-by-step answer that ignores a given quantity is wrong more often: on
+    the GSM8K data about half of the time, against a third), whether the final answer is
+    the result of the last calculation, and the final answer's `magnitude` against the
+    prompt's numbers."""
     checked, wrong = arithmetic_checks(answer)
     final = final_answer(answer)
     lowered = answer.lower()
@@ -296,6 +317,7 @@ def answer_signals(answer: str, prompt: str = "") -> dict[str, str]:
         "refusal": str(refusal_phrase(answer) is not None),
         "lines": str(min(answer.count("\n"), 16) // 2),
         "chars": str(int(math.log2(1 + len(answer)))),
+        "magnitude": magnitude(final, prompt),
     }
     for hedge in _HEDGES:
         if hedge in lowered:
