@@ -410,12 +410,12 @@ class Verifier:
     threshold: float = DEFAULT_MIN_GAIN
     features: int = F.ANSWER_FEATURES
 
-    def probabilities(self, text: str, answer: str, bits: int) -> tuple[float, float]:
-        """(P(the lower tier's answer is wrong), P(the upper tier answers well))."""
-        return (
-            self.wrong.probability(F.answer_features(text, answer, bits, self.features)),
-            self.right.probability(F.prompt_features(text, bits)),
-        )
+    def probabilities(self, text: str, answer: str, bits: int, prompt_feats: dict[int, float] | None = None) -> tuple[float, float]:
+        """(P(the lower tier's answer is wrong), P(the upper tier answers well)).
+        `prompt_feats`: F.prompt_features(text, bits), when the caller has them already."""
+        if prompt_feats is None:
+            prompt_feats = F.prompt_features(text, bits)
+        return self.wrong.probability(F.answer_features(text, answer, bits, self.features)), self.right.probability(prompt_feats)
 
 
 @dataclass
@@ -437,20 +437,21 @@ class DifficultyModel:
         feats = F.prompt_features(text, self.bits)
         return [step.gain(feats) for step in self.steps]
 
-    def verifier_gain(self, text: str, answer: str) -> float:
-        """The verifier's expected gain of climbing from the smallest tier, given its answer."""
+    def verifier_gain(self, text: str, answer: str, prompt_feats: dict[int, float] | None = None) -> float:
+        """The verifier's expected gain of climbing from the smallest tier, given its answer.
+        `prompt_feats`: F.prompt_features(text, bits), when the caller has them already."""
         v = self.verifier
         if v is None:
             raise ValueError("the model has no verifier (train it with \"response\" on outcome lines)")
         if isinstance(v, Verifier):
-            wrong, right = v.probabilities(text, answer, self.bits)
+            wrong, right = v.probabilities(text, answer, self.bits, prompt_feats)
             return wrong + right - 1.0
         return v.gain(F.answer_features(text, answer, self.bits, version=1))
 
-    def _verifier_helps(self, text: str, answer: str) -> float:
+    def _verifier_helps(self, text: str, answer: str, prompt_feats: dict[int, float]) -> float:
         v = self.verifier
         if isinstance(v, Verifier):
-            wrong, right = v.probabilities(text, answer, self.bits)
+            wrong, right = v.probabilities(text, answer, self.bits, prompt_feats)
             return wrong * right
         assert v is not None
         return v.helps.probability(F.answer_features(text, answer, self.bits, version=1))
@@ -462,7 +463,7 @@ class DifficultyModel:
         out = {self.classes[0]: 1.0}
         for i, step in enumerate(self.steps):
             if i == 0 and answer is not None and self.verifier is not None:
-                out[step.upper] = self._verifier_helps(text, answer)
+                out[step.upper] = self._verifier_helps(text, answer, feats)
             else:
                 out[step.upper] = step.helps.probability(feats)
         return out
@@ -474,7 +475,7 @@ class DifficultyModel:
         tier = self.classes[0]
         for i, step in enumerate(self.steps):
             if i == 0 and answer is not None and self.verifier is not None:
-                gain = self.verifier_gain(text, answer)
+                gain = self.verifier_gain(text, answer, feats)
                 limit = self.verifier.threshold
             else:
                 gain, limit = step.gain(feats), limits[i]
