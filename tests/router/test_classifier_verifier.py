@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from shoal.api.routepolicy import CascadeSpec
 from shoal.router import verify as V
 from shoal.router.cascade import Cascade, CascadeMetrics
-from shoal.router.classifier import DifficultyModel, Example, Step, Verifier, load_model, train_difficulty
+from shoal.router.classifier import DifficultyModel, Example, Step, Verifier, load_model, needed_probability, train_difficulty
 from shoal.router.features import answer_features, answer_tokens
 
 from .test_classifier_v2 import synthetic
@@ -52,7 +52,9 @@ def test_the_verifiers_gain_is_the_chance_the_answer_is_wrong_plus_the_chance_th
     wrong, right = model.verifier.probabilities(PROOF, UNSURE, model.bits)
     assert wrong > 0.8 and right > 0.8  # the small tier never proves, the large one always does
     assert model.verifier_gain(PROOF, UNSURE) == pytest.approx(wrong + right - 1)
-    assert model.scores(PROOF, UNSURE)["large"] == pytest.approx(wrong * right)
+    # The score is the calibrated map of that gain (Step.needed), so it orders answers as the climb does.
+    assert model.verifier.needed is not None
+    assert model.scores(PROOF, UNSURE)["large"] == pytest.approx(needed_probability(model.verifier.needed, wrong + right - 1))
     assert model.tier_for(PROOF, UNSURE) == "large"
     assert model.tier_for("add 500 and 503 please", "The sum is 1003.\n#### 1003") == "small"
     # Riddles: the answer is wrong, but the large tier fails them too, so climbing buys nothing.
@@ -73,7 +75,7 @@ def test_the_verifier_round_trips_through_its_json_file(model, tmp_path):
     path = tmp_path / "model.json"
     path.write_text(json.dumps(model.to_json(), separators=(",", ":")))
     written = json.loads(path.read_text())["verifier"]
-    assert sorted(written) == ["answerFeatures", "lower", "right", "threshold", "upper", "wrong"]
+    assert sorted(written) == ["answerFeatures", "lower", "needed", "right", "threshold", "upper", "wrong"]
     assert written["answerFeatures"] == 2
     loaded = load_model(path)
     assert isinstance(loaded.verifier, Verifier)

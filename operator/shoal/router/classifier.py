@@ -384,6 +384,9 @@ class Step:
     helps: Logistic
     hurts: Logistic
     threshold: float = DEFAULT_MIN_GAIN
+    # (slope, intercept) of P(needed) = sigmoid(slope * gain + intercept), fitted on the
+    # cross-fitted gains of the training prompts; None in files written before it.
+    needed: tuple[float, float] | None = None
 
     def gain(self, feats: dict[int, float]) -> float:
         return self.helps.probability(feats) - self.hurts.probability(feats)
@@ -409,6 +412,7 @@ class Verifier:
     right: Logistic  # on F.prompt_features(prompt)
     threshold: float = DEFAULT_MIN_GAIN
     features: int = F.ANSWER_FEATURES
+    needed: tuple[float, float] | None = None  # as Step.needed, on the verifier's gain
 
     def probabilities(self, text: str, answer: str, bits: int, prompt_feats: dict[int, float] | None = None) -> tuple[float, float]:
         """(P(the lower tier's answer is wrong), P(the upper tier answers well)).
@@ -450,20 +454,30 @@ class DifficultyModel:
 
     def _verifier_helps(self, text: str, answer: str, prompt_feats: dict[int, float]) -> float:
         v = self.verifier
+        assert v is not None
+        if v.needed is not None:
+            return needed_probability(v.needed, self.verifier_gain(text, answer, prompt_feats))
         if isinstance(v, Verifier):
             wrong, right = v.probabilities(text, answer, self.bits, prompt_feats)
             return wrong * right
-        assert v is not None
         return v.helps.probability(F.answer_features(text, answer, self.bits, version=1))
 
     def scores(self, text: str, answer: str | None = None) -> dict[str, float]:
         """Per tier, the probability that the request needs it: that the tier below fails
-        where this one answers well (the smallest tier: 1.0, every request needs it)."""
+        where this one answers well (the smallest tier: 1.0, every request needs it).
+
+        It is the calibrated map of the step's expected gain (Step.needed), so ordering
+        requests by a tier's score orders them exactly as the router's climb does, and a
+        routing benchmark run on these scores measures the router. Files written before
+        the map score with the step's helps model alone (or the verifier's
+        P(wrong) * P(right)), which orders requests differently from the climb."""
         feats = F.prompt_features(text, self.bits)
         out = {self.classes[0]: 1.0}
         for i, step in enumerate(self.steps):
             if i == 0 and answer is not None and self.verifier is not None:
                 out[step.upper] = self._verifier_helps(text, answer, feats)
+            elif step.needed is not None:
+                out[step.upper] = needed_probability(step.needed, step.gain(feats))
             else:
                 out[step.upper] = step.helps.probability(feats)
         return out
@@ -496,19 +510,22 @@ class DifficultyModel:
         """A copy whose thresholds send `shares` of the calibration prompts to those tiers
         (see thresholds_for_shares)."""
         thresholds = thresholds_for_shares(self.classes, self.calibration, shares, [s.threshold for s in self.steps])
-        steps = [Step(s.lower, s.upper, s.helps, s.hurts, t) for s, t in zip(self.steps, thresholds)]
+        steps = [Step(s.lower, s.upper, s.helps, s.hurts, t, s.needed) for s, t in zip(self.steps, thresholds)]
         return DifficultyModel(self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info)
 
     def to_json(self) -> dict:
+        def needed(pair: tuple[float, float] | None) -> dict:
+            return {"needed": [round(pair[0], 6), round(pair[1], 6)]} if pair is not None else {}
+
         def step(s: Step) -> dict:
-            return {"lower": s.lower, "upper": s.upper, "threshold": s.threshold, "helps": s.helps.to_json(), "hurts": s.hurts.to_json()}
+            return {"lower": s.lower, "upper": s.upper, "threshold": s.threshold, "helps": s.helps.to_json(), "hurts": s.hurts.to_json(), **needed(s.needed)}
 
         def verifier_json(v: Verifier | Step) -> dict:
             if isinstance(v, Step):
                 return step(v)
             return {
                 "lower": v.lower, "upper": v.upper, "threshold": v.threshold, "answerFeatures": v.features,
-                "wrong": v.wrong.to_json(), "right": v.right.to_json(),
+                "wrong": v.wrong.to_json(), "right": v.right.to_json(), **needed(v.needed),
             }
 
         return {
@@ -531,8 +548,19 @@ class DifficultyModel:
             if not 8 <= bits <= 20:
                 raise ValueError(f"bits {bits} outside 8..20")
 
+            def needed(d: dict) -> tuple[float, float] | None:
+                if d.get("needed") is None:
+                    return None
+                slope, intercept = (float(v) for v in d["needed"])
+                if not slope > 0:
+                    raise ValueError(f"needed slope {slope} is not positive")
+                return slope, intercept
+
             def step(d: dict) -> Step:
-                return Step(str(d["lower"]), str(d["upper"]), Logistic.from_json(d["helps"], bits), Logistic.from_json(d["hurts"], bits), float(d["threshold"]))
+                return Step(
+                    str(d["lower"]), str(d["upper"]), Logistic.from_json(d["helps"], bits), Logistic.from_json(d["hurts"], bits),
+                    float(d["threshold"]), needed(d),
+                )
 
             def verifier(d: dict) -> Verifier | Step:
                 if "wrong" not in d:
@@ -542,7 +570,7 @@ class DifficultyModel:
                     raise ValueError(f"answerFeatures {version} outside 2..{F.ANSWER_FEATURES}")
                 return Verifier(
                     str(d["lower"]), str(d["upper"]), Logistic.from_json(d["wrong"], bits), Logistic.from_json(d["right"], bits),
-                    float(d["threshold"]), version,
+                    float(d["threshold"]), version, needed(d),
                 )
 
             classes = [str(c) for c in data["classes"]]
@@ -701,6 +729,9 @@ def train_difficulty(
 
     calibration: list[list[float]] = []
     verifier_calibration: list[float] = []
+    # The prompts (and answers) behind each cross-fitted row, for the maps to P(needed).
+    calibration_rows: list[int] = []
+    verifier_rows: list[int] = []
     if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
         fold_of = [i % calibration_folds for i in range(len(examples))]
         random.Random(seed).shuffle(fold_of)
@@ -709,15 +740,35 @@ def train_difficulty(
             held_out = [i for i in everyone if fold_of[i] == fold]
             fold_steps = [fit_step(s.lower, s.upper, train_rows, prompt_feats.__getitem__) or s for s in steps]
             calibration.extend([s.gain(prompt_feats[i]) for s in fold_steps] for i in held_out)
+            calibration_rows.extend(held_out)
             if verifier is not None:
                 fold_verifier = fit_verifier(examples, train_rows, prompt_feats, answer_feats, classes[0], classes[1], bits, VERIFIER_EPOCHS, seed)
                 if fold_verifier is not None:
+                    answered_here = [i for i in held_out if i in answer_feats]
                     verifier_calibration.extend(
                         fold_verifier.wrong.probability(answer_feats[i]) + fold_verifier.right.probability(prompt_feats[i]) - 1.0
-                        for i in held_out if i in answer_feats
+                        for i in answered_here
                     )
+                    verifier_rows.extend(answered_here)
+    else:  # no held-out scores: the maps are fitted on the model's own (in-sample) gains
+        calibration = [[s.gain(prompt_feats[i]) for s in steps] for i in everyone]
+        calibration_rows = list(everyone)
+        if verifier is not None:
+            verifier_calibration = [verifier.wrong.probability(answer_feats[i]) + verifier.right.probability(prompt_feats[i]) - 1.0 for i in answer_rows]
+            verifier_rows = list(answer_rows)
+    for j, s_ in enumerate(steps):
+        s_.needed = fit_needed(
+            [(row[j], labels[0]) for row, i in zip(calibration, calibration_rows) if (labels := step_labels(examples[i], s_.lower, s_.upper)) is not None]
+        )
+    if verifier is not None:
+        verifier.needed = fit_needed(
+            [(g, labels[0]) for g, i in zip(verifier_calibration, verifier_rows) if (labels := step_labels(examples[i], verifier.lower, verifier.upper)) is not None]
+        )
+    if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
         calibration = _sample(calibration, CALIBRATION_ROWS, seed)
         verifier_calibration = sorted(_sample(verifier_calibration, CALIBRATION_ROWS, seed))
+    else:
+        calibration, verifier_calibration = [], []
     info = {"examples": len(examples), "withResponse": len(answer_rows), "epochs": epochs, "calibrationFolds": calibration_folds}
     return DifficultyModel(classes, bits, steps, verifier, calibration, verifier_calibration, info)
 
@@ -748,6 +799,53 @@ def fit_verifier(
         [prompt_feats[i] for i in judged], [1.0 if examples[i].outcomes[upper] else 0.0 for i in judged], bits, epochs=epochs, seed=seed + 2
     )
     return Verifier(lower, upper, wrong, right)
+
+
+MIN_NEEDED_SLOPE = 1e-3
+
+
+def needed_probability(pair: tuple[float, float], gain: float) -> float:
+    z = pair[0] * gain + pair[1]
+    z = max(-30.0, min(30.0, z))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def fit_needed(pairs: Sequence[tuple[float, float]], iterations: int = 50) -> tuple[float, float] | None:
+    """(slope, intercept) of P(needed | gain) = sigmoid(slope * gain + intercept), fitted
+    to (gain, 1 if the step helped else 0) pairs by Newton's method on the log loss with a
+    light ridge (Platt scaling). The slope is kept at least MIN_NEEDED_SLOPE so the map is
+    increasing: a tier's score then orders requests exactly as its gain does. None without
+    pairs."""
+    if not pairs:
+        return None
+    n = len(pairs)
+    positives = sum(y for _, y in pairs)
+    rate = min(max(positives / n, 1e-3), 1 - 1e-3)
+    a, b = 1.0, math.log(rate / (1 - rate))
+    ridge = 1e-3
+    for _ in range(iterations):
+        ga = gb = haa = hab = hbb = 0.0
+        for x, y in pairs:
+            z = max(-30.0, min(30.0, a * x + b))
+            p = 1.0 / (1.0 + math.exp(-z))
+            w = p * (1 - p)
+            ga += (p - y) * x
+            gb += p - y
+            haa += w * x * x
+            hab += w * x
+            hbb += w
+        ga += ridge * a
+        haa += ridge
+        hbb += 1e-9
+        det = haa * hbb - hab * hab
+        if det <= 0:
+            break
+        da = (hbb * ga - hab * gb) / det
+        db = (haa * gb - hab * ga) / det
+        a, b = a - da, b - db
+        if abs(da) < 1e-9 and abs(db) < 1e-9:
+            break
+    return max(a, MIN_NEEDED_SLOPE), b
 
 
 def _sample(rows: list, limit: int, seed: int) -> list:

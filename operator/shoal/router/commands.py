@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             'smallest tier\'s answer, judged by a v2 model\'s verifier) and write one line per input: '
             '{"id", "tier", "scores": {TIER: probability that the request needs this tier}}. '
             "v2 scores: the smallest tier 1.0, every other tier the chance that the tier below fails where it "
-            "answers well; v1 scores: the class probabilities. A missing id is the line number."
+            "answers well, as a calibrated, increasing function of the expected gain the router climbs on (so "
+            "sorting by a tier's score ranks requests as the router does); v1 scores: the class probabilities. "
+            "A missing id is the line number."
         ),
     )
     classify.add_argument("--model", type=Path, required=True, help="model written by shoal router train")
@@ -215,7 +217,7 @@ def run_classify(args: argparse.Namespace) -> int:
             probabilities = model.probabilities(prompt)
             tier = model.predict(prompt).tier
             scores = dict(zip(model.classes, probabilities))
-        out.append(json.dumps({"id": item.get("id", number), "tier": tier, "scores": {k: round(v, 6) for k, v in scores.items()}}))
+        out.append(json.dumps({"id": item.get("id", number), "tier": tier, "scores": {k: round(v, 8) for k, v in scores.items()}}))
     text = "\n".join(out) + ("\n" if out else "")
     if args.out is None:
         sys.stdout.write(text)
