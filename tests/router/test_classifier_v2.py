@@ -238,7 +238,7 @@ def test_the_averaged_trainer_separates_two_prompt_groups_and_scores_unknown_wor
 def test_a_model_file_from_the_adagrad_trainer_loads_and_scores_as_it_did():
     model = load_model(Path(__file__).parent / "data" / "v2-model-adagrad.json")
     assert isinstance(model, DifficultyModel)
-    assert (model.bits, model.classes, model.info["epochs"]) == (8, ["small", "large"], 4)
+    assert (model.bits, model.classes, model.info["epochs"], model.prompt_features) == (8, ["small", "large"], 4, 1)
     # The values the trainer of the time computed from this file.
     assert model.gains("prove lemma 999 about compact manifolds rigorously")[0] == pytest.approx(0.9922374655020926, abs=1e-9)
     assert model.gains("add 500 and 503 please")[0] == pytest.approx(-0.2091758564739604, abs=1e-9)
@@ -246,3 +246,21 @@ def test_a_model_file_from_the_adagrad_trainer_loads_and_scores_as_it_did():
     assert model.with_target_shares({"small": 0.5}).steps[0].threshold == pytest.approx(0.05795)
     assert model.tier_for("prove lemma 999 about compact manifolds rigorously") == "large"
     assert model.tier_for("add 500 and 503 please") == "small"
+
+
+def test_version_2_prompt_features_add_the_opening_words_and_the_shape_of_each_number():
+    text = "What is 12.5 plus 3 plus 40?"
+    assert F.shape_tokens(text) == ["f:what", "f:is", "f:12", "f:5", "f:plus", "f:3", "n:4.", "n:1", "n:2", "nn:2"]
+    assert F.prompt_features(text, 12, version=1) == F.hashed(F.prompt_tokens(text), 12)
+    assert F.prompt_features(text, 12) == F.hashed(F.prompt_tokens(text) + F.shape_tokens(text), 12)
+
+
+def test_a_trained_model_records_its_prompt_features_and_a_newer_version_is_refused(model):
+    data = model.to_json()
+    assert data["promptFeatures"] == F.PROMPT_FEATURES == 2
+    assert DifficultyModel.from_json(json.loads(json.dumps(data))).prompt_features == 2
+    with pytest.raises(ValueError, match="promptFeatures 3 outside 1..2"):
+        DifficultyModel.from_json({**data, "promptFeatures": 3})
+    # A file without the field was written before versions existed: version 1.
+    del data["promptFeatures"]
+    assert DifficultyModel.from_json(data).prompt_features == 1

@@ -197,7 +197,7 @@ def train(
 #
 # The prompt models are fitted by averaged SGD with an L2 penalty (fit_averaged): on the
 # same folds MMLU APGR 0.675 and GSM8K 0.649, against 0.629 and 0.635 with four AdaGrad
-# passes. Being regularised, their gains are honest probabilities and sit close together
+# passes (0.681 and 0.656 with version 2 of the prompt features). Being regularised, their gains are honest probabilities and sit close together
 # (on MMLU most prompts' expected gain is near the mean, 0.13, above DEFAULT_MIN_GAIN), so
 # the default threshold sends most prompts up; a target share sets a useful one.
 #
@@ -409,14 +409,15 @@ class Verifier:
     lower: str
     upper: str
     wrong: Logistic  # on F.answer_features(prompt, answer) of `features` version
-    right: Logistic  # on F.prompt_features(prompt)
+    right: Logistic  # on F.prompt_features(prompt) of the model's prompt_features version
     threshold: float = DEFAULT_MIN_GAIN
     features: int = F.ANSWER_FEATURES
     needed: tuple[float, float] | None = None  # as Step.needed, on the verifier's gain
 
     def probabilities(self, text: str, answer: str, bits: int, prompt_feats: dict[int, float] | None = None) -> tuple[float, float]:
         """(P(the lower tier's answer is wrong), P(the upper tier answers well)).
-        `prompt_feats`: F.prompt_features(text, bits), when the caller has them already."""
+        `prompt_feats`: the prompt's features, of the version `right` was trained on
+        (DifficultyModel.features); by default the current version's."""
         if prompt_feats is None:
             prompt_feats = F.prompt_features(text, bits)
         return self.wrong.probability(F.answer_features(text, answer, bits, self.features)), self.right.probability(prompt_feats)
@@ -436,19 +437,27 @@ class DifficultyModel:
     calibration: list[list[float]] = field(default_factory=list)
     verifier_calibration: list[float] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # The version of the prompt features the steps were trained on (features.PROMPT_FEATURES
+    # when trained now; files written before versions existed say nothing and mean 1).
+    prompt_features: int = 1
+
+    def features(self, text: str) -> dict[int, float]:
+        """The prompt's hashed features as the steps read them."""
+        return F.prompt_features(text, self.bits, self.prompt_features)
 
     def gains(self, text: str) -> list[float]:
-        feats = F.prompt_features(text, self.bits)
+        feats = self.features(text)
         return [step.gain(feats) for step in self.steps]
 
     def verifier_gain(self, text: str, answer: str, prompt_feats: dict[int, float] | None = None) -> float:
         """The verifier's expected gain of climbing from the smallest tier, given its answer.
-        `prompt_feats`: F.prompt_features(text, bits), when the caller has them already."""
+        `prompt_feats`: self.features(text), when the caller has them already."""
         v = self.verifier
         if v is None:
             raise ValueError("the model has no verifier (train it with \"response\" on outcome lines)")
         if isinstance(v, Verifier):
-            wrong, right = v.probabilities(text, answer, self.bits, prompt_feats)
+            # "right" was trained on the model's own version of the prompt features.
+            wrong, right = v.probabilities(text, answer, self.bits, prompt_feats if prompt_feats is not None else self.features(text))
             return wrong + right - 1.0
         return v.gain(F.answer_features(text, answer, self.bits, version=1))
 
@@ -471,7 +480,7 @@ class DifficultyModel:
         routing benchmark run on these scores measures the router. Files written before
         the map score with the step's helps model alone (or the verifier's
         P(wrong) * P(right)), which orders requests differently from the climb."""
-        feats = F.prompt_features(text, self.bits)
+        feats = self.features(text)
         out = {self.classes[0]: 1.0}
         for i, step in enumerate(self.steps):
             if i == 0 and answer is not None and self.verifier is not None:
@@ -484,7 +493,7 @@ class DifficultyModel:
 
     def tier_for(self, text: str, answer: str | None = None, thresholds: Sequence[float] | None = None) -> str:
         """Climb while the expected gain of the next step reaches its threshold."""
-        feats = F.prompt_features(text, self.bits)
+        feats = self.features(text)
         limits = thresholds if thresholds is not None else [s.threshold for s in self.steps]
         tier = self.classes[0]
         for i, step in enumerate(self.steps):
@@ -511,7 +520,9 @@ class DifficultyModel:
         (see thresholds_for_shares)."""
         thresholds = thresholds_for_shares(self.classes, self.calibration, shares, [s.threshold for s in self.steps])
         steps = [Step(s.lower, s.upper, s.helps, s.hurts, t, s.needed) for s, t in zip(self.steps, thresholds)]
-        return DifficultyModel(self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info)
+        return DifficultyModel(
+            self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info, self.prompt_features
+        )
 
     def to_json(self) -> dict:
         def needed(pair: tuple[float, float] | None) -> dict:
@@ -531,6 +542,7 @@ class DifficultyModel:
         return {
             "format": FORMAT_V2,
             "bits": self.bits,
+            "promptFeatures": self.prompt_features,
             "classes": self.classes,
             "steps": [step(s) for s in self.steps],
             "verifier": verifier_json(self.verifier) if self.verifier else None,
@@ -547,6 +559,9 @@ class DifficultyModel:
             bits = int(data["bits"])
             if not 8 <= bits <= 20:
                 raise ValueError(f"bits {bits} outside 8..20")
+            version = int(data.get("promptFeatures", 1))
+            if not 1 <= version <= F.PROMPT_FEATURES:
+                raise ValueError(f"promptFeatures {version} outside 1..{F.PROMPT_FEATURES} (a newer Shoal wrote this model)")
 
             def needed(d: dict) -> tuple[float, float] | None:
                 if d.get("needed") is None:
@@ -585,6 +600,7 @@ class DifficultyModel:
                 [[float(v) for v in row] for row in data.get("calibration", [])],
                 [float(v) for v in data.get("verifierCalibration", [])],
                 dict(data.get("info", {})),
+                version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed {FORMAT_V2} model: {exc}") from exc
@@ -694,7 +710,7 @@ def train_difficulty(
     verifier is fitted by fit_logistic (VERIFIER_EPOCHS AdaGrad passes, as measured for the
     cascade)."""
     classes = list(classes)
-    prompt_feats = [F.prompt_features(e.prompt, bits) for e in examples]
+    prompt_feats = [F.prompt_features(e.prompt, bits, F.PROMPT_FEATURES) for e in examples]
     answer_rows = [i for i, e in enumerate(examples) if e.response is not None]
     answer_feats = {i: F.answer_features(examples[i].prompt, examples[i].response or "", bits) for i in answer_rows}
 
@@ -770,7 +786,7 @@ def train_difficulty(
     else:
         calibration, verifier_calibration = [], []
     info = {"examples": len(examples), "withResponse": len(answer_rows), "epochs": epochs, "calibrationFolds": calibration_folds}
-    return DifficultyModel(classes, bits, steps, verifier, calibration, verifier_calibration, info)
+    return DifficultyModel(classes, bits, steps, verifier, calibration, verifier_calibration, info, F.PROMPT_FEATURES)
 
 
 def fit_verifier(

@@ -37,7 +37,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import features as F
 from .classifier import FORMAT_V2, DifficultyModel
 
 PRIOR_ITEMS = 20
@@ -98,7 +97,7 @@ def recalibrate(
     failure = sum(1 for _, new, _ in pairs if not new) / n
     previous_failure = sum(1 for _, _, old in pairs if not old) / n
     change = (failure - previous_failure) * n / (n + PRIOR_ITEMS)
-    logits = [step.helps.logit(F.prompt_features(p, parsed.bits)) for p, _, _ in pairs]
+    logits = [step.helps.logit(parsed.features(p)) for p, _, _ in pairs]
     before = _mean_probability(logits, 0.0)
     target = min(1 - _LIMIT, max(_LIMIT, before + change))
     low, high = -30.0, 30.0
