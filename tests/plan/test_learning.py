@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 
 import pytest
@@ -142,6 +143,7 @@ def test_a_promotion_with_a_baseline_recalibrates_the_step_and_says_from_what(mo
     assert learned.learned_from == {
         "modelTier": "small-8b", "rung": "small", "checkpoint": "s3://models/ckpt-0002", "evaluationJob": "small-8b-eval-0002",
         "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "dataset", "meanOver": "evaluationPrompts",
     }
     assert learned.learned_at == "2026-11-29T23:00:00Z"
     assert learned.message.startswith("Recalibrated the step above small from Job small-8b-eval-0002: s3://models/ckpt-0002 failed 75.0% of 40 items against 50.0%")
@@ -173,7 +175,7 @@ def test_without_a_baseline_the_kept_outcomes_of_the_tiers_previous_evaluation_a
         ({"baseline": None}, DatasetPrompts(DIGEST, PROMPTS), "no evaluation of the checkpoint it replaced on the same dataset is kept"),
         ({}, DatasetPrompts("sha256:" + "cd" * 32, PROMPTS), "changed since the evaluation"),
         ({}, DatasetPrompts(problem="ConfigMap eval-items has no key items.jsonl"), "has no key items.jsonl"),
-        ({"dataset": False}, None, "not in a ConfigMap"),
+        ({"dataset": False, "baseline": None}, None, "no evaluation of the checkpoint it replaced on the same dataset is kept"),
     ],
 )
 def test_a_promotion_that_cannot_teach_keeps_its_outcomes_and_says_why(model, kwargs, dataset, why):
@@ -183,6 +185,61 @@ def test_a_promotion_that_cannot_teach_keeps_its_outcomes_and_says_why(model, kw
     assert [k["job"] for k in after.kept] == ["small-8b-eval-0002"]
     assert why in after.message
     assert after.message.startswith("small-8b promoted s3://models/ckpt-0002 (Job small-8b-eval-0002): its outcomes are kept, the classifier is unchanged")
+
+
+def test_a_configmap_datasets_promotion_still_learns_over_the_evaluations_prompts(model):
+    # The same outcomes through the level alone move the intercept differently: the
+    # ConfigMap dataset's prompts are what it moved over.
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    with_prompts = learn(the_promotion(), state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    level_only = learn(the_promotion(dataset=False), state, base_model=model, dataset=None, now=NOW)
+    assert (with_prompts.learned_from["prompts"], with_prompts.learned_from["meanOver"]) == ("dataset", "evaluationPrompts")
+    assert with_prompts.message.endswith("on the evaluation's prompts.")
+    bias = [json.loads(m)["steps"][0]["helps"]["bias"] for m in (model, with_prompts.model, level_only.model)]
+    assert bias[1] != bias[2] and bias[1] > bias[0] and bias[2] > bias[0]
+
+
+def test_a_uri_datasets_promotion_learns_the_level_over_the_models_training_sample(model):
+    promotion = the_promotion(dataset=False)
+    assert promotion.dataset is None
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    learned = learn(promotion, state, base_model=model, dataset=None, now=NOW)
+    assert learned.learned_from == {
+        "modelTier": "small-8b", "rung": "small", "checkpoint": "s3://models/ckpt-0002", "evaluationJob": "small-8b-eval-0002",
+        "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "none", "meanOver": "trainingSample",
+    }
+    # 120 training prompts, 3 folds: every one is in the sample.
+    assert "over the model's sample of 120 training prompts (the dataset is a uri" in learned.message
+    assert "the level alone was learned" in learned.message
+    # The mean P(helps) over that sample moved by the shrunk change: 0.25 * 40 / 60.
+    before, after = (json.loads(m) for m in (model, learned.model))
+    shift = after["steps"][0]["helps"]["bias"] - before["steps"][0]["helps"]["bias"]
+
+    def mean(logits, by=0.0):
+        return sum(1 / (1 + math.exp(-(z + by))) for z in logits) / len(logits)
+
+    sample = [row[0] for row in before["helpsLogits"]]
+    assert len(sample) == 120
+    assert mean(sample, shift) - mean(sample) == pytest.approx(0.25 * 40 / 60, abs=1e-3)
+    status = classifier_status(policy(), learned, "sha256:0000000000000000")
+    assert (status["source"], status["learnedFrom"]["prompts"], status["learnedFrom"]["meanOver"]) == ("Learned", "none", "trainingSample")
+    # Numbers only: no prompt text and no outcome bitmap in what is reported.
+    reported = json.dumps(status)
+    assert "lemma" not in reported and promotion.outcomes.passed not in reported
+
+
+def test_a_uri_datasets_promotion_with_an_older_model_file_learns_at_the_intercept_and_says_so(model):
+    older = json.loads(model)
+    del older["helpsLogits"]
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    learned = learn(the_promotion(dataset=False), state, base_model=model_text(older), dataset=None, now=NOW)
+    assert (learned.learned_from["prompts"], learned.learned_from["meanOver"]) == ("none", "interceptOnly")
+    assert "at the step's intercept alone" in learned.message and "retrain it with shoal router train" in learned.message
+    bias = older["steps"][0]["helps"]["bias"]
+    new_bias = json.loads(learned.model)["steps"][0]["helps"]["bias"]
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert sigmoid(new_bias) - sigmoid(bias) == pytest.approx(0.25 * 40 / 60, abs=1e-3)
 
 
 def test_outcomes_are_kept_per_tier_and_bounded():
@@ -282,6 +339,7 @@ def test_an_adapter_promotion_recalibrates_the_step_above_its_rung_and_names_the
     assert learned.learned_from == {
         "modelTier": "small-8b", "adapter": "refunds", "rung": "refunds", "checkpoint": V2, "evaluationJob": ADAPTER_JOB,
         "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "dataset", "meanOver": "evaluationPrompts",
     }
     assert learned.message.startswith(f"Recalibrated the step above refunds from Job {ADAPTER_JOB}: adapter refunds {V2} failed 75.0%")
     assert [(k["job"], k["adapter"], k["promoted"]) for k in learned.kept] == [(ADAPTER_JOB, "refunds", True)]

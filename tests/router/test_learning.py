@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,45 @@ def test_the_learned_model_is_a_loadable_v2_model_with_calibration_moved_along(e
     loaded = DifficultyModel.from_json(json.loads(path.read_text()))
     moved = summary.mean_helps_after - summary.mean_helps_before
     assert loaded.calibration[0][0] == pytest.approx(model_json["calibration"][0][0] + moved, abs=1e-3)
+
+
+def mean_helps(logits: list[float], shift: float = 0.0) -> float:
+    return sum(1 / (1 + math.exp(-(z + shift))) for z in logits) / len(logits)
+
+
+def test_without_prompts_the_mean_helps_over_the_models_training_sample_moves_by_the_shrunk_change(examples, model_json):
+    prompts, serving = evaluation(examples)
+    worse = [ok and i % 2 == 0 for i, ok in enumerate(serving)]
+    learned, summary = recalibrate(model_json, "small", None, worse, serving)
+    assert (summary.reference, summary.reference_size, summary.items) == ("trainingSample", 200, 100)
+    sample = [row[0] for row in model_json["helpsLogits"]]
+    shift = summary.intercept_after - summary.intercept_before
+    change = (summary.failure_rate - summary.previous_failure_rate) * 100 / (100 + PRIOR_ITEMS)
+    assert change > 0.1
+    assert mean_helps(sample, shift) - mean_helps(sample) == pytest.approx(change, abs=1e-3)
+    # The learned model carries its own logits, moved by the same shift, for the next one.
+    assert [row[0] for row in learned["helpsLogits"]] == pytest.approx([z + shift for z in sample], abs=1e-4)
+    assert learned["info"]["recalibrated"]["reference"] == "trainingSample"
+    # Weights and the hurts model as trained; at the same threshold fewer requests stay
+    # small, as they do when the same outcomes come with their prompts.
+    assert learned["steps"][0]["helps"]["weights"] == model_json["steps"][0]["helps"]["weights"]
+    assert learned["steps"][0]["hurts"] == model_json["steps"][0]["hurts"]
+    traffic = [e.prompt for e in examples]
+    with_prompts = recalibrate(model_json, "small", prompts, worse, serving)[0]
+    assert share_kept_small(learned, traffic) < share_kept_small(model_json, traffic) - 0.15
+    assert share_kept_small(learned, traffic) == pytest.approx(share_kept_small(with_prompts, traffic), abs=0.05)
+
+
+def test_without_prompts_a_model_file_without_the_training_sample_learns_at_the_intercept(examples, model_json):
+    _, serving = evaluation(examples)
+    older = {k: v for k, v in model_json.items() if k != "helpsLogits"}
+    learned, summary = recalibrate(older, "small", None, [False] * 100, serving)
+    assert (summary.reference, summary.reference_size) == ("interceptOnly", 1)
+    change = (1 - summary.previous_failure_rate) * 100 / (100 + PRIOR_ITEMS)
+    before, after = (1 / (1 + math.exp(-b)) for b in (summary.intercept_before, summary.intercept_after))
+    assert after - before == pytest.approx(change, abs=1e-3)
+    assert "helpsLogits" not in learned
+    assert DifficultyModel.from_json(learned).helps_logits == []
 
 
 def test_the_sidecar_switches_to_the_learned_model_when_its_file_appears_and_reports_its_version(fresh_engines, start_router, tmp_path):

@@ -11,7 +11,8 @@ bit per item in dataset order, base64, for "passed" and for "scored" (an item wh
 request failed, or that every scorer skipped, has no outcome). Only the first
 MAX_ITEMS items of a dataset are described, 2 x 256 bytes (4 x with a baseline) before
 base64. No prompt text leaves the dataset: the operator reads the prompts from the
-dataset ConfigMap itself and checks its digest against the record's.
+dataset ConfigMap itself and checks its digest against the record's (a dataset behind a
+`uri` teaches from the outcomes alone: plan/learning.py).
 
 An item passed when every scorer that scored it gave at least PASS_SCORE (scores are in
 [0, 1]: exact match and the like give 0 or 1, a judge's grade is scaled).

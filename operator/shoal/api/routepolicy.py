@@ -419,6 +419,21 @@ class LearnedFrom(ShoalModel):
     )
     failure_rate: float = Field(description="Share of those items the promoted checkpoint failed.")
     previous_failure_rate: float = Field(description="Share of those items the checkpoint it replaced failed.")
+    prompts: Literal["dataset", "none"] | None = Field(
+        default=None,
+        description=(
+            "dataset: the evaluation's prompts were read from its dataset ConfigMap and the intercept moved over them; "
+            "none: the dataset is a uri, which the operator does not download: the intercept moved by the level alone (meanOver)."
+        ),
+    )
+    mean_over: Literal["evaluationPrompts", "trainingSample", "interceptOnly"] | None = Field(
+        default=None,
+        description=(
+            "What the mean predicted need for help was moved over: evaluationPrompts (the evaluation's own prompts); "
+            "trainingSample (no prompts: the model's sample of its training prompts); interceptOnly (no prompts, and a model "
+            "file trained before it carried that sample: one point at the intercept; retrain to learn better from a uri dataset)."
+        ),
+    )
 
 
 class ClassifierStatus(ShoalModel):

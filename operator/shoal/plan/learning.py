@@ -32,6 +32,10 @@ policy naming the rung any more, releases it at once; only the Job of what serve
                                       rung of the current model (learned, else M) is
                                       recalibrated -> learned model, learnedFrom J
 
+The prompts come from the evaluation dataset's ConfigMap (its digest must still match the
+evaluation's). A dataset given by `uri` is downloaded by the Job only: its promotion
+teaches the level alone, without prompts (router/learning.py), and says so in learnedFrom.
+
 A promotion is handled once: its Job is kept as promoted afterwards. Reading
 the dataset and the user's model takes requests (the controller's part); deciding what to
 read and what to write is here, with the clock passed in.
@@ -60,7 +64,7 @@ from shoal.api.naming import (
 from shoal.api.outcomes import ItemOutcomes, split_message
 from shoal.api.routepolicy import RoutePolicy, TierRef
 from shoal.api.times import rfc3339
-from shoal.router.learning import CannotLearn, recalibrate
+from shoal.router.learning import EVALUATION_PROMPTS, INTERCEPT_ONLY, TRAINING_SAMPLE, CannotLearn, recalibrate
 
 from .rollout import EvalJobObservation
 
@@ -122,7 +126,7 @@ class Evaluation:
     checkpoint: str
     job: str
     dataset_digest: str
-    dataset: ConfigMapKeyReference | None  # None: the dataset is not in a ConfigMap
+    dataset: ConfigMapKeyReference | None  # None: the dataset is a uri (its prompts are not read)
     outcomes: ItemOutcomes
     promoted: bool
     adapter: str | None = None
@@ -287,7 +291,9 @@ def learn(
 
     base_model: the model to start from (state.model when there is one, else the user's
     model text; None when it could not be read); dataset: the evaluation dataset as read
-    (None when it was not read: the promotion has no dataset ConfigMap).
+    (None when it was not read: the promotion has no dataset ConfigMap). A promotion whose
+    dataset is a `uri` (no ConfigMap) learns from the level alone, without prompts, and
+    learnedFrom says so (`prompts: none`, `meanOver`).
     """
     kept = state.with_entry(promotion, True)
 
@@ -316,22 +322,25 @@ def learn(
             f"the evaluation ran without a baseline{' of a serving source' if promotion.adapter else ''} and no evaluation of the "
             f"{replaced} it replaced on the same dataset is kept (these outcomes are the reference for the next promotion)"
         )
-    if promotion.dataset is None:
-        return only_kept("the evaluation dataset is not in a ConfigMap, so its prompts cannot be read")
-    if dataset is None or dataset.problem is not None:
-        why = dataset.problem if dataset is not None else "it was not read"
-        return only_kept(f"the dataset ConfigMap {promotion.dataset.name} (key {promotion.dataset.key}) cannot be used: {why}")
+    prompts: list[str] | None = None
+    if promotion.dataset is not None:
+        if dataset is None or dataset.problem is not None:
+            why = dataset.problem if dataset is not None else "it was not read"
+            return only_kept(f"the dataset ConfigMap {promotion.dataset.name} (key {promotion.dataset.key}) cannot be used: {why}")
+        if base_model is None:
+            return only_kept("the classifier's model could not be read")
+        if dataset.digest != promotion.dataset_digest:
+            return only_kept(f"the dataset ConfigMap {promotion.dataset.name} changed since the evaluation (digest {dataset.digest})")
+        prompts = list(dataset.prompts[: promotion.outcomes.items])
+    # Else the dataset is a uri: the Job downloaded it and the operator does not, so the
+    # level alone teaches (router/learning.py: over the model's sample of its training prompts).
     if base_model is None:
         return only_kept("the classifier's model could not be read")
-    if dataset.digest != promotion.dataset_digest:
-        return only_kept(f"the dataset ConfigMap {promotion.dataset.name} changed since the evaluation (digest {dataset.digest})")
     try:
         model = json.loads(base_model)
         if not isinstance(model, dict):
             raise CannotLearn("the classifier's model is not a JSON object")
-        learned, summary = recalibrate(
-            model, promotion.rung, list(dataset.prompts[: promotion.outcomes.items]), promotion.outcomes.candidate(), reference,
-        )
+        learned, summary = recalibrate(model, promotion.rung, prompts, promotion.outcomes.candidate(), reference)
     except CannotLearn as exc:
         return only_kept(str(exc))
     except ValueError as exc:
@@ -342,12 +351,21 @@ def learn(
         "evaluationJob": promotion.job, "datasetDigest": promotion.dataset_digest, "items": summary.items,
         "comparedWith": compared_with, "failureRate": round(summary.failure_rate, 4),
         "previousFailureRate": round(summary.previous_failure_rate, 4),
+        "prompts": "dataset" if prompts is not None else "none", "meanOver": summary.reference,
     }
+    over = {
+        EVALUATION_PROMPTS: "on the evaluation's prompts",
+        TRAINING_SAMPLE: f"over the model's sample of {summary.reference_size} training prompts (the dataset is a uri, "
+                         "whose prompts the operator does not read: the level alone was learned)",
+        INTERCEPT_ONLY: "at the step's intercept alone (the dataset is a uri, whose prompts the operator does not read, and the "
+                        "model file carries no sample of its training prompts: retrain it with shoal router train to learn "
+                        "from a uri dataset over that sample)",
+    }[summary.reference]
     message = (
         f"Recalibrated the step above {promotion.rung} from Job {promotion.job}: {promotion.what()} failed "
         f"{summary.failure_rate:.1%} of {summary.items} items against {summary.previous_failure_rate:.1%} for the {replaced} "
         f"it replaced; the predicted share of requests {promotion.rung} needs help with moved from "
-        f"{summary.mean_helps_before:.3f} to {summary.mean_helps_after:.3f} on the evaluation's prompts."
+        f"{summary.mean_helps_before:.3f} to {summary.mean_helps_after:.3f} {over}."
     )
     return LearnedState(state.base, model_text(learned), kept, learned_from, rfc3339(now), message)
 

@@ -440,6 +440,10 @@ class DifficultyModel:
     # The version of the prompt features the steps were trained on (features.PROMPT_FEATURES
     # when trained now; files written before versions existed say nothing and mean 1).
     prompt_features: int = 1
+    # Cross-fitted logits of each step's helps model over the same training prompts as
+    # `calibration` (row for row): the reference a prompt-free recalibration moves the mean
+    # P(helps) over (router/learning.py). Empty in files written before it.
+    helps_logits: list[list[float]] = field(default_factory=list)
 
     def features(self, text: str) -> dict[int, float]:
         """The prompt's hashed features as the steps read them."""
@@ -521,7 +525,8 @@ class DifficultyModel:
         thresholds = thresholds_for_shares(self.classes, self.calibration, shares, [s.threshold for s in self.steps])
         steps = [Step(s.lower, s.upper, s.helps, s.hurts, t, s.needed) for s, t in zip(self.steps, thresholds)]
         return DifficultyModel(
-            self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info, self.prompt_features
+            self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info, self.prompt_features,
+            self.helps_logits,
         )
 
     def to_json(self) -> dict:
@@ -549,6 +554,7 @@ class DifficultyModel:
             "calibration": [[round(v, 4) for v in row] for row in self.calibration],
             "verifierCalibration": [round(v, 4) for v in self.verifier_calibration],
             "info": self.info,
+            **({"helpsLogits": [[round(v, 4) for v in row] for row in self.helps_logits]} if self.helps_logits else {}),
         }
 
     @classmethod
@@ -601,6 +607,7 @@ class DifficultyModel:
                 [float(v) for v in data.get("verifierCalibration", [])],
                 dict(data.get("info", {})),
                 version,
+                [[float(v) for v in row] for row in data.get("helpsLogits", [])],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed {FORMAT_V2} model: {exc}") from exc
@@ -748,6 +755,7 @@ def train_difficulty(
     # The prompts (and answers) behind each cross-fitted row, for the maps to P(needed).
     calibration_rows: list[int] = []
     verifier_rows: list[int] = []
+    helps_logits: list[list[float]] = []
     if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
         fold_of = [i % calibration_folds for i in range(len(examples))]
         random.Random(seed).shuffle(fold_of)
@@ -756,6 +764,7 @@ def train_difficulty(
             held_out = [i for i in everyone if fold_of[i] == fold]
             fold_steps = [fit_step(s.lower, s.upper, train_rows, prompt_feats.__getitem__) or s for s in steps]
             calibration.extend([s.gain(prompt_feats[i]) for s in fold_steps] for i in held_out)
+            helps_logits.extend([s.helps.logit(prompt_feats[i]) for s in fold_steps] for i in held_out)
             calibration_rows.extend(held_out)
             if verifier is not None:
                 fold_verifier = fit_verifier(examples, train_rows, prompt_feats, answer_feats, classes[0], classes[1], bits, VERIFIER_EPOCHS, seed)
@@ -782,11 +791,13 @@ def train_difficulty(
         )
     if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
         calibration = _sample(calibration, CALIBRATION_ROWS, seed)
+        # The same seed and length pick the same rows: helps_logits stays row for row with calibration.
+        helps_logits = _sample(helps_logits, CALIBRATION_ROWS, seed)
         verifier_calibration = sorted(_sample(verifier_calibration, CALIBRATION_ROWS, seed))
     else:
-        calibration, verifier_calibration = [], []
+        calibration, verifier_calibration, helps_logits = [], [], []
     info = {"examples": len(examples), "withResponse": len(answer_rows), "epochs": epochs, "calibrationFolds": calibration_folds}
-    return DifficultyModel(classes, bits, steps, verifier, calibration, verifier_calibration, info, F.PROMPT_FEATURES)
+    return DifficultyModel(classes, bits, steps, verifier, calibration, verifier_calibration, info, F.PROMPT_FEATURES, helps_logits)
 
 
 def fit_verifier(
