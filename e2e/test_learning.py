@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -162,6 +163,7 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
         "modelTier": "learn-small", "rung": "small", "checkpoint": CKPT_B,
         "evaluationJob": status["learnedFrom"]["evaluationJob"], "datasetDigest": DIGEST, "items": 40,
         "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "dataset", "meanOver": "evaluationPrompts",
     }
     assert status["learnedFrom"]["evaluationJob"].startswith("learn-small-eval-")
     assert status["configMap"] == "learn-classifier/model.json"
@@ -184,6 +186,58 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
     assert {p["name"]: p["pids"] for p in fleet.read_status(state)["pods"]
             if p["namespace"] == namespace and p["name"].startswith("learn-large-")} == large_before
     assert kubectl("get", "deployment", "learn-large", "-n", namespace)["metadata"]["generation"] == large_generation
+
+
+def test_a_promotion_evaluated_on_a_uri_dataset_teaches_the_level_without_the_prompts(
+        kubectl, running_operator, namespace, running_fleet):
+    state = running_fleet
+    user_model = _user_model()
+    # The dataset is behind a uri the Job would download (unreachable here: kwok ends the
+    # pod with the record and outcomes). The operator never reads it: no ConfigMap holds it.
+    evaluation = _evaluation()
+    evaluation["dataset"] = {"uri": "https://eval-data.invalid/learn/items.jsonl"}
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": user_model}},
+        POLICY, _tier("learn-small", CKPT_A, evaluation), _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": _version(user_model), "source": "configured"}),
+             120, "both tiers' sidecars running the configured model")
+
+    kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
+    seen: dict = {}
+
+    def learned() -> dict | None:
+        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
+        return got if got.get("source") == "Learned" else None
+
+    try:
+        status = wait_for(learned, 180, f"{CKPT_B}'s promotion on a uri dataset to teach the classifier")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    job = status["learnedFrom"]["evaluationJob"]
+    assert job.startswith("learn-small-eval-")
+    assert status["learnedFrom"] == {
+        "modelTier": "learn-small", "rung": "small", "checkpoint": CKPT_B, "evaluationJob": job, "datasetDigest": DIGEST,
+        "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "none", "meanOver": "trainingSample",
+    }
+    # 120 training prompts in 3 folds: every one is in the model's sample.
+    assert "over the model's sample of 120 training prompts (the dataset is a uri" in status["message"], status["message"]
+    cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
+    assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
+    # The mean predicted need for help over that sample rose by the shrunk change, 0.25 * 40 / 60.
+    before, after = (json.loads(text) for text in (user_model, cm["data"]["model.json"]))
+    shift = after["steps"][0]["helps"]["bias"] - before["steps"][0]["helps"]["bias"]
+    sample = [row[0] for row in before["helpsLogits"]]
+    moved = sum(1 / (1 + math.exp(-(z + shift))) - 1 / (1 + math.exp(-z)) for z in sample) / len(sample)
+    assert moved == pytest.approx(0.25 * 40 / 60, abs=1e-3)
+    assert "outcomes" not in json.dumps(kubectl("get", "modeltier", "learn-small", "-n", namespace)["status"])
+    assert "passed" not in json.dumps(status)
+
+    wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
+             90, "every sidecar reporting the learned model's version")
 
 
 def _metrics(url: str) -> str:
@@ -390,6 +444,7 @@ def test_an_adapter_rungs_promotion_teaches_the_step_above_it_and_every_sidecar_
     assert status["learnedFrom"] == {
         "modelTier": "learn-small", "adapter": "refunds", "rung": "refunds", "checkpoint": V2, "evaluationJob": job,
         "datasetDigest": DIGEST, "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "dataset", "meanOver": "evaluationPrompts",
     }
     cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
     assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
