@@ -131,6 +131,7 @@ def test_a_promotion_after_a_paired_evaluation_writes_a_learned_model_the_status
     assert status["learnedFrom"] == {
         "modelTier": "small", "rung": "small", "checkpoint": CKPT_2, "evaluationJob": "small-eval-2", "datasetDigest": DIGEST,
         "items": 40, "comparedWith": "baseline", "failureRate": 0.75, "previousFailureRate": 0.5,
+        "prompts": "dataset", "meanOver": "evaluationPrompts",
     }
     # The learned model asks the large tier for help more often than the user's did.
     before, after = DifficultyModel.from_json(json.loads(h.model)), DifficultyModel.from_json(json.loads(learned))
