@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from shoal.controller.triggers import Triggers
+import json
 
-from .fakes import policy_body, tier_body, view_of
+from shoal.api.naming import KEPT_OUTCOMES_KEY
+from shoal.controller.triggers import Triggers
+from shoal.kube.view import pack
+
+from .fakes import policy_body, put, tier_body, view_of
 
 
 def setup():
@@ -75,11 +79,89 @@ def test_the_config_map_of_a_policys_classifier_model_queues_that_policy():
     assert queued == []
 
 
-def test_a_policys_learned_classifier_config_map_queues_the_policy_and_the_tiers_of_its_ladder():
-    triggers, queued, _, _, _ = setup()
-    labels = {"shoal.dev/route-policy": "ladder"}
-    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "ladder-classifier", "labels": labels}})
-    assert queued == [("RoutePolicy", "llm", "ladder"), ("ModelTier", "llm", "small"), ("ModelTier", "llm", "large")]
+def with_jobs(triggers, **jobs_by_tier):
+    """File evaluation Jobs in the view, as the Job watch would: tier -> Job names."""
+    for tier, names in jobs_by_tier.items():
+        triggers.view.eval_jobs[("llm", tier)] = [pack({"metadata": {"name": n, "namespace": "llm"}}) for n in names]
+
+
+def learning_setup():
+    """A ladder small < medium < large learning from user model `router-model`, served by
+    the tiers of another policy (`front`), so that no tier is queued for serving it."""
+    triggers, queued, forgotten, _, _ = setup()
+    ladder = policy_body("learning", ["small", "medium", "large"])
+    ladder["spec"]["classifier"] = {"mode": "enabled", "configMapRef": {"name": "router-model", "key": "model.json"}}
+    medium = tier_body("medium")
+    put(triggers.view, ladder)
+    put(triggers.view, medium)
+    triggers.policy_event(None, ladder)
     queued.clear()
-    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "ladder-entry", "labels": labels}})
-    assert queued == [("RoutePolicy", "llm", "ladder")]
+    return triggers, queued, ladder
+
+
+def test_a_policy_that_stops_learning_queues_the_tiers_of_its_ladder_that_have_evaluation_jobs():
+    triggers, queued, ladder = learning_setup()
+    with_jobs(triggers, small=["small-eval-1"], medium=[])
+    disabled = json.loads(json.dumps(ladder))
+    disabled["metadata"]["generation"] = 2
+    disabled["spec"]["classifier"]["learnFromEvaluations"] = "disabled"
+    triggers.policy_event("MODIFIED", disabled)
+    assert queued == [("RoutePolicy", "llm", "learning"), ("ModelTier", "llm", "small")]
+
+
+def test_a_deleted_policy_queues_its_ladders_tiers_with_evaluation_jobs_from_the_event_body():
+    triggers, queued, ladder = learning_setup()
+    with_jobs(triggers, small=["small-eval-1"], large=["large-eval-3"])
+    del triggers.view.policies[("llm", "learning")]  # the view has dropped it
+    triggers.policy_event("DELETED", ladder)
+    assert queued == [("ModelTier", "llm", "large"), ("ModelTier", "llm", "small")]
+
+
+def test_a_rung_removed_from_the_ladder_still_queues_its_tier():
+    triggers, queued, ladder = learning_setup()
+    with_jobs(triggers, small=["small-eval-1"], medium=["medium-eval-2"])
+    shorter = json.loads(json.dumps(ladder))
+    shorter["metadata"]["generation"] = 2
+    shorter["spec"]["tiers"] = [r for r in shorter["spec"]["tiers"] if r["name"] != "small"]
+    triggers.policy_event("MODIFIED", shorter)
+    assert queued == [("RoutePolicy", "llm", "learning"), ("ModelTier", "llm", "medium"), ("ModelTier", "llm", "small")]
+    queued.clear()
+    # The next change no longer names small: it is not the ladder's any more.
+    triggers.policy_event("MODIFIED", {**shorter, "metadata": {**shorter["metadata"], "generation": 3}})
+    assert queued == [("RoutePolicy", "llm", "learning"), ("ModelTier", "llm", "medium")]
+
+
+def test_a_policy_status_change_queues_no_tier_of_its_ladder():
+    triggers, queued, ladder = learning_setup()
+    with_jobs(triggers, small=["small-eval-1"])
+    triggers.policy_event("MODIFIED", {**ladder, "status": {"observedGeneration": 1}})
+    assert queued == [("RoutePolicy", "llm", "learning")]
+
+
+def test_the_user_model_config_map_queues_its_policy_and_the_ladder_tiers_with_evaluation_jobs():
+    triggers, queued, _ = learning_setup()
+    with_jobs(triggers, medium=["medium-eval-2"])
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "router-model", "labels": {}}})
+    assert queued == [("RoutePolicy", "llm", "learning"), ("ModelTier", "llm", "medium")]
+
+
+def classifier_config_map(*jobs):
+    kept = [{"modelTier": "t", "job": j, "promoted": True} for j in jobs]
+    return {
+        "metadata": {"namespace": "llm", "name": "learning-classifier", "labels": {"shoal.dev/route-policy": "learning"}},
+        "data": {KEPT_OUTCOMES_KEY: json.dumps(kept)},
+    }
+
+
+def test_a_policys_learned_classifier_config_map_queues_only_the_tiers_whose_jobs_it_keeps():
+    triggers, queued, _ = learning_setup()
+    with_jobs(triggers, small=["small-eval-1"], medium=["medium-eval-2"], large=["large-eval-3"])
+    triggers.config_map_event(classifier_config_map("small-eval-1", "gone-eval-0"))
+    assert queued == [("RoutePolicy", "llm", "learning"), ("ModelTier", "llm", "small")]
+    queued.clear()
+    triggers.config_map_event(classifier_config_map())
+    assert queued == [("RoutePolicy", "llm", "learning")]
+    queued.clear()
+    labels = {"shoal.dev/route-policy": "learning"}
+    triggers.config_map_event({"metadata": {"namespace": "llm", "name": "learning-entry", "labels": labels}})
+    assert queued == [("RoutePolicy", "llm", "learning")]

@@ -8,13 +8,21 @@ whose world it is part of:
   generation), also the other tiers of its policy: their sidecar ConfigMaps describe it.
   A change of its status alone (readiness, serving checkpoint) never re-renders another
   tier's ConfigMap: sidecars learn live state from their peers directly.
-- a RoutePolicy: itself; when its spec changed, every tier that serves it.
+- a RoutePolicy: itself; when its spec changed (or it was deleted), every tier that serves
+  it, and the ModelTiers its ladder names now or named before that have an evaluation Job:
+  a promoted evaluation's Job is held while a policy learns from its rung, so a policy that
+  stops learning (deleted, learnFromEvaluations disabled, the rung removed) releases it at
+  once (plan/learning.py `held_for_learning`).
 - a Deployment, Pod, Job, Service, PodDisruptionBudget or ConfigMap of Shoal's: its owner
   (the shoal.dev/tier or shoal.dev/route-policy label). A policy's `<policy>-classifier`
-  ConfigMap also queues the ModelTiers its ladder names: a promoted evaluation's Job stays
-  until that ConfigMap keeps its outcomes (plan/learning.py `held_for_learning`).
+  ConfigMap also queues the ModelTiers of its ladder that have an evaluation Job whose
+  outcomes it keeps: a promoted evaluation's Job stays until that ConfigMap keeps them, and
+  only those tiers' Jobs can be released by the write (not the whole ladder on every write,
+  whose tiers would each re-read the policy and the kept outcomes).
 - anyone else's ConfigMap: the tiers and policies of its namespace whose references did
-  not resolve (one of them may name it), and the policies whose classifier model it holds.
+  not resolve (one of them may name it), and the policies whose classifier model it holds
+  with the ModelTiers of their ladders that have an evaluation Job (a policy whose model is
+  gone learns nothing, which releases the Jobs it held).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 from shoal.api.naming import POLICY_LABEL, TIER_LABEL, learned_classifier_configmap_name
 from shoal.kube.observe import policies_naming_tier, tiers_using_policy
+from shoal.plan.learning import LearnedState
 from shoal.kube.view import View
 
 ObjectKey = tuple[str, str, str]
@@ -36,6 +45,12 @@ def unresolved(body: dict[str, Any]) -> bool:
     )
 
 
+def ladder(body: dict[str, Any] | None) -> frozenset[str]:
+    """The names of the ModelTiers a RoutePolicy body's ladder refers to."""
+    names = (((rung or {}).get("modelTierRef") or {}).get("name") for rung in ((body or {}).get("spec") or {}).get("tiers") or [])
+    return frozenset(n for n in names if n)
+
+
 class Triggers:
     def __init__(self, view: View, add: Callable[[ObjectKey], None], forget: Callable[[str, str], None]) -> None:
         self.view = view
@@ -43,6 +58,9 @@ class Triggers:
         self.forget = forget
         # Last generation seen per object, to tell a spec change from a status change.
         self._generations: dict[ObjectKey, Any] = {}
+        # Per RoutePolicy, the ModelTiers its ladder named when last seen: a rung removed
+        # from it no longer appears in the new body.
+        self._ladders: dict[ObjectKey, frozenset[str]] = {}
 
     def _spec_changed(self, key: ObjectKey, body: dict[str, Any], deleted: bool) -> bool:
         if deleted:
@@ -82,9 +100,16 @@ class Triggers:
         spec_changed = self._spec_changed(key, body, deleted)
         if not deleted:
             self.add(key)
+        named = ladder(body)
+        before = self._ladders.pop(key, frozenset())
+        if not deleted:
+            self._ladders[key] = named
         if spec_changed:
-            for tier in tiers_using_policy(self.view, namespace, name):
+            serving = tiers_using_policy(self.view, namespace, name)
+            for tier in serving:
                 self.add(("ModelTier", namespace, tier))
+            # A deleted policy is gone from the view: its ladder comes from the event's body.
+            self.with_evaluation_jobs(namespace, (before | named) - set(serving))
 
     def child_event(self, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -102,7 +127,9 @@ class Triggers:
             policy = labels.get(POLICY_LABEL)
             meta = body.get("metadata") or {}
             if policy and meta.get("name") == learned_classifier_configmap_name(policy):
-                self.ladder_of(meta.get("namespace") or "", policy)
+                kept = {str(k.get("job")) for k in LearnedState.from_config_map(body).kept if isinstance(k, dict) and k.get("job")}
+                names = ladder(self.view.policy(meta.get("namespace") or "", policy))
+                self.with_evaluation_jobs(meta.get("namespace") or "", names, kept)
             return
         meta = body.get("metadata") or {}
         namespace = meta.get("namespace") or ""
@@ -113,13 +140,14 @@ class Triggers:
             ref = (((policy.get("spec") or {}).get("classifier") or {}).get("configMapRef") or {})
             if ref.get("name") == meta.get("name"):
                 self.add(("RoutePolicy", namespace, policy["metadata"]["name"]))
+                self.with_evaluation_jobs(namespace, ladder(policy))
 
-    def ladder_of(self, namespace: str, policy_name: str) -> None:
-        """Queue the ModelTiers a RoutePolicy's ladder names."""
-        body = self.view.policy(namespace, policy_name)
-        for rung in ((body or {}).get("spec") or {}).get("tiers") or []:
-            name = ((rung or {}).get("modelTierRef") or {}).get("name")
-            if name:
+    def with_evaluation_jobs(self, namespace: str, names: frozenset[str] | set[str], jobs: set[str] | None = None) -> None:
+        """Queue the ModelTiers among `names` that have an evaluation Job in the view (one
+        named in `jobs`, when given): only their passes can hold or release a Job."""
+        for name in sorted(names):
+            found = self.view.evaluation_job_names(namespace, name)
+            if found and (jobs is None or not jobs.isdisjoint(found)):
                 self.add(("ModelTier", namespace, name))
 
     def unresolved_in(self, namespace: str) -> None:

@@ -164,6 +164,10 @@ class View:
         jobs = sorted((unpack(j) for j in self.eval_jobs.get((namespace, tier), ())), key=lambda j: j["metadata"]["name"])
         return [(job, [unpack(p) for p in self.job_pods.get((namespace, job["metadata"]["name"]), ())]) for job in jobs]
 
+    def evaluation_job_names(self, namespace: str, tier: str) -> list[str]:
+        """The names of ModelTier `tier`'s evaluation Jobs (without reading their pods)."""
+        return sorted(unpack(j)["metadata"]["name"] for j in self.eval_jobs.get((namespace, tier), ()))
+
     def config_map_keys(self, namespace: str, name: str) -> frozenset[str] | None:
         cm = self.get("ConfigMap", namespace, name)
         if cm is None:
