@@ -17,6 +17,7 @@ from shoal.plan.learning import (
     LearnedState,
     base_of,
     classifier_status,
+    evaluated_dataset,
     evaluations,
     keep,
     learn,
@@ -26,6 +27,7 @@ from shoal.plan.learning import (
     status_patch_field,
     version_of,
 )
+from shoal.render.evaljob import EvalJobContext, render_eval_job
 from shoal.router.classifier import Example, train_difficulty
 
 NOW = datetime(2026, 11, 29, 23, 0, tzinfo=timezone.utc)
@@ -44,9 +46,14 @@ def policy(**classifier) -> RoutePolicy:
     })
 
 
-def tier(name: str, *, serving: str, evaluated: str, verdict: str = "Passed", job: str = "small-8b-eval-0002", dataset: bool = True) -> ModelTier:
+URI = "https://example.com/items.jsonl"
+
+
+def tier(
+    name: str, *, serving: str, evaluated: str, verdict: str = "Passed", job: str = "small-8b-eval-0002", dataset: bool = True, gate: bool = True
+) -> ModelTier:
     evaluation = {
-        "dataset": {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}} if dataset else {"uri": "https://example.com/items.jsonl"},
+        "dataset": {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}} if dataset else {"uri": URI},
         "scorers": [{"type": "exactMatch"}],
         "thresholds": [{"metric": "exact_match", "min": 0.5}],
     }
@@ -56,7 +63,7 @@ def tier(name: str, *, serving: str, evaluated: str, verdict: str = "Passed", jo
         "spec": {
             "model": {"name": "m", "source": "hf://org/m", "checkpoint": serving},
             "resources": {"gpu": {"count": 1, "product": "NVIDIA-L4"}},
-            "rollout": {"evaluation": evaluation},
+            "rollout": {"evaluation": evaluation} if gate else {},
         },
         "status": {
             "servingCheckpoint": serving,
@@ -80,9 +87,15 @@ SERVING = [i % 2 == 1 for i in range(40)]  # the replaced checkpoint: the sums o
 WORSE = [i % 4 == 1 for i in range(40)]  # the promoted one: half of the sums
 
 
+def ran_on(evaluated_tier: ModelTier) -> dict:
+    """The Job that evaluated the tier's candidate, as rendered."""
+    return render_eval_job(evaluated_tier, EvalJobContext(checkpoint="s3://models/ckpt-0002", serving_checkpoint="s3://models/ckpt-0001"))
+
+
 def the_promotion(candidate=WORSE, baseline=SERVING, **tier_args):
     small = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", **tier_args)
-    found = evaluations(policy(), {"small-8b": small}, {("small-8b", "small-8b-eval-0002"): message(candidate, baseline)}, LearnedState())
+    key = ("small-8b", "small-8b-eval-0002")
+    found = evaluations(policy(), {"small-8b": small}, {key: message(candidate, baseline)}, LearnedState(), {key: evaluated_dataset(ran_on(small))})
     assert len(found) == 1 and found[0].promoted
     return found[0]
 
@@ -240,6 +253,61 @@ def test_a_uri_datasets_promotion_with_an_older_model_file_learns_at_the_interce
     new_bias = json.loads(learned.model)["steps"][0]["helps"]["bias"]
     sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
     assert sigmoid(new_bias) - sigmoid(bias) == pytest.approx(0.25 * 40 / 60, abs=1e-3)
+
+
+def test_the_dataset_an_evaluation_ran_on_is_read_off_its_job():
+    on_config_map = evaluated_dataset(ran_on(tier("small-8b", serving="s3://models/ckpt-0001", evaluated="s3://models/ckpt-0002")))
+    on_uri = evaluated_dataset(ran_on(tier("small-8b", serving="s3://models/ckpt-0001", evaluated="s3://models/ckpt-0002", dataset=False)))
+    assert on_config_map.to_wire() == {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}}
+    assert on_uri.to_wire() == {"uri": URI}
+    assert evaluated_dataset({"spec": {"template": {"spec": {"containers": [{"name": "eval", "env": []}]}}}}) is None
+
+
+def test_a_promotion_evaluated_on_a_configmap_reads_that_configmap_after_the_spec_switched_to_a_uri(model):
+    evaluated_on = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002")
+    switched = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", dataset=False)
+    key = ("small-8b", "small-8b-eval-0002")
+    (promotion,) = evaluations(policy(), {"small-8b": switched}, {key: message(WORSE, SERVING)}, LearnedState(),
+                               {key: evaluated_dataset(ran_on(evaluated_on))})
+    assert (promotion.dataset.name, promotion.dataset_uri) == ("eval-items", None)
+    state = LearnedState(base="router-model/model.json@7", message="seeded")
+    learned = learn(promotion, state, base_model=model, dataset=DatasetPrompts(DIGEST, PROMPTS), now=NOW)
+    assert learned.learned_from["prompts"] == "dataset"
+    assert learned.entry("small-8b-eval-0002")["dataset"] == {"configMapRef": {"name": "eval-items", "key": "items.jsonl"}}
+
+
+@pytest.mark.parametrize("now", ["gate removed", "dataset switched to a uri"])
+def test_a_promotion_whose_evaluated_dataset_is_no_longer_known_keeps_its_outcomes_only(model, now):
+    # Kept before the evaluated dataset was recorded with the outcomes; its Job is gone.
+    current = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002",
+                   **({"gate": False} if now == "gate removed" else {"dataset": False}))
+    entry = {"modelTier": "small-8b", "checkpoint": "s3://models/ckpt-0002", "job": "small-8b-eval-0002", "datasetDigest": DIGEST,
+             "outcomes": ItemOutcomes.encode(WORSE, SERVING).to_wire(), "promoted": False}
+    state = LearnedState(base="router-model/model.json@7", kept=[entry], message="seeded")
+    (promotion,) = evaluations(policy(), {"small-8b": current}, {}, state)
+    assert promotion.promoted and (promotion.dataset, promotion.dataset_uri) == (None, None)
+    after = learn(promotion, state, base_model=model, dataset=None, now=NOW)
+    assert after.model is None and after.learned_from is None
+    assert after.entry("small-8b-eval-0002")["promoted"] is True
+    assert after.message == (
+        "small-8b promoted s3://models/ckpt-0002 (Job small-8b-eval-0002): its outcomes are kept, the classifier is unchanged: "
+        "which dataset its evaluation ran on is no longer known (its Job is gone and the tier's evaluation no longer names a "
+        "dataset ConfigMap whose digest can be checked), so neither prompts nor a uri's level can be matched with it."
+    )
+
+
+def test_a_uri_evaluation_kept_before_its_promotion_learns_the_level_after_the_gate_was_removed(model):
+    rolling_out = tier("small-8b", serving="s3://models/ckpt-0001", evaluated="s3://models/ckpt-0002", dataset=False)
+    key = ("small-8b", "small-8b-eval-0002")
+    (candidate,) = evaluations(policy(), {"small-8b": rolling_out}, {key: message(WORSE, SERVING)}, LearnedState(),
+                               {key: evaluated_dataset(ran_on(rolling_out))})
+    state = note(candidate, LearnedState(base="router-model/model.json@7", message="seeded"))
+    assert state.entry("small-8b-eval-0002")["dataset"] == {"uri": URI}
+    ungated = tier("small-8b", serving="s3://models/ckpt-0002", evaluated="s3://models/ckpt-0002", gate=False)
+    (promotion,) = evaluations(policy(), {"small-8b": ungated}, {}, state)
+    assert (promotion.dataset, promotion.dataset_uri) == (None, URI)
+    learned = learn(promotion, state, base_model=model, dataset=None, now=NOW)
+    assert (learned.learned_from["prompts"], learned.learned_from["meanOver"]) == ("none", "trainingSample")
 
 
 def test_outcomes_are_kept_per_tier_and_bounded():

@@ -121,6 +121,8 @@ def owner_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
 HOP_HEADER = "x-shoal-hop"
 # The container of an evaluation Job that runs `shoal eval`.
 EVAL_CONTAINER = "eval"
+# The evaluation container's environment variable holding its EvaluationSpec as JSON.
+EVAL_SPEC_ENV = "SHOAL_EVAL_SPEC"
 # The checkpoint a pod template (Deployment) or evaluation Job is for.
 CHECKPOINT_ANNOTATION = "shoal.dev/checkpoint"
 # The adapter (its name and candidate source) an adapter's evaluation Job is for. A Job

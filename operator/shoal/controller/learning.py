@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from shoal.api.base import ConfigMapKeyReference
+from shoal.api.modeltier import DatasetSpec
 from shoal.api.naming import LEARNED_MODEL_KEY, learned_classifier_configmap_name
 from shoal.api.routepolicy import RoutePolicy
 from shoal.evaluate.dataset import DatasetError, Item, parse
@@ -30,6 +31,7 @@ from shoal.plan.learning import (
     LearnedState,
     base_of,
     classifier_status,
+    evaluated_dataset,
     evaluations,
     learn,
     note,
@@ -83,7 +85,8 @@ class ClassifierLearning:
         name = learned_classifier_configmap_name(policy.name)
         current = self.view.get("ConfigMap", ns, name)
         state = LearnedState.from_config_map(current)
-        visible = evaluations(policy, self._rung_tiers(policy), self._messages(policy), state)
+        messages, datasets = self._jobs(policy)
+        visible = evaluations(policy, self._rung_tiers(policy), messages, state, datasets)
         base = base_of(policy, resource_version)
         if state.base != base:
             state = reseed(policy, base, visible, state)
@@ -116,9 +119,11 @@ class ClassifierLearning:
     def _rung_tiers(self, policy: RoutePolicy) -> dict[str, Any]:
         return model_tiers(self.view, policy.namespace, [t.model_tier_ref.name for t in policy.spec.tiers if t.model_tier_ref])
 
-    def _messages(self, policy: RoutePolicy) -> dict[tuple[str, str], str]:
-        """(ModelTier, Job) -> the evaluation container's termination message."""
-        out: dict[tuple[str, str], str] = {}
+    def _jobs(self, policy: RoutePolicy) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], DatasetSpec]]:
+        """(ModelTier, Job) -> the evaluation container's termination message, and -> the
+        dataset the Job ran on."""
+        messages: dict[tuple[str, str], str] = {}
+        datasets: dict[tuple[str, str], DatasetSpec] = {}
         for ref in policy.spec.tiers:
             if ref.model_tier_ref is None:
                 continue
@@ -126,8 +131,10 @@ class ClassifierLearning:
             for job, pods in self.view.evaluation_jobs(policy.namespace, tier):
                 observed = eval_job_observation(job, pods)
                 if observed.termination_message:
-                    out[(tier, observed.name)] = observed.termination_message
-        return out
+                    messages[(tier, observed.name)] = observed.termination_message
+                    if (dataset := evaluated_dataset(job)) is not None:
+                        datasets[(tier, observed.name)] = dataset
+        return messages, datasets
 
     async def _text(self, namespace: str, ref: ConfigMapKeyReference) -> str | None:
         body = await self.kube.get("v1", "ConfigMap", namespace, ref.name)

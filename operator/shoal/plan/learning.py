@@ -35,6 +35,12 @@ policy naming the rung any more, releases it at once; only the Job of what serve
 The prompts come from the evaluation dataset's ConfigMap (its digest must still match the
 evaluation's). A dataset given by `uri` is downloaded by the Job only: its promotion
 teaches the level alone, without prompts (router/learning.py), and says so in learnedFrom.
+Which dataset an evaluation ran on is read off its Job (the evaluation spec in the
+container's environment) and kept with its outcomes, not taken from the tier's spec now:
+the gate may have been removed, or its dataset switched from a ConfigMap to a uri, since
+the Job ran. When neither the Job nor the kept entry says and the spec names no ConfigMap
+(whose digest is checked), the promotion's outcomes are kept and the classifier is left
+as it is.
 
 A promotion is handled once: its Job is kept as promoted afterwards. Reading
 the dataset and the user's model takes requests (the controller's part); deciding what to
@@ -50,10 +56,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from shoal.api.base import ConfigMapKeyReference
-from shoal.api.modeltier import ModelTier
+from shoal.api.modeltier import DatasetSpec, ModelTier
 from shoal.api.naming import (
     CLASSIFIER_BASE_ANNOTATION,
+    EVAL_CONTAINER,
+    EVAL_SPEC_ENV,
     KEPT_OUTCOMES_KEY,
     LEARNED_AT_ANNOTATION,
     LEARNED_FROM_ANNOTATION,
@@ -69,7 +79,8 @@ from shoal.router.learning import EVALUATION_PROMPTS, INTERCEPT_ONLY, TRAINING_S
 from .rollout import EvalJobObservation
 
 __all__ = [
-    "DatasetPrompts", "Evaluation", "LearnedState", "Learner", "base_of", "classifier_status", "evaluations", "held_for_learning", "learn", "learning_rungs",
+    "DatasetPrompts", "Evaluation", "LearnedState", "Learner", "base_of", "classifier_status", "evaluated_dataset", "evaluations",
+    "held_for_learning", "learn", "learning_rungs",
     "model_text", "note", "reseed", "status_patch_field", "version_of",
 ]
 
@@ -126,16 +137,21 @@ class Evaluation:
     checkpoint: str
     job: str
     dataset_digest: str
-    dataset: ConfigMapKeyReference | None  # None: the dataset is a uri (its prompts are not read)
+    dataset: ConfigMapKeyReference | None  # the dataset ConfigMap evaluated (its prompts are read)
     outcomes: ItemOutcomes
     promoted: bool
     adapter: str | None = None
+    # The uri of the dataset evaluated (its prompts are not read). Neither this nor
+    # `dataset`: which dataset was evaluated is no longer known.
+    dataset_uri: str | None = None
 
     def kept(self, promoted: bool) -> dict[str, Any]:
-        entry = {
+        entry: dict[str, Any] = {
             "modelTier": self.model_tier, "checkpoint": self.checkpoint, "job": self.job,
             "datasetDigest": self.dataset_digest, "outcomes": self.outcomes.to_wire(), "promoted": promoted,
         }
+        if self.dataset is not None or self.dataset_uri is not None:
+            entry["dataset"] = DatasetSpec(config_map_ref=self.dataset, uri=self.dataset_uri).to_wire()
         return entry if self.adapter is None else {**entry, "adapter": self.adapter}
 
     def what(self) -> str:
@@ -195,15 +211,38 @@ def learning_rungs(policy: RoutePolicy) -> list[TierRef]:
     return [ref for ref in policy.spec.tiers[:-1] if ref.model_tier_ref is not None]
 
 
+def evaluated_dataset(job: Mapping[str, Any]) -> DatasetSpec | None:
+    """The dataset an evaluation Job ran on, from the evaluation spec in its container's
+    environment (render/evaljob.py); None when the Job does not say."""
+    for container in ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+        if container.get("name") != EVAL_CONTAINER:
+            continue
+        for env in container.get("env") or []:
+            if env.get("name") == EVAL_SPEC_ENV and isinstance(env.get("value"), str):
+                try:
+                    return DatasetSpec.model_validate(json.loads(env["value"]).get("dataset"))
+                except (ValueError, AttributeError, ValidationError):
+                    return None
+    return None
+
+
 def evaluations(
-    policy: RoutePolicy, tiers: Mapping[str, ModelTier], messages: Mapping[tuple[str, str], str], state: LearnedState
+    policy: RoutePolicy,
+    tiers: Mapping[str, ModelTier],
+    messages: Mapping[tuple[str, str], str],
+    state: LearnedState,
+    datasets: Mapping[tuple[str, str], DatasetSpec] | None = None,
 ) -> list[Evaluation]:
     """The passed evaluations of the policy's rungs (below the largest) whose per-item
     outcomes are known: from the Job's termination message while the Job is there, else
     as kept.
 
     tiers: the rungs' ModelTiers by name; messages: (ModelTier, Job) -> the evaluation
-    container's termination message, for the Jobs still there.
+    container's termination message, for the Jobs still there; datasets: (ModelTier, Job)
+    -> the dataset the Job ran on (`evaluated_dataset`), for the Jobs still there. The
+    dataset evaluated is the Job's, else the kept entry's, else the tier's dataset
+    ConfigMap now (its digest is checked before its prompts are used); a uri is never
+    taken from the spec alone: the Job may have run on a ConfigMap before the switch.
     """
     found = []
     for ref in learning_rungs(policy):
@@ -238,10 +277,19 @@ def evaluations(
                 outcomes = None
         if outcomes is None:
             continue
-        dataset = spec.dataset.config_map_ref if spec is not None else None
+        evaluated = (datasets or {}).get((tier.name, record.job_name))
+        if evaluated is None and kept is not None:
+            try:
+                evaluated = DatasetSpec.model_validate(kept["dataset"]) if "dataset" in kept else None
+            except ValidationError:
+                evaluated = None
+        if evaluated is None and spec is not None and spec.dataset.config_map_ref is not None:
+            evaluated = spec.dataset
         found.append(Evaluation(
-            tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest, dataset, outcomes,
+            tier.name, ref.name, record.checkpoint, record.job_name, record.dataset_digest,
+            evaluated.config_map_ref if evaluated is not None else None, outcomes,
             promoted=serving == record.checkpoint, adapter=target.adapter,
+            dataset_uri=evaluated.uri if evaluated is not None else None,
         ))
     return found
 
@@ -292,8 +340,9 @@ def learn(
     base_model: the model to start from (state.model when there is one, else the user's
     model text; None when it could not be read); dataset: the evaluation dataset as read
     (None when it was not read: the promotion has no dataset ConfigMap). A promotion whose
-    dataset is a `uri` (no ConfigMap) learns from the level alone, without prompts, and
-    learnedFrom says so (`prompts: none`, `meanOver`).
+    dataset was a `uri` (no ConfigMap) learns from the level alone, without prompts, and
+    learnedFrom says so (`prompts: none`, `meanOver`); one whose dataset is not known any
+    more has its outcomes kept only.
     """
     kept = state.with_entry(promotion, True)
 
@@ -332,6 +381,11 @@ def learn(
         if dataset.digest != promotion.dataset_digest:
             return only_kept(f"the dataset ConfigMap {promotion.dataset.name} changed since the evaluation (digest {dataset.digest})")
         prompts = list(dataset.prompts[: promotion.outcomes.items])
+    elif promotion.dataset_uri is None:
+        return only_kept(
+            "which dataset its evaluation ran on is no longer known (its Job is gone and the tier's evaluation no longer names "
+            "a dataset ConfigMap whose digest can be checked), so neither prompts nor a uri's level can be matched with it"
+        )
     # Else the dataset is a uri: the Job downloaded it and the operator does not, so the
     # level alone teaches (router/learning.py: over the model's sample of its training prompts).
     if base_model is None:

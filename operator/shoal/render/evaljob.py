@@ -46,6 +46,7 @@ from shoal.api.naming import (
     COMPONENT_EVALUATION,
     CHECKPOINT_ANNOTATION,
     EVAL_CONTAINER,
+    EVAL_SPEC_ENV,
     adapter_eval_job_name,
     child_metadata,
     eval_job_name,
@@ -112,7 +113,7 @@ SERVING_SUFFIX = "@serving"
 
 
 def _env(tier: ModelTier, evaluation: EvaluationSpec, spec_json: str) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": "SHOAL_EVAL_SPEC", "value": spec_json}, *engine_runtime_env()]
+    env: list[dict[str, Any]] = [{"name": EVAL_SPEC_ENV, "value": spec_json}, *engine_runtime_env()]
     judges = [s.judge for s in evaluation.scorers if s.judge is not None and s.judge.api_key_secret_ref is not None]
     if judges:
         ref = judges[0].api_key_secret_ref
