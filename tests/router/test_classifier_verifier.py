@@ -113,3 +113,69 @@ def test_the_cascades_trained_verifier_rejects_with_the_models_gain(model):
     assert (verdict.accepted, verdict.reason) == (False, V.TRAINED)
     assert verdict.detail == f"expected gain of climbing {model.verifier_gain(PROOF, UNSURE):.2f} reaches 0.05"
     assert cascade.judge("small", {}, "add 500 and 503 please", body("The sum is 1003.\n#### 1003")).accepted
+
+
+HUGE = "9" * 400  # reads as inf as a float
+HUGE_ANSWER = "Adding them all up gives the total.\n#### " + HUGE
+
+
+def test_magnitude_of_numbers_too_long_for_a_float_or_of_zero_is_no_signal():
+    assert V.magnitude(HUGE, "a price of $1,200") == "-"
+    assert V.magnitude("12", f"the numbers 5 and {HUGE}") == "-"
+    assert V.magnitude(HUGE, f"the number {HUGE}") == "-"
+    assert V.magnitude("12", "0 apples and 0.0 pears") == "-"
+    # Finite, but their ratio overflows (or underflows) a float: still powers of ten.
+    assert V.magnitude("1" + "0" * 300, "a share of 0." + "0" * 100 + "1") == "3"
+    assert V.magnitude("0." + "0" * 300 + "1", "1" + "0" * 300) == "-3"
+    assert V.answer_signals(HUGE_ANSWER, "add 5 and 8")["magnitude"] == "-"
+
+
+def test_calculations_with_numbers_too_long_for_a_float_or_a_division_by_zero_are_not_checked():
+    assert V.arithmetic_checks(f"<<{HUGE}*2=5>>5 and <<5/0=7>>7 and <<1e400-1=inf>>inf and <<3*4=12>>12") == (1, 0)
+    assert V.arithmetic_checks(f"<<2*3=nan>>nan and <<2*3=inf>> and <<2*3=7>>7") == (1, 1)
+    assert V.arithmetic_checks(f"{HUGE} * 2 = 5 then 6 / 0 = 1 then 2 + 2 = 4") == (1, 0)
+    assert V.verify_arithmetic(f"<<{HUGE}/{HUGE}=1>>1").accepted
+    signals = V.answer_signals(f"<<5/0=inf>>inf\n#### {HUGE}", f"{HUGE} apples")
+    assert (signals["final_is_last"], signals["checked"], signals["magnitude"]) == ("False", "0", "-")
+
+
+def test_answer_features_of_version_1_never_compute_the_magnitude(monkeypatch):
+    def boom(*_):
+        raise AssertionError("magnitude computed")
+
+    monkeypatch.setattr(V, "magnitude", boom)
+    assert not [t for t in answer_tokens("add 5 and 8", HUGE_ANSWER, version=1) if t.startswith("s:magnitude")]
+
+
+def test_training_on_an_answer_too_long_for_a_float_works(tmp_path):
+    from .test_classifier_v2 import run
+
+    data = tmp_path / "outcomes.jsonl"
+    lines = [{"prompt": e.prompt, "outcomes": e.outcomes, "response": e.response} for e in synthetic()]
+    lines.append({"prompt": "add 5 and 8 please", "outcomes": {"small": False, "large": True}, "response": HUGE_ANSWER})
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "model.json"
+    done = run("train", "--data", str(data), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("trained a v2 model on 181 examples (181 with responses)")
+    assert load_model(out).tier_for("add 5 and 8 please", HUGE_ANSWER) in ("small", "large")
+
+
+def test_an_older_model_file_routes_an_answer_too_long_for_a_float():
+    old = load_model(OLD_MODEL)
+    assert old.tier_for("add 5 and 8 please", HUGE_ANSWER) in ("small", "large")
+    assert old.tier_for(f"add 5 and {HUGE} please", HUGE_ANSWER) in ("small", "large")
+
+
+@pytest.mark.parametrize("prompt", ["add 5 and 8 please", f"add 5 and {HUGE} please", "add 0 and 0"])
+def test_the_cascade_judges_an_answer_too_long_for_a_float(model, prompt):
+    spec = CascadeSpec(tiers=["small"], verifiers=["trained", "refusal"])
+    cascade = Cascade(spec, lambda: model, CascadeMetrics(CollectorRegistry()), {})
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": HUGE_ANSWER}}]}).encode()
+    verdict = cascade.judge("small", {}, prompt, body)
+    gain = model.verifier_gain(prompt, HUGE_ANSWER)
+    assert (verdict.accepted, verdict.reason) == ((True, V.ACCEPT) if gain < model.verifier.threshold else (False, V.TRAINED))
+    # And the refusal verifier after it runs.
+    refused = json.dumps({"choices": [{"message": {"role": "assistant", "content": "I cannot say.\n#### " + HUGE}}]}).encode()
+    if cascade.judge("small", {}, prompt, refused).reason != V.TRAINED:
+        assert cascade.judge("small", {}, prompt, refused).reason == V.REFUSAL

@@ -239,6 +239,12 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _same_number(a: str, b: str) -> bool:
+    """Whether two numbers are equal and finite (a number too long for a float is inf)."""
+    x, y = _number(a), _number(b)
+    return x is not None and math.isfinite(x) and x == y
+
+
 def arithmetic_checks(answer: str) -> tuple[int, int]:
     """(calculations checked, calculations wrong) in a step-by-step answer. An answer with
     calculator annotations (`<<6*3=18>>`) is checked on those alone, since its prose
@@ -246,7 +252,8 @@ def arithmetic_checks(answer: str) -> tuple[int, int]:
     checked = wrong = 0
     for expression, result in _ANNOTATION.findall(answer) or _INLINE.findall(answer):
         value, stated = _evaluate(expression), _number(result)
-        if value is None or stated is None:
+        # A number too long for a float (inf), or a stated "inf" or "nan": not checkable.
+        if value is None or stated is None or not (math.isfinite(value) and math.isfinite(stated)):
             continue
         checked += 1
         if not math.isclose(value, stated, rel_tol=1e-2, abs_tol=1e-2):
@@ -289,27 +296,31 @@ def magnitude(final: str | None, prompt: str) -> str:
     them, is a common way of going wrong."""
     value = None if final is None else _number(final)
     largest = max((n for n in (_number(n) for n in _numbers(prompt)) if n is not None), default=0.0)
-    if value is None or largest <= 0:
+    # A number too long for a float reads as inf: no size to compare by.
+    if value is None or not math.isfinite(value) or not math.isfinite(largest) or largest <= 0:
         return "-"
     if value == 0:
         return "zero"
-    return str(max(-3, min(3, round(math.log10(abs(value) / largest)))))
+    # The difference of logarithms, not the log of the ratio: the ratio of two finite
+    # numbers can overflow to inf or underflow to 0.
+    return str(max(-3, min(3, round(math.log10(abs(value)) - math.log10(largest)))))
 
 
-def answer_signals(answer: str, prompt: str = "") -> dict[str, str]:
+def answer_signals(answer: str, prompt: str = "", with_magnitude: bool = True) -> dict[str, str]:
     """Discrete signals of an answer to a prompt (values are short strings, used as
     features). Three of them look at both: how many of the prompt's numbers the answer
     never uses (a step-by-step answer that ignores a given quantity is wrong more often: on
     the GSM8K data about half of the time, against a third), whether the final answer is
     the result of the last calculation, and the final answer's `magnitude` against the
-    prompt's numbers."""
+    prompt's numbers (left out with `with_magnitude` False, as version 1 answer features
+    were trained)."""
     checked, wrong = arithmetic_checks(answer)
     final = final_answer(answer)
     lowered = answer.lower()
     results = [r.replace(",", "").replace("$", "").strip() for _, r in _ANNOTATION.findall(answer)]
     signals = {
         "unused": str(min(len(_numbers(prompt) - _numbers(answer)), 3)) if prompt else "-",
-        "final_is_last": str(final is not None and bool(results) and _number(results[-1]) == _number(final)),
+        "final_is_last": str(final is not None and bool(results) and _same_number(results[-1], final)),
         "checked": str(min(checked, 8)),
         "wrong": str(min(wrong, 3)),
         "final": "none" if final is None else ("int" if re.fullmatch(r"-?\d+", final) else "frac"),
@@ -317,8 +328,9 @@ def answer_signals(answer: str, prompt: str = "") -> dict[str, str]:
         "refusal": str(refusal_phrase(answer) is not None),
         "lines": str(min(answer.count("\n"), 16) // 2),
         "chars": str(int(math.log2(1 + len(answer)))),
-        "magnitude": magnitude(final, prompt),
     }
+    if with_magnitude:
+        signals["magnitude"] = magnitude(final, prompt)
     for hedge in _HEDGES:
         if hedge in lowered:
             signals["hedge:" + hedge.strip()] = "1"
