@@ -264,3 +264,66 @@ def test_a_trained_model_records_its_prompt_features_and_a_newer_version_is_refu
     # A file without the field was written before versions existed: version 1.
     del data["promptFeatures"]
     assert DifficultyModel.from_json(data).prompt_features == 1
+
+
+def _with(data: dict, path: tuple, value) -> dict:
+    data = json.loads(json.dumps(data))
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("promptFeatures",), 1.7, "promptFeatures 1.7 is not an integer"),
+        (("promptFeatures",), 2.0, "promptFeatures 2.0 is not an integer"),
+        (("promptFeatures",), True, "promptFeatures True is not an integer"),
+        (("promptFeatures",), "2", "promptFeatures '2' is not an integer"),
+        (("verifier", "answerFeatures"), 2.9, "answerFeatures 2.9 is not an integer"),
+        (("verifier", "answerFeatures"), True, "answerFeatures True is not an integer"),
+        (("steps", 0, "needed"), [float("nan"), 0.1], r"steps\[0\].needed \[nan, 0.1\] is not \[slope, intercept\] of two finite numbers"),
+        (("steps", 0, "needed"), [1.0, float("inf")], r"steps\[0\].needed \[1.0, inf\] is not \[slope, intercept\]"),
+        (("steps", 0, "needed"), [1.0], r"steps\[0\].needed \[1.0\] is not \[slope, intercept\]"),
+        (("steps", 0, "needed"), [True, 0.0], r"steps\[0\].needed \[True, 0.0\] is not \[slope, intercept\]"),
+        (("steps", 0, "needed"), "1,2", r"steps\[0\].needed '1,2' is not \[slope, intercept\]"),
+        (("steps", 0, "needed"), [-1.0, 0.0], r"steps\[0\].needed slope -1.0 is not positive"),
+        (("verifier", "needed"), [float("-inf"), 0.0], r"verifier.needed \[-inf, 0.0\] is not \[slope, intercept\]"),
+        (("helpsLogits", 0), [0.1, 0.2], r"helpsLogits\[0\] \[0.1, 0.2\] is not a row of 1 numbers \(one per step\)"),
+        (("helpsLogits", 1), [float("nan")], r"helpsLogits\[1\] holds nan, not a finite number"),
+        (("calibration", 2), [], r"calibration\[2\] \[\] is not a row of 1 numbers"),
+        (("helpsLogits",), [[0.1]], "helpsLogits has 1 rows, calibration 180"),
+    ],
+)
+def test_a_model_file_with_a_malformed_field_is_refused_naming_it(model, path, value, message):
+    data = model.to_json()
+    data.setdefault("helpsLogits", [[0.0] for _ in data["calibration"]])
+    assert DifficultyModel.from_json(json.loads(json.dumps(data))).steps  # the untouched file loads
+    with pytest.raises(ValueError, match="malformed shoal-router-classifier/v2 model: " + message):
+        DifficultyModel.from_json(_with(data, path, value))
+
+
+def test_a_malformed_model_file_is_one_line_from_classify_and_the_sidecar(model, tmp_path):
+    from shoal.router.config import InvalidConfig, load_config
+    from shoal.router.server import Snapshot
+
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(_with(model.to_json(), ("promptFeatures",), 1.7)))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "x"}\n')
+    done = run("classify", "--model", str(path), "--data", str(prompts))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"shoal router classify: {path} is not a model written by shoal router train "
+        "(malformed shoal-router-classifier/v2 model: promptFeatures 1.7 is not an integer)"
+    ]
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps({
+        "modelTier": "smol", "localTier": "small", "classifier": {"path": str(path)},
+        "tiers": [{"name": "small", "kind": "local", "url": "http://127.0.0.1:8000/v1", "model": "m"}],
+    }))
+    with pytest.raises(InvalidConfig) as raised:
+        Snapshot.build(load_config(config))
+    assert str(raised.value) == f"classifier {path}: malformed shoal-router-classifier/v2 model: promptFeatures 1.7 is not an integer"

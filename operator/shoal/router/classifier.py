@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import features as F
 from .decision import Prediction
@@ -565,52 +566,84 @@ class DifficultyModel:
             bits = int(data["bits"])
             if not 8 <= bits <= 20:
                 raise ValueError(f"bits {bits} outside 8..20")
-            version = int(data.get("promptFeatures", 1))
+            version = _integer("promptFeatures", data.get("promptFeatures", 1))
             if not 1 <= version <= F.PROMPT_FEATURES:
                 raise ValueError(f"promptFeatures {version} outside 1..{F.PROMPT_FEATURES} (a newer Shoal wrote this model)")
 
-            def needed(d: dict) -> tuple[float, float] | None:
-                if d.get("needed") is None:
+            def needed(d: dict, where: str) -> tuple[float, float] | None:
+                pair = d.get("needed")
+                if pair is None:
                     return None
-                slope, intercept = (float(v) for v in d["needed"])
+                if not isinstance(pair, list) or len(pair) != 2 or not all(_is_finite(v) for v in pair):
+                    raise ValueError(f"{where}.needed {pair!r} is not [slope, intercept] of two finite numbers")
+                slope, intercept = float(pair[0]), float(pair[1])
                 if not slope > 0:
-                    raise ValueError(f"needed slope {slope} is not positive")
+                    raise ValueError(f"{where}.needed slope {slope} is not positive")
                 return slope, intercept
 
-            def step(d: dict) -> Step:
+            def step(d: dict, where: str) -> Step:
                 return Step(
                     str(d["lower"]), str(d["upper"]), Logistic.from_json(d["helps"], bits), Logistic.from_json(d["hurts"], bits),
-                    float(d["threshold"]), needed(d),
+                    float(d["threshold"]), needed(d, where),
                 )
 
             def verifier(d: dict) -> Verifier | Step:
                 if "wrong" not in d:
-                    return step(d)  # written before Verifier: helps and hurts on the answer
-                version = int(d["answerFeatures"])
+                    return step(d, "verifier")  # written before Verifier: helps and hurts on the answer
+                version = _integer("answerFeatures", d["answerFeatures"])
                 if not 2 <= version <= F.ANSWER_FEATURES:
                     raise ValueError(f"answerFeatures {version} outside 2..{F.ANSWER_FEATURES}")
                 return Verifier(
                     str(d["lower"]), str(d["upper"]), Logistic.from_json(d["wrong"], bits), Logistic.from_json(d["right"], bits),
-                    float(d["threshold"]), version, needed(d),
+                    float(d["threshold"]), version, needed(d, "verifier"),
                 )
 
+            def rows(name: str) -> list[list[float]]:
+                """A table of one row per calibration prompt and one finite number per step."""
+                table = data.get(name, [])
+                if not isinstance(table, list):
+                    raise ValueError(f"{name} is not a list of rows")
+                for i, row in enumerate(table):
+                    if not isinstance(row, list) or len(row) != len(steps):
+                        raise ValueError(f"{name}[{i}] {row!r} is not a row of {len(steps)} numbers (one per step)")
+                    bad = [v for v in row if not _is_finite(v)]
+                    if bad:
+                        raise ValueError(f"{name}[{i}] holds {bad[0]!r}, not a finite number")
+                return [[float(v) for v in row] for row in table]
+
             classes = [str(c) for c in data["classes"]]
-            steps = [step(s) for s in data["steps"]]
+            steps = [step(s, f"steps[{i}]") for i, s in enumerate(data["steps"])]
             if [s.lower for s in steps] != classes[:-1] or [s.upper for s in steps] != classes[1:]:
                 raise ValueError("steps do not climb the classes in order")
+            calibration, helps_logits = rows("calibration"), rows("helpsLogits")
+            if calibration and helps_logits and len(helps_logits) != len(calibration):
+                raise ValueError(
+                    f"helpsLogits has {len(helps_logits)} rows, calibration {len(calibration)} (they are row for row the same prompts)"
+                )
             return cls(
                 classes,
                 bits,
                 steps,
                 verifier(data["verifier"]) if data.get("verifier") else None,
-                [[float(v) for v in row] for row in data.get("calibration", [])],
+                calibration,
                 [float(v) for v in data.get("verifierCalibration", [])],
                 dict(data.get("info", {})),
                 version,
-                [[float(v) for v in row] for row in data.get("helpsLogits", [])],
+                helps_logits,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed {FORMAT_V2} model: {exc}") from exc
+
+
+def _integer(name: str, value: Any) -> int:
+    """A model file's version number: an integer, not a bool, a float or a string."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} {value!r} is not an integer")
+    return value
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def thresholds_for_shares(
