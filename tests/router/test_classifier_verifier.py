@@ -179,3 +179,40 @@ def test_the_cascade_judges_an_answer_too_long_for_a_float(model, prompt):
     refused = json.dumps({"choices": [{"message": {"role": "assistant", "content": "I cannot say.\n#### " + HUGE}}]}).encode()
     if cascade.judge("small", {}, prompt, refused).reason != V.TRAINED:
         assert cascade.judge("small", {}, prompt, refused).reason == V.REFUSAL
+
+
+def test_the_cascade_judges_with_the_routing_decisions_prompt_features_and_the_models_exact_gain(model, monkeypatch):
+    import asyncio
+    import math
+    from types import SimpleNamespace
+
+    from shoal.router import features as F
+
+    hashed = []
+    real = F.prompt_features
+    monkeypatch.setattr(F, "prompt_features", lambda text, *a, **k: hashed.append(text) or real(text, *a, **k))
+    body = json.dumps({"choices": [{"message": {"role": "assistant", "content": UNSURE}}]}).encode()
+    gain = model.verifier_gain(PROOF, UNSURE)
+
+    def verdict(min_gain: float, snap_model) -> str | None:
+        spec = CascadeSpec(tiers=["small"], verifiers=["trained"], trained_min_gain=min_gain)
+        cascade = Cascade(spec, lambda: model, CascadeMetrics(CollectorRegistry()), {})
+        predicted = snap_model.predict(PROOF)  # the routing decision
+        call = SimpleNamespace(
+            features=SimpleNamespace(text=PROOF, prompt_tokens=0), body={}, attempts=[],
+            snap=SimpleNamespace(classifier=snap_model), decision=SimpleNamespace(predicted=predicted),
+        )
+        answer = SimpleNamespace(tier=SimpleNamespace(name="small"), status=200, body=body, streamed=False, logprobs=None)
+        hashed.clear()
+        result = asyncio.run(cascade(call, answer))
+        assert hashed == ([] if snap_model is model else [PROOF])  # the decision's features, when its model judges
+        return result
+
+    # Rejected at a limit of exactly the model's gain, accepted just above it: the same number.
+    assert verdict(gain, model) == f"trained: expected gain of climbing {gain:.2f} reaches {gain:.2f}"
+    assert verdict(math.nextafter(gain, math.inf), model) is None
+    # A model reloaded since the decision: its own features, the same verdict.
+    other = DifficultyModel.from_json(model.to_json())
+    assert verdict(gain, other) == f"trained: expected gain of climbing {gain:.2f} reaches {gain:.2f}"
+    assert verdict(math.nextafter(gain, math.inf), other) is None
+    assert model.predict(PROOF) == other.predict(PROOF)

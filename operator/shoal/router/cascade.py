@@ -129,22 +129,24 @@ class Cascade:
 
     def judge(
         self, tier: str, request_body: Mapping[str, Any], prompt: str, response: bytes | None,
-        streamed: bool = False, logprobs: list[float] | None = None,
+        streamed: bool = False, logprobs: list[float] | None = None, prompt_feats: dict[int, float] | None = None,
     ) -> V.Verdict:
         """The verdict on one answer. `logprobs`: the ones the router asked for itself
-        (no longer in `response`); None: read them from the response, if it has any."""
+        (no longer in `response`); None: read them from the response, if it has any.
+        `prompt_feats`: the prompt's features as the current model read them when routing
+        (None: the trained verifier hashes the prompt itself)."""
         text = answer_text(response, streamed)
         if text is None:
             return V.OK  # nothing to judge by (tool calls, an odd body): never block on it
         for name in self.spec.verifiers:
-            verdict = self._one(name, request_body, prompt, text, response, streamed, logprobs)
+            verdict = self._one(name, request_body, prompt, text, response, streamed, logprobs, prompt_feats)
             if not verdict.accepted:
                 return verdict
         return V.OK
 
     def _one(
         self, name: str, request_body: Mapping[str, Any], prompt: str, text: str, response: bytes | None,
-        streamed: bool, logprobs: list[float] | None,
+        streamed: bool, logprobs: list[float] | None, prompt_feats: dict[int, float] | None = None,
     ) -> V.Verdict:
         if name == "refusal":
             return V.verify_refusal(text)
@@ -162,7 +164,7 @@ class Cascade:
         if name == "trained":
             model = getattr(self.classifier(), "model", self.classifier())
             if isinstance(model, DifficultyModel) and model.verifier is not None:
-                gain = model.verifier_gain(prompt, text)
+                gain = model.verifier_gain(prompt, text, prompt_feats)
                 limit = self.spec.trained_min_gain if self.spec.trained_min_gain is not None else model.verifier.threshold
                 if gain >= limit:
                     return V.Verdict(False, V.TRAINED, f"expected gain of climbing {gain:.2f} reaches {limit:.2f}")
@@ -174,7 +176,11 @@ class Cascade:
         if tier not in self.tiers or answer.status != 200:
             return None
         prompt = call.features.text if call.features is not None else ""
-        verdict = self.judge(tier, call.body, prompt, answer.body, answer.streamed, answer.logprobs)
+        predicted = call.decision.predicted if call.decision is not None else None
+        # The routing decision's prompt features, when the model that made it is the one
+        # judging now (a reload in between may have changed the feature version or bits).
+        feats = predicted.features if predicted is not None and call.snap.classifier is self.classifier() else None
+        verdict = self.judge(tier, call.body, prompt, answer.body, answer.streamed, answer.logprobs, feats)
         self.metrics.verdicts.labels(tier, verdict.reason).inc()
         if answer.streamed:
             self.metrics.buffered_bytes.labels(tier).inc(len(answer.body or b""))

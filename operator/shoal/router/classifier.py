@@ -496,9 +496,12 @@ class DifficultyModel:
                 out[step.upper] = step.helps.probability(feats)
         return out
 
-    def tier_for(self, text: str, answer: str | None = None, thresholds: Sequence[float] | None = None) -> str:
-        """Climb while the expected gain of the next step reaches its threshold."""
-        feats = self.features(text)
+    def tier_for(
+        self, text: str, answer: str | None = None, thresholds: Sequence[float] | None = None, prompt_feats: dict[int, float] | None = None,
+    ) -> str:
+        """Climb while the expected gain of the next step reaches its threshold.
+        `prompt_feats`: self.features(text), when the caller has them already."""
+        feats = prompt_feats if prompt_feats is not None else self.features(text)
         limits = thresholds if thresholds is not None else [s.threshold for s in self.steps]
         tier = self.classes[0]
         for i, step in enumerate(self.steps):
@@ -516,7 +519,8 @@ class DifficultyModel:
         # The thresholds are the model's own (calibrated to target shares): a v2 model's
         # decision is final, so it reports full confidence and the policy's
         # confidenceThreshold (meant for v1 class probabilities) never second-guesses it.
-        return Prediction(self.tier_for(text), 1.0)
+        feats = self.features(text)
+        return Prediction(self.tier_for(text, prompt_feats=feats), 1.0, feats)
 
     __call__ = predict
 

@@ -222,6 +222,9 @@ class TierState:
 class Prediction:
     tier: str
     confidence: float
+    # The prompt's hashed features as the model read them (v2 models), for a cascade's
+    # trained verifier to reuse rather than hash the prompt again.
+    features: dict[int, float] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

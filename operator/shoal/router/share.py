@@ -133,9 +133,10 @@ class HeldShareModel:
         return cls(model, controller)
 
     def predict(self, text: str) -> Prediction:
-        tier = self.model.tier_for(text, thresholds=self.controller.thresholds())
+        feats = self.model.features(text)
+        tier = self.model.tier_for(text, thresholds=self.controller.thresholds(), prompt_feats=feats)
         self.controller.observe(tier)
-        return Prediction(tier, 1.0)
+        return Prediction(tier, 1.0, feats)
 
     __call__ = predict
 
