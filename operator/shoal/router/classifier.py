@@ -480,11 +480,15 @@ class DifficultyModel:
         """Per tier, the probability that the request needs it: that the tier below fails
         where this one answers well (the smallest tier: 1.0, every request needs it).
 
-        It is the calibrated map of the step's expected gain (Step.needed), so ordering
-        requests by a tier's score orders them exactly as the router's climb does, and a
-        routing benchmark run on these scores measures the router. Files written before
-        the map score with the step's helps model alone (or the verifier's
-        P(wrong) * P(right)), which orders requests differently from the climb."""
+        A tier's score is the calibrated map of the expected gain of the step into it
+        (Step.needed), an increasing function of that one step's gain. Ordering requests by
+        the second tier's score therefore orders them exactly as the router's first step
+        does, so on a two-tier ladder a routing benchmark run on these scores measures the
+        router. A higher tier's score reads its own step alone, while the router reaches
+        that tier only after climbing every step below it: ranking by it is not the
+        router's order. Files written before the map score with the step's helps model
+        alone (or the verifier's P(wrong) * P(right)), which orders requests differently
+        from the climb even on the first step."""
         feats = self.features(text)
         out = {self.classes[0]: 1.0}
         for i, step in enumerate(self.steps):

@@ -61,8 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             'smallest tier\'s answer, judged by a v2 model\'s verifier) and write one line per input: '
             '{"id", "tier", "scores": {TIER: probability that the request needs this tier}}. '
             "v2 scores: the smallest tier 1.0, every other tier the chance that the tier below fails where it "
-            "answers well, as a calibrated, increasing function of the expected gain the router climbs on (so "
-            "sorting by a tier's score ranks requests as the router does); v1 scores: the class probabilities. "
+            "answers well, as a calibrated, increasing function of the expected gain of the step into that tier "
+            "(sorting by the second tier's score ranks requests as the router's first step does, which on a "
+            "two-tier ladder is the whole climb; the router reaches a higher tier only after climbing every step "
+            "below it, which that tier's score does not account for); v1 scores: the class probabilities. "
             "A missing id is the line number."
         ),
     )
