@@ -1,6 +1,7 @@
 """`DifficultyModel.scores` (what `shoal router classify` writes): per tier, a calibrated
-probability that is an increasing function of the gain the router climbs on, so anyone who
-ranks requests by a tier's score (a routing benchmark) measures the router itself."""
+probability that is an increasing function of the gain of the step into that tier, so anyone
+who ranks requests by the second tier's score (a routing benchmark on a two-tier ladder)
+measures the router itself."""
 
 from __future__ import annotations
 
