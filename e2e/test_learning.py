@@ -457,3 +457,50 @@ def test_an_adapter_rungs_promotion_teaches_the_step_above_it_and_every_sidecar_
              90, "every sidecar reporting the learned model's version")
     # The adapter's Job went once its outcomes were kept.
     wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60, f"Job {job} deleted")
+
+
+# --- a held evaluation Job goes as soon as no policy can learn from it ----------------------
+
+
+def test_a_held_evaluation_job_goes_at_once_when_the_policys_user_model_is_deleted(
+        kubectl, running_operator, namespace, running_fleet):
+    # An immutable ConfigMap of the user's already has the name of the policy's
+    # `learn-classifier`: the policy's pass cannot write it, so it never keeps the promoted
+    # evaluation's outcomes and the ModelTier's pass holds the Job. Deleting the user's
+    # model then leaves no policy that learns from the rung; nothing about the tier changes,
+    # so only the ConfigMap's event can queue the pass that releases the Job.
+    kubectl.run("apply", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-router-model"}, "data": {"model.json": _user_model()}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-dataset"}, "data": {"items.jsonl": DATASET}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "learn-classifier"}, "immutable": True, "data": {"owner": "someone else"}},
+        POLICY, _tier("learn-small", CKPT_A, _evaluation()), _tier("learn-large", "s3://acme-models/learn-large/ckpt-0001"),
+    ]}))
+    wait_for(lambda: kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status", {}).get("servingCheckpoint") == CKPT_A,
+             90, f"{CKPT_A} serving")
+    kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
+                "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
+    seen: dict = {}
+
+    def promoted_and_ready() -> dict | None:
+        status = kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status", {})
+        seen.update(status)
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+        return status if ready and status.get("servingCheckpoint") == CKPT_B and status.get("candidateCheckpoint") is None else None
+
+    try:
+        status = wait_for(promoted_and_ready, 180, f"{CKPT_B} promoted and the tier Ready")
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    job = status["lastEvaluation"]["jobName"]
+    assert kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip() == f"job.batch/{job}"
+
+    deleted = time.time()
+    kubectl.run("delete", "configmap", "learn-router-model", "-n", namespace)
+    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60,
+             f"Job {job} deleted once no policy learns from learn-small")
+    # Released by the ConfigMap's event, not by the tier's next status write (the autoscaler
+    # writes it every few seconds here, and each write queues the tier's pass too).
+    order = [("delete" if e["verb"] == "delete" else "tier status") for e in running_operator.writes(deleted)
+             if (e["verb"] == "delete" and e.get("objectRef", {}).get("name") == job)
+             or (e.get("objectRef", {}).get("resource") == "modeltiers" and e.get("objectRef", {}).get("name") == "learn-small")]
+    assert order[:1] == ["delete"], order
