@@ -124,6 +124,37 @@ def _all_loaded(state: Path, namespace: str, tiers: set[str], classifier: dict) 
     return loaded if all(v == classifier for v in loaded.values()) else None
 
 
+def _wait_learned(kubectl, namespace: str, what: str, observe) -> dict:
+    """The policy's status.classifier once it names a learned model; on a timeout the error
+    shows the last classifier status and `observe()` (what the tier was doing)."""
+    seen: dict = {}
+
+    def learned() -> dict | None:
+        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
+        seen.update(policy=got, observed=observe())
+        return got if got.get("source") == "Learned" else None
+
+    try:
+        return wait_for(learned, 180, what)
+    except WaitTimeout as error:
+        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+
+
+def _small_status(kubectl, namespace: str):
+    return lambda: kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status")
+
+
+def _job_gone(kubectl, namespace: str, job: str):
+    return lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip()
+
+
+def _asks_large_more_often(user_model: str, learned_model: str) -> bool:
+    """The learned model asks for the large tier's help more often on the same prompts."""
+    before = DifficultyModel.from_json(json.loads(user_model))
+    after = DifficultyModel.from_json(json.loads(learned_model))
+    return sum(after.gains(p)[0] for p in PROMPTS) > sum(before.gains(p)[0] for p in PROMPTS)
+
+
 def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a_restart(
         kubectl, running_operator, namespace, running_fleet):
     state = running_fleet
@@ -148,17 +179,7 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
     kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
 
-    seen: dict = {}
-
-    def learned() -> dict | None:
-        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
-        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
-        return got if got.get("source") == "Learned" else None
-
-    try:
-        status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier")
-    except WaitTimeout as error:
-        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    status = _wait_learned(kubectl, namespace, f"{CKPT_B}'s promotion to teach the classifier", _small_status(kubectl, namespace))
     assert status["learnedFrom"] == {
         "modelTier": "learn-small", "rung": "small", "checkpoint": CKPT_B,
         "evaluationJob": status["learnedFrom"]["evaluationJob"], "datasetDigest": DIGEST, "items": 40,
@@ -170,10 +191,7 @@ def test_a_promotion_teaches_the_classifier_and_every_sidecar_loads_it_without_a
     cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
     assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
     assert cm["metadata"]["ownerReferences"][0]["name"] == "learn"
-    # The learned model asks for the large tier's help more often on the same prompts.
-    before = DifficultyModel.from_json(json.loads(user_model))
-    after = DifficultyModel.from_json(json.loads(cm["data"]["model.json"]))
-    assert sum(after.gains(p)[0] for p in PROMPTS) > sum(before.gains(p)[0] for p in PROMPTS)
+    assert _asks_large_more_often(user_model, cm["data"]["model.json"])
     # Outcomes stay in the ConfigMap: not in the RoutePolicy's or the ModelTier's status.
     tier = kubectl("get", "modeltier", "learn-small", "-n", namespace)
     assert "outcomes" not in json.dumps(tier["status"]) and "passed" not in json.dumps(status)
@@ -205,17 +223,7 @@ def test_a_promotion_evaluated_on_a_uri_dataset_teaches_the_level_without_the_pr
 
     kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"model": {"checkpoint": CKPT_B}}}))
-    seen: dict = {}
-
-    def learned() -> dict | None:
-        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
-        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
-        return got if got.get("source") == "Learned" else None
-
-    try:
-        status = wait_for(learned, 180, f"{CKPT_B}'s promotion on a uri dataset to teach the classifier")
-    except WaitTimeout as error:
-        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    status = _wait_learned(kubectl, namespace, f"{CKPT_B}'s promotion on a uri dataset to teach the classifier", _small_status(kubectl, namespace))
     job = status["learnedFrom"]["evaluationJob"]
     assert job.startswith("learn-small-eval-")
     assert status["learnedFrom"] == {
@@ -342,17 +350,7 @@ def test_a_promotion_while_the_operator_was_down_still_teaches_and_its_job_goes_
 
     restarted = time.time()
     running_operator.start()
-    seen: dict = {}
-
-    def learned() -> dict | None:
-        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
-        seen.update(policy=got, tier=kubectl("get", "modeltier", "learn-small", "-n", namespace).get("status"))
-        return got if got.get("source") == "Learned" else None
-
-    try:
-        status = wait_for(learned, 180, f"{CKPT_B}'s promotion to teach the classifier after the restart")
-    except WaitTimeout as error:
-        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    status = _wait_learned(kubectl, namespace, f"{CKPT_B}'s promotion to teach the classifier after the restart", _small_status(kubectl, namespace))
     assert (status["learnedFrom"]["evaluationJob"], status["learnedFrom"]["checkpoint"]) == (job, CKPT_B)
     assert (status["learnedFrom"]["comparedWith"], status["learnedFrom"]["items"]) == ("baseline", 40)
     cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
@@ -362,7 +360,7 @@ def test_a_promotion_while_the_operator_was_down_still_teaches_and_its_job_goes_
 
     # The Job went once its outcomes were kept, and not before: the operator's delete of it
     # comes after its write of the ConfigMap that keeps them.
-    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60, f"Job {job} deleted")
+    wait_for(_job_gone(kubectl, namespace, job), 60, f"Job {job} deleted")
     writes = running_operator.writes(restarted)
     order = [("delete" if e["verb"] == "delete" else "keep") for e in writes
              if (e["verb"] == "delete" and e.get("objectRef", {}).get("name") == job)
@@ -427,17 +425,7 @@ def test_an_adapter_rungs_promotion_teaches_the_step_above_it_and_every_sidecar_
     # passes, and is promoted: the step above the refunds rung learns from it.
     kubectl.run("patch", "modeltier", "learn-small", "-n", namespace, "--type=merge",
                 "-p", json.dumps({"spec": {"adapters": [_refunds(V2, SERVING)]}}))
-    seen: dict = {}
-
-    def learned() -> dict | None:
-        got = kubectl("get", "routepolicy", "learn", "-n", namespace).get("status", {}).get("classifier") or {}
-        seen.update(policy=got, adapter=adapter())
-        return got if got.get("source") == "Learned" else None
-
-    try:
-        status = wait_for(learned, 180, f"{V2}'s promotion to teach the classifier")
-    except WaitTimeout as error:
-        raise AssertionError(f"{error}; last seen: {json.dumps(seen)}") from error
+    status = _wait_learned(kubectl, namespace, f"{V2}'s promotion to teach the classifier", adapter)
     promoted = adapter()
     assert (promoted["servingSource"], promoted["lastEvaluation"]["baselineSource"]) == (V2, V1)
     job = promoted["lastEvaluation"]["jobName"]
@@ -448,15 +436,13 @@ def test_an_adapter_rungs_promotion_teaches_the_step_above_it_and_every_sidecar_
     }
     cm = kubectl("get", "configmap", "learn-classifier", "-n", namespace)
     assert _version(cm["data"]["model.json"]) == status["version"] != _version(user_model)
-    before = DifficultyModel.from_json(json.loads(user_model))
-    after = DifficultyModel.from_json(json.loads(cm["data"]["model.json"]))
-    assert sum(after.gains(p)[0] for p in PROMPTS) > sum(before.gains(p)[0] for p in PROMPTS)
+    assert _asks_large_more_often(user_model, cm["data"]["model.json"])
     assert "outcomes" not in json.dumps(kubectl("get", "modeltier", "learn-small", "-n", namespace)["status"])
 
     wait_for(lambda: _all_loaded(state, namespace, {"learn-small", "learn-large"}, {"version": status["version"], "source": "learned"}),
              90, "every sidecar reporting the learned model's version")
     # The adapter's Job went once its outcomes were kept.
-    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60, f"Job {job} deleted")
+    wait_for(_job_gone(kubectl, namespace, job), 60, f"Job {job} deleted")
 
 
 # --- a held evaluation Job goes as soon as no policy can learn from it ----------------------
@@ -496,7 +482,7 @@ def test_a_held_evaluation_job_goes_at_once_when_the_policys_user_model_is_delet
 
     deleted = time.time()
     kubectl.run("delete", "configmap", "learn-router-model", "-n", namespace)
-    wait_for(lambda: not kubectl.run("get", "job", job, "-n", namespace, "--ignore-not-found", "-o", "name").strip(), 60,
+    wait_for(_job_gone(kubectl, namespace, job), 60,
              f"Job {job} deleted once no policy learns from learn-small")
     # Released by the ConfigMap's event, not by the tier's next status write (the autoscaler
     # writes it every few seconds here, and each write queues the tier's pass too).

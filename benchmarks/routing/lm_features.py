@@ -268,10 +268,6 @@ class Encoder:
         return embedding, {"tokens": float(batch["input_ids"].shape[1])}
 
 
-def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def cache_dir(name: str) -> Path:
     return CACHE / name
 
@@ -289,9 +285,12 @@ def read_cache(name: str) -> dict[str, dict]:
 
 def extract(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(HERE.parents[1] / "operator"))
+    sys.path.insert(0, str(HERE))
+    import run as R  # the benchmark's own data loading
+
     from shoal.devcluster.engines.llama import smollm2_gguf
 
-    rows = load(args.data / f"{args.benchmark}.jsonl")
+    rows = R.load(args.data / f"{args.benchmark}.jsonl")
     order = stratified_order(rows, args.seed)
     position = {rows[i]["id"]: p for p, i in enumerate(order)}
     order = order[args.start : args.limit or None]
@@ -374,7 +373,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     report: dict = {"folds": args.folds, "seed": args.seed, "benchmarks": {}}
     for name in args.benchmarks.split(","):
-        all_rows = load(args.data / f"{name}.jsonl")
+        all_rows = R.load(args.data / f"{name}.jsonl")
         cache = read_cache(name)
         rows = [r for r in all_rows if r["id"] in cache]
         if not rows:

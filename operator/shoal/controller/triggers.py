@@ -127,9 +127,8 @@ class Triggers:
             policy = labels.get(POLICY_LABEL)
             meta = body.get("metadata") or {}
             if policy and meta.get("name") == learned_classifier_configmap_name(policy):
-                kept = {str(k.get("job")) for k in LearnedState.from_config_map(body).kept if isinstance(k, dict) and k.get("job")}
                 names = ladder(self.view.policy(meta.get("namespace") or "", policy))
-                self.with_evaluation_jobs(meta.get("namespace") or "", names, kept)
+                self.with_evaluation_jobs(meta.get("namespace") or "", names, LearnedState.from_config_map(body).kept_jobs)
             return
         meta = body.get("metadata") or {}
         namespace = meta.get("namespace") or ""
@@ -142,7 +141,7 @@ class Triggers:
                 self.add(("RoutePolicy", namespace, policy["metadata"]["name"]))
                 self.with_evaluation_jobs(namespace, ladder(policy))
 
-    def with_evaluation_jobs(self, namespace: str, names: frozenset[str] | set[str], jobs: set[str] | None = None) -> None:
+    def with_evaluation_jobs(self, namespace: str, names: frozenset[str] | set[str], jobs: frozenset[str] | None = None) -> None:
         """Queue the ModelTiers among `names` that have an evaluation Job in the view (one
         named in `jobs`, when given): only their passes can hold or release a Job."""
         for name in sorted(names):

@@ -25,7 +25,7 @@ import httpx
 from pydantic import ValidationError
 
 from shoal.api.modeltier import EvaluationRecord, EvaluationSpec
-from shoal.api.naming import HOP_HEADER
+from shoal.api.naming import EVAL_SPEC_ENV, HOP_HEADER
 from shoal.api.outcomes import ItemOutcomes, item_passed
 
 from . import dataset as datasets
@@ -38,7 +38,7 @@ EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_ERROR = 2
 
-SPEC_ENV = "SHOAL_EVAL_SPEC"
+SPEC_ENV = EVAL_SPEC_ENV  # what render/evaljob.py sets in the Job
 TERMINATION_LOG_ENV = "SHOAL_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 API_KEY_ENV = "SHOAL_EVAL_API_KEY"

@@ -106,8 +106,7 @@ def learners(view: View, namespace: str, tier_name: str) -> tuple[Learner, ...]:
         if not rungs or ref is None or view.config_map_keys(namespace, ref.name) is None:
             continue
         state = LearnedState.from_config_map(view.get("ConfigMap", namespace, learned_classifier_configmap_name(name)))
-        kept = frozenset(str(k.get("job")) for k in state.kept if isinstance(k, dict) and k.get("job"))
-        found.append(Learner(policy=name, rungs=rungs, kept_jobs=kept))
+        found.append(Learner(policy=name, rungs=rungs, kept_jobs=state.kept_jobs))
     return tuple(found)
 
 

@@ -184,11 +184,16 @@ class LearnedState:
         return cls(
             base=annotations.get(CLASSIFIER_BASE_ANNOTATION),
             model=data.get(LEARNED_MODEL_KEY),
-            kept=kept if isinstance(kept, list) else [],
+            kept=[k for k in kept if isinstance(k, dict)] if isinstance(kept, list) else [],
             learned_from=learned_from if isinstance(learned_from, dict) else None,
             learned_at=annotations.get(LEARNED_AT_ANNOTATION),
             message=annotations.get(LEARNING_MESSAGE_ANNOTATION),
         )
+
+    @property
+    def kept_jobs(self) -> frozenset[str]:
+        """The evaluation Jobs whose outcomes are kept."""
+        return frozenset(str(k["job"]) for k in self.kept if k.get("job"))
 
     def entry(self, job: str) -> dict[str, Any] | None:
         return next((k for k in self.kept if k.get("job") == job), None)

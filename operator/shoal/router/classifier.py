@@ -28,7 +28,7 @@ import re
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,14 @@ class Logistic:
         return cls(float(data["bias"]), array("f", (w * scale for w in raw)))
 
 
+def base_log_odds(labels: Sequence[float]) -> float:
+    """The log-odds of the labels' mean (kept within 1e-3 of 0 and 1); 0 without labels."""
+    if not labels:
+        return 0.0
+    rate = min(max(sum(labels) / len(labels), 1e-3), 1 - 1e-3)
+    return math.log(rate / (1 - rate))
+
+
 def fit_logistic(
     rows: Sequence[dict[int, float]],
     labels: Sequence[float],
@@ -279,10 +287,7 @@ def fit_logistic(
     size = 1 << bits
     weights = array("f", bytes(4 * size))
     squares = array("f", [1e-6]) * size
-    bias, bias_square = 0.0, 1e-6
-    if labels:
-        rate = min(max(sum(labels) / len(labels), 1e-3), 1 - 1e-3)
-        bias = math.log(rate / (1 - rate))
+    bias, bias_square = base_log_odds(labels), 1e-6
     order = list(range(len(rows)))
     rng = random.Random(seed)
     sqrt, exp = math.sqrt, math.exp
@@ -339,10 +344,7 @@ def fit_averaged(
     penalty = l2 if l2 is not None else 1.0 / max(n, 1)
     v = [0.0] * size
     scale = 1.0
-    bias = 0.0
-    if labels:
-        rate = min(max(sum(labels) / n, 1e-3), 1 - 1e-3)
-        bias = math.log(rate / (1 - rate))
+    bias = base_log_odds(labels)
     total = [0.0] * size
     averaged = 0
     first_averaged = epochs // 2
@@ -422,6 +424,10 @@ class Verifier:
         if prompt_feats is None:
             prompt_feats = F.prompt_features(text, bits)
         return self.wrong.probability(F.answer_features(text, answer, bits, self.features)), self.right.probability(prompt_feats)
+
+    def gain_of(self, answer_feats: dict[int, float], prompt_feats: dict[int, float]) -> float:
+        """The expected gain of climbing, P(wrong) + P(right) - 1, from features already read."""
+        return self.wrong.probability(answer_feats) + self.right.probability(prompt_feats) - 1.0
 
 
 @dataclass
@@ -532,11 +538,7 @@ class DifficultyModel:
         """A copy whose thresholds send `shares` of the calibration prompts to those tiers
         (see thresholds_for_shares)."""
         thresholds = thresholds_for_shares(self.classes, self.calibration, shares, [s.threshold for s in self.steps])
-        steps = [Step(s.lower, s.upper, s.helps, s.hurts, t, s.needed) for s, t in zip(self.steps, thresholds)]
-        return DifficultyModel(
-            self.classes, self.bits, steps, self.verifier, self.calibration, self.verifier_calibration, self.info, self.prompt_features,
-            self.helps_logits,
-        )
+        return replace(self, steps=[replace(s, threshold=t) for s, t in zip(self.steps, thresholds)])
 
     def to_json(self) -> dict:
         def needed(pair: tuple[float, float] | None) -> dict:
@@ -797,7 +799,8 @@ def train_difficulty(
     calibration_rows: list[int] = []
     verifier_rows: list[int] = []
     helps_logits: list[list[float]] = []
-    if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
+    cross_fit = calibration_folds >= 2 and len(examples) >= 2 * calibration_folds
+    if cross_fit:
         fold_of = [i % calibration_folds for i in range(len(examples))]
         random.Random(seed).shuffle(fold_of)
         for fold in range(calibration_folds):
@@ -811,16 +814,13 @@ def train_difficulty(
                 fold_verifier = fit_verifier(examples, train_rows, prompt_feats, answer_feats, classes[0], classes[1], bits, VERIFIER_EPOCHS, seed)
                 if fold_verifier is not None:
                     answered_here = [i for i in held_out if i in answer_feats]
-                    verifier_calibration.extend(
-                        fold_verifier.wrong.probability(answer_feats[i]) + fold_verifier.right.probability(prompt_feats[i]) - 1.0
-                        for i in answered_here
-                    )
+                    verifier_calibration.extend(fold_verifier.gain_of(answer_feats[i], prompt_feats[i]) for i in answered_here)
                     verifier_rows.extend(answered_here)
     else:  # no held-out scores: the maps are fitted on the model's own (in-sample) gains
         calibration = [[s.gain(prompt_feats[i]) for s in steps] for i in everyone]
         calibration_rows = list(everyone)
         if verifier is not None:
-            verifier_calibration = [verifier.wrong.probability(answer_feats[i]) + verifier.right.probability(prompt_feats[i]) - 1.0 for i in answer_rows]
+            verifier_calibration = [verifier.gain_of(answer_feats[i], prompt_feats[i]) for i in answer_rows]
             verifier_rows = list(answer_rows)
     for j, s_ in enumerate(steps):
         s_.needed = fit_needed(
@@ -830,7 +830,7 @@ def train_difficulty(
         verifier.needed = fit_needed(
             [(g, labels[0]) for g, i in zip(verifier_calibration, verifier_rows) if (labels := step_labels(examples[i], verifier.lower, verifier.upper)) is not None]
         )
-    if calibration_folds >= 2 and len(examples) >= 2 * calibration_folds:
+    if cross_fit:
         calibration = _sample(calibration, CALIBRATION_ROWS, seed)
         # The same seed and length pick the same rows: helps_logits stays row for row with calibration.
         helps_logits = _sample(helps_logits, CALIBRATION_ROWS, seed)
@@ -886,10 +886,7 @@ def fit_needed(pairs: Sequence[tuple[float, float]], iterations: int = 50) -> tu
     pairs."""
     if not pairs:
         return None
-    n = len(pairs)
-    positives = sum(y for _, y in pairs)
-    rate = min(max(positives / n, 1e-3), 1 - 1e-3)
-    a, b = 1.0, math.log(rate / (1 - rate))
+    a, b = 1.0, base_log_odds([y for _, y in pairs])
     ridge = 1e-3
     for _ in range(iterations):
         ga = gb = haa = hab = hbb = 0.0

@@ -122,7 +122,7 @@ def recalibrate(
     failure = sum(1 for _, new, _ in pairs if not new) / n
     previous_failure = sum(1 for _, _, old in pairs if not old) / n
     change = (failure - previous_failure) * n / (n + PRIOR_ITEMS)
-    sample = [row[index] for row in parsed.helps_logits if len(row) == len(parsed.steps)]
+    sample = [row[index] for row in parsed.helps_logits]  # rows checked on load: one value per step
     if prompts is not None:
         reference = EVALUATION_PROMPTS
         logits = [step.helps.logit(parsed.features(p or "")) for p, _, _ in pairs]
